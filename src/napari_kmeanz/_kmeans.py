@@ -1,0 +1,757 @@
+"""The public API: :func:`kmeans`, :func:`iter_kmeans`, :func:`predict` and :func:`recolor`."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from numbers import Integral, Real
+
+import dask.array as da
+import numpy as np
+
+from . import _lloyd
+from ._lloyd import PointSource
+from ._pixels import NUMPY_CHUNK_PIXELS, FeatureSpace, PixelSource
+
+__all__ = ["KMeansResult", "KMeansState", "iter_kmeans", "kmeans", "predict", "recolor"]
+
+INITS = ("k-means++", "random")
+# Largest colour histogram (number of possible colours) for the colour-only fast path.
+MAX_HISTOGRAM = 1 << 24
+# Rounds of Lloyd's algorithm on the initialisation sample.
+SAMPLE_ROUNDS = 100
+
+
+# -- validation ---------------------------------------------------------------------------------
+
+
+def _check_int(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r}.")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def _check_real(name: str, value, minimum: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number, got {value!r}.")
+    if not math.isfinite(value) or value < minimum:
+        raise ValueError(f"{name} must be a finite number >= {minimum}, got {value!r}.")
+    return float(value)
+
+
+def _as_array(image, name: str = "image"):
+    """numpy or dask array of a supported dtype; chunked stores (zarr, h5py) become dask arrays."""
+    if isinstance(image, da.Array | np.ndarray):
+        array = image
+    elif hasattr(image, "chunks") and hasattr(image, "dtype") and hasattr(image, "shape"):
+        array = da.from_array(image, chunks=getattr(image, "chunks", "auto") or "auto")
+    else:
+        try:
+            array = np.asarray(image)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"{name} must be an array, got {type(image).__name__}.") from err
+    kind = array.dtype.kind
+    if kind == "b":
+        raise TypeError(
+            f"{name} has dtype bool; cluster a numeric image (a bool image is already a "
+            "two-class segmentation)."
+        )
+    if kind == "c":
+        raise TypeError(f"{name} has complex dtype {array.dtype}; take its abs or real part.")
+    if kind not in "iuf":
+        raise TypeError(f"{name} must have an integer or float dtype, got dtype {array.dtype}.")
+    if array.size == 0:
+        raise ValueError(f"{name} is empty (shape {array.shape}).")
+    return array
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where the channels are in an input image."""
+
+    ndim: int
+    channel_axis: int | None
+    alpha: bool
+
+    @property
+    def spatial_ndim(self) -> int:
+        return self.ndim - (self.channel_axis is not None)
+
+
+def _layout(shape: tuple[int, ...], channel_axis, alpha) -> Layout:
+    ndim = len(shape)
+    if isinstance(channel_axis, str):
+        if channel_axis != "auto":
+            raise ValueError(f"channel_axis must be 'auto', None or an int, got {channel_axis!r}.")
+        rgb = ndim >= 3 and shape[-1] in (3, 4)
+        axis = ndim - 1 if rgb else None
+        if alpha is None:
+            alpha = rgb and shape[-1] == 4
+    elif channel_axis is None:
+        axis = None
+    elif isinstance(channel_axis, Integral) and not isinstance(channel_axis, bool):
+        if not -ndim <= channel_axis < ndim:
+            raise ValueError(
+                f"channel_axis={channel_axis} is out of range for an image with {ndim} "
+                f"dimensions (shape {shape})."
+            )
+        axis = int(channel_axis) % ndim
+    else:
+        raise TypeError(f"channel_axis must be 'auto', None or an int, got {channel_axis!r}.")
+    alpha = bool(alpha)
+    if alpha and (axis is None or shape[axis] < 2):
+        raise ValueError(
+            f"alpha=True needs a channel axis with at least 2 channels; the image has shape "
+            f"{shape} and channel_axis={channel_axis!r}."
+        )
+    layout = Layout(ndim, axis, alpha)
+    if layout.spatial_ndim < 1:
+        raise ValueError(f"image of shape {shape} has no spatial axis beside channel_axis={axis}.")
+    return layout
+
+
+def _channels_last(array, layout: Layout) -> da.Array:
+    """The image as a dask array of shape (*spatial, channels), channels in one chunk."""
+    if layout.channel_axis is None:
+        array = array[..., None]
+    elif layout.channel_axis != layout.ndim - 1:
+        xp = da if isinstance(array, da.Array) else np
+        array = xp.moveaxis(array, layout.channel_axis, -1)
+    if isinstance(array, da.Array):
+        return array.rechunk({array.ndim - 1: -1})
+    spatial = array.shape[:-1]
+    rows = max(1, NUMPY_CHUNK_PIXELS // max(1, math.prod(spatial[1:])))
+    return da.from_array(array, chunks=(rows, *spatial[1:], -1), name=False)
+
+
+def _check_mask(mask, spatial_shape: tuple[int, ...], chunks):
+    if mask is None:
+        return None
+    if isinstance(mask, da.Array):
+        array = mask
+    elif hasattr(mask, "chunks") and not isinstance(mask, np.ndarray) and hasattr(mask, "shape"):
+        array = da.from_array(mask)
+    else:
+        array = np.asarray(mask)
+    if tuple(array.shape) != tuple(spatial_shape):
+        raise ValueError(
+            f"mask has shape {tuple(array.shape)}, but the image's spatial shape is "
+            f"{tuple(spatial_shape)}."
+        )
+    if array.dtype.kind not in "biuf":
+        raise TypeError(f"mask must be boolean or numeric, got dtype {array.dtype}.")
+    if isinstance(array, np.ndarray) and not array.any():
+        raise ValueError("mask selects no pixel: every value is 0/False.")
+    return da.asarray(array != 0).rechunk(chunks)
+
+
+def _check_spacing(spacing, spatial_ndim: int) -> tuple[float, ...]:
+    if spacing is None:
+        return (1.0,) * spatial_ndim
+    values = np.atleast_1d(np.asarray(spacing, dtype=np.float64))
+    if values.shape != (spatial_ndim,) or not np.all(np.isfinite(values)) or np.any(values <= 0):
+        raise ValueError(
+            f"spacing must hold {spatial_ndim} positive finite numbers (one per spatial axis), "
+            f"got {spacing!r}."
+        )
+    return tuple(float(v) for v in values)
+
+
+def _label_dtype(n_clusters: int) -> np.dtype:
+    return np.dtype(np.min_scalar_type(n_clusters))
+
+
+# -- results ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class KMeansResult:
+    """The outcome of :func:`kmeans`.
+
+    Attributes
+    ----------
+    labels : ndarray or dask.array.Array of shape (*spatial,)
+        Cluster of each pixel, 1..k; 0 for pixels that were not clustered (masked out, fully
+        transparent, or NaN). A dask array when the input was one (computed lazily).
+    colors : ndarray of shape (k, C)
+        Mean value of each cluster's pixels, per channel, in the image's own units (alpha left
+        out). For a cluster with no pixel, the value part of its centre.
+    centers : ndarray of shape (k, n_features)
+        Cluster centres in feature space (see :attr:`feature_space`); ``labels`` assign every
+        pixel to the nearest of them.
+    counts : ndarray of shape (k,)
+        Number of pixels in each cluster.
+    inertia : float
+        Sum of squared feature distances of the pixels to their cluster centre.
+    inertia_history : ndarray of shape (n_iter,)
+        Inertia of each round's assignment, before its centre update.
+    n_iter : int
+        Number of rounds run over all pixels.
+    converged : bool
+        True when the run stopped on the tolerance or because centres stopped moving, False
+        when it ran out of rounds.
+    feature_space : FeatureSpace
+        Spacing and spatial scale of the position features.
+    dtype : numpy.dtype
+        The input image's dtype.
+    layout : Layout
+        Channel axis and alpha of the input, used by :meth:`recolor` and :meth:`predict`.
+    """
+
+    labels: np.ndarray | da.Array
+    colors: np.ndarray
+    centers: np.ndarray
+    counts: np.ndarray
+    inertia: float
+    inertia_history: np.ndarray
+    n_iter: int
+    converged: bool
+    feature_space: FeatureSpace
+    dtype: np.dtype
+    layout: Layout
+
+    @property
+    def n_clusters(self) -> int:
+        return len(self.centers)
+
+    def recolor(self):
+        """The image with every pixel painted in its cluster's colour, in the input's layout.
+
+        Returns an array of the input's dtype and shape; where the input had alpha, clustered
+        pixels are opaque and the others fully transparent. Lazy when ``labels`` is.
+        """
+        out = recolor(self.labels, self.colors, dtype=self.dtype)
+        if self.layout.channel_axis is None:
+            return out[..., 0]
+        if self.layout.alpha:
+            opaque = np.iinfo(self.dtype).max if self.dtype.kind in "iu" else 1.0
+            xp = da if isinstance(out, da.Array) else np
+            alpha = xp.where(self.labels > 0, opaque, 0).astype(self.dtype)[..., None]
+            out = xp.concatenate([out, alpha], axis=-1)
+        if self.layout.channel_axis != self.layout.ndim - 1:
+            xp = da if isinstance(out, da.Array) else np
+            out = xp.moveaxis(out, -1, self.layout.channel_axis)
+        return out
+
+    def predict(self, image, *, mask=None):
+        """Labels of another image by these centres; see :func:`predict`."""
+        return predict(image, self, mask=mask)
+
+
+@dataclass(frozen=True, eq=False)
+class KMeansState:
+    """Where a run of :func:`iter_kmeans` stands after a round.
+
+    Attributes
+    ----------
+    round : int
+        Rounds done so far.
+    max_iter : int
+    inertia_history : tuple of float
+    centers : ndarray of shape (k, n_features)
+        The centres after this round's update, ordered as the final ids will be.
+    colors : ndarray of shape (k, C)
+        The value part of ``centers``: the mean colour of each cluster of this round.
+    done : bool
+        True for the last state, which carries ``result``.
+    result : KMeansResult or None
+    """
+
+    round: int
+    max_iter: int
+    inertia_history: tuple[float, ...]
+    centers: np.ndarray
+    colors: np.ndarray
+    done: bool = False
+    result: KMeansResult | None = None
+    _labeler: Callable | None = field(default=None, repr=False)
+
+    def labels(self):
+        """Labels of every pixel by this state's centres (lazy for a dask input)."""
+        return self._labeler(self.centers)
+
+
+def _order(centers: np.ndarray, n_channels: int) -> np.ndarray:
+    """Deterministic cluster order: by mean channel value (darkest first), then by centre."""
+    values = centers[:, centers.shape[1] - n_channels :]
+    return np.lexsort((*centers.T[::-1], values.mean(axis=1)))
+
+
+# -- the algorithm ------------------------------------------------------------------------------
+
+
+def kmeans(
+    image,
+    n_clusters: int = 8,
+    *,
+    spatial_weight: float = 0.0,
+    channel_axis: int | str | None = "auto",
+    alpha: bool | None = None,
+    spacing: Sequence[float] | None = None,
+    mask=None,
+    init: str | np.ndarray = "k-means++",
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    random_state: int | np.random.Generator | None = None,
+    sample_size: int = 65536,
+    n_init: int = 4,
+    callback: Callable[[KMeansState], None] | None = None,
+) -> KMeansResult:
+    """Cluster the pixels of an image by k-means in a joint space of position and value.
+
+    Each pixel is a point ``(position * spatial_scale, values)``: its coordinates along the
+    spatial axes (times ``spacing``), scaled so that ``spatial_weight`` sets how much position
+    counts against value, followed by its channel values in the image's own units.
+
+    Parameters
+    ----------
+    image : array_like or dask.array.Array
+        Integer or float image: 2-D grey, 2-D RGB/RGBA (channels last), a multichannel image
+        with an explicit ``channel_axis``, a 3-D volume, ... . A dask (or zarr) array is read
+        chunk by chunk: memory stays bounded by the chunk size.
+    n_clusters : int, default=8
+        Number of clusters k.
+    spatial_weight : float, default=0.0
+        How much position counts against value. 0 clusters on values alone. Otherwise the
+        position features are scaled so that crossing the image's longest physical extent
+        (``max(shape_i * spacing_i)``) costs ``spatial_weight`` times the value range (maximum
+        minus minimum over all clustered pixels and channels). ``spatial_weight=1`` puts position
+        on the same footing as colour: for a square 8-bit image, position runs over 0..255 like
+        each colour channel (the original 5-D script's setting). Distances stay isotropic, so a
+        non-square image keeps its aspect.
+    channel_axis : int, None or 'auto', default='auto'
+        Axis holding the channels. ``'auto'``: the last axis when the image has 3 or more
+        dimensions and 3 or 4 entries along it (RGB, RGBA), otherwise none. ``None``: no channel
+        axis (grey image or volume).
+    alpha : bool, optional
+        Whether the last channel is alpha. Defaults to True for an auto-detected 4-channel
+        image. Alpha is not a feature; fully transparent pixels (alpha 0) are not clustered.
+    spacing : sequence of float, optional
+        Physical pixel size along each spatial axis (anisotropic voxels); default 1.
+    mask : array_like, optional
+        Spatial shape of the image; only pixels where it is non-zero are clustered.
+    init : {'k-means++', 'random'} or ndarray of shape (k, n_features), default='k-means++'
+        ``'k-means++'``: k-means++ seeding, ``'random'``: k distinct random points; both drawn
+        from a random sample of ``sample_size`` pixels (so their cost does not grow with the
+        image) and refined by Lloyd rounds on that sample before the rounds over all pixels. An
+        array gives the initial centres in feature space, used as they are.
+    max_iter : int, default=100
+        Maximum number of rounds over all pixels.
+    tol : float, default=1e-4
+        Relative tolerance on the inertia: the run stops when a round lowers the inertia by
+        less than ``tol`` times the previous round's inertia. It also stops when the centres no
+        longer move. ``tol=0`` runs until the assignment is stable or ``max_iter`` is reached.
+    random_state : int or numpy.random.Generator, optional
+        Seed of the sampling and seeding. The same seed gives the same result whatever the
+        chunking of the image.
+    sample_size : int, default=65536
+        Number of clustered pixels sampled for the initialisation.
+    n_init : int, default=4
+        Number of seedings tried on the sample; the one with the lowest inertia on the sample
+        starts the rounds over all pixels. Ignored when ``init`` is an array.
+    callback : callable, optional
+        Called with a :class:`KMeansState` after every round; raising from it stops the run.
+
+    Returns
+    -------
+    KMeansResult
+
+    Raises
+    ------
+    TypeError
+        For a bool, complex or non-numeric image, or a parameter of the wrong type.
+    ValueError
+        For a bad parameter value (named in the message), an empty image, a mask of another
+        shape, no pixel left to cluster, or more clusters than pixels or distinct points.
+
+    Notes
+    -----
+    Pixels with a NaN or infinite value in any channel are not clustered: they get label 0 like
+    masked-out pixels. Cluster ids are ordered by the mean channel value of the cluster centre
+    (darkest first, ties by the centre), so the same image gives the same ids every run.
+
+    With ``spatial_weight=0`` and an integer image of at most 2**24 possible colours, the
+    distinct colours are clustered, weighted by their counts (the same objective, exactly), and
+    labels are mapped back through a lookup table.
+
+    Examples
+    --------
+    >>> from skimage import data
+    >>> from napari_kmeanz import kmeans
+    >>> result = kmeans(data.astronaut(), 4, random_state=0)
+    >>> result.labels.shape, result.colors.shape
+    ((512, 512), (4, 3))
+    >>> int(result.labels.min()), int(result.labels.max())
+    (1, 4)
+    >>> result.recolor().dtype
+    dtype('uint8')
+    """
+    state = None
+    for state in iter_kmeans(
+        image,
+        n_clusters,
+        spatial_weight=spatial_weight,
+        channel_axis=channel_axis,
+        alpha=alpha,
+        spacing=spacing,
+        mask=mask,
+        init=init,
+        max_iter=max_iter,
+        tol=tol,
+        random_state=random_state,
+        sample_size=sample_size,
+        n_init=n_init,
+    ):
+        if callback is not None:
+            callback(state)
+    return state.result
+
+
+def iter_kmeans(
+    image,
+    n_clusters: int = 8,
+    *,
+    spatial_weight: float = 0.0,
+    channel_axis: int | str | None = "auto",
+    alpha: bool | None = None,
+    spacing: Sequence[float] | None = None,
+    mask=None,
+    init: str | np.ndarray = "k-means++",
+    max_iter: int = 100,
+    tol: float = 1e-4,
+    random_state: int | np.random.Generator | None = None,
+    sample_size: int = 65536,
+    n_init: int = 4,
+) -> Iterator[KMeansState]:
+    """Run :func:`kmeans` one round at a time.
+
+    Takes the parameters of :func:`kmeans` (but ``callback``) and yields a
+    :class:`KMeansState` after every round over all pixels; the last state has ``done=True``
+    and carries the :class:`KMeansResult`. Stopping the iteration early stops the work: no
+    further pass over the pixels is made. All parameters are checked before the first pass.
+    """
+    run = _Run(
+        image, n_clusters, spatial_weight, channel_axis, alpha, spacing, mask, init,
+        max_iter, tol, random_state, sample_size, n_init,
+    )  # fmt: skip
+    return run.states()
+
+
+class _Run:
+    """One k-means run: its checked parameters, then its passes (in :meth:`states`)."""
+
+    def __init__(
+        self, image, n_clusters, spatial_weight, channel_axis, alpha, spacing, mask, init,
+        max_iter, tol, random_state, sample_size, n_init,
+    ):  # fmt: skip
+        array = _as_array(image)
+        self.layout = _layout(tuple(array.shape), channel_axis, alpha)
+        self.dtype = array.dtype
+        self.lazy = isinstance(array, da.Array)
+        self.n_clusters = _check_int("n_clusters", n_clusters, 1)
+        self.spatial_weight = _check_real("spatial_weight", spatial_weight, 0.0)
+        self.max_iter = _check_int("max_iter", max_iter, 1)
+        self.tol = _check_real("tol", tol, 0.0)
+        self.sample_size = _check_int("sample_size", sample_size, 1)
+        self.n_init = _check_int("n_init", n_init, 1)
+        data = _channels_last(array, self.layout)
+        spatial_shape = data.shape[:-1]
+        self.spacing = _check_spacing(spacing, len(spatial_shape))
+        mask = _check_mask(mask, spatial_shape, data.chunks[:-1])
+        self.n_channels = data.shape[-1] - self.layout.alpha
+        n_pixels = math.prod(spatial_shape)
+        if self.n_clusters > n_pixels:
+            raise ValueError(
+                f"n_clusters={self.n_clusters} is larger than the number of pixels ({n_pixels})."
+            )
+        if isinstance(init, str):
+            if init not in INITS:
+                raise ValueError(f"init must be one of {INITS} or an array, got {init!r}.")
+        else:
+            n_features = self.n_channels + (len(spatial_shape) if self.spatial_weight > 0 else 0)
+            init = np.asarray(init, dtype=np.float64)
+            if init.shape != (self.n_clusters, n_features) or not np.isfinite(init).all():
+                raise ValueError(
+                    f"init as an array must be finite with shape (n_clusters, n_features) = "
+                    f"({self.n_clusters}, {n_features}), got shape {init.shape}."
+                )
+        self.init = init
+        if random_state is not None and not isinstance(random_state, np.random.Generator):
+            _check_int("random_state", random_state, 0)
+        self.rng = np.random.default_rng(random_state)
+        self.pixels = PixelSource(data, mask, self.layout.alpha)
+
+    # stages
+
+    def _space(self, vmin, vmax) -> FeatureSpace:
+        scale = 0.0
+        if self.spatial_weight > 0:
+            value_range = float(np.max(vmax)) - float(np.min(vmin)) or 1.0
+            sizes = zip(self.pixels.spatial_shape, self.spacing, strict=True)
+            extent = max(n * s for n, s in sizes)
+            scale = self.spatial_weight * value_range / extent
+        return FeatureSpace(self.spacing, scale, self.n_channels)
+
+    def _unique_colors(self, vmin, vmax):
+        """Distinct colours and their counts, when the colour-only fast path applies."""
+        if self.spatial_weight > 0 or self.dtype.kind not in "iu":
+            return None
+        span = vmax.astype(np.int64) - vmin.astype(np.int64) + 1
+        if math.prod(int(s) for s in span) > MAX_HISTOGRAM:
+            return None
+        vmin = vmin.astype(np.int64)
+        hist, strides = self.pixels.histogram(vmin, vmax.astype(np.int64))
+        codes = np.flatnonzero(hist)
+        counts = hist[codes].astype(np.float64)
+        values = (codes[:, None] // strides) % span + vmin
+        return values, counts, (vmin, strides, len(hist))
+
+    def _sample(self, n_valid: int):
+        """Raw rows of a uniform random sample of clustered pixels, and whether it is all."""
+        n_pixels = math.prod(self.pixels.spatial_shape)
+        wanted = min(n_pixels, math.ceil(self.sample_size * n_pixels / n_valid))
+        if wanted == n_pixels:
+            flat = np.arange(n_pixels)
+        else:
+            flat = np.sort(self.rng.choice(n_pixels, size=wanted, replace=False))
+        rows = self.pixels.sample(flat)
+        if self.pixels.space.n_spatial == 0:
+            rows = rows[:, len(self.pixels.spatial_shape) :]
+        return rows, np.ones(len(rows)), wanted == n_pixels
+
+    def _weighted_sample(self, values, counts):
+        if len(values) <= self.sample_size:
+            return values.astype(np.float64), counts, True
+        picks = self.rng.choice(len(values), size=self.sample_size, p=counts / counts.sum())
+        picks, weights = np.unique(picks, return_counts=True)
+        return values[picks].astype(np.float64), weights.astype(np.float64), False
+
+    def _seed(self, rows, weights, exhaustive, factor):
+        """Initial centres: the best of ``n_init`` seedings, each refined on the sample."""
+        if not isinstance(self.init, str):
+            return self.init.copy()
+        seeding = _lloyd.kmeans_plusplus if self.init == "k-means++" else _lloyd.random_init
+        points = rows * factor
+        sample = PointSource(rows, weights)
+        best = None
+        for _ in range(self.n_init):
+            try:
+                centers = seeding(points, weights, self.n_clusters, self.rng)
+            except _lloyd.TooFewDistinctPoints:
+                if exhaustive:
+                    raise
+                # The sample holds fewer distinct points than the image may: start the missing
+                # clusters on duplicates; the first full round relocates them to far points.
+                distinct = np.unique(points, axis=0)
+                centers = distinct[np.arange(self.n_clusters) % len(distinct)]
+            refine = _lloyd.Lloyd(sample, centers, factor, SAMPLE_ROUNDS, min(self.tol, 1e-6))
+            for _ in refine.rounds():
+                pass
+            counts, sums = sample.stats(refine.centers, factor)
+            inertia = refine.inertia(refine.centers, counts, sums)
+            if best is None or inertia < best[0]:
+                best = (inertia, refine.centers)
+        return best[1]
+
+    def states(self) -> Iterator[KMeansState]:
+        n_valid, vmin, vmax = self.pixels.scan()
+        if n_valid == 0:
+            raise ValueError(
+                "No pixel to cluster: every pixel is masked out, fully transparent or NaN."
+            )
+        if self.n_clusters > n_valid:
+            raise ValueError(
+                f"n_clusters={self.n_clusters} is larger than the number of pixels to cluster "
+                f"({n_valid})."
+            )
+        space = self.pixels.space = self._space(vmin, vmax)
+        factor = space.factor
+        colors_found = self._unique_colors(vmin, vmax)
+        if colors_found is not None:
+            values, counts, lookup = colors_found
+            if len(values) < self.n_clusters:
+                raise _lloyd.TooFewDistinctPoints(len(values), self.n_clusters)
+            source = PointSource(values, counts)
+            rows, weights, exhaustive = self._weighted_sample(values, counts)
+        else:
+            source, lookup = self.pixels, None
+            rows, weights, exhaustive = self._sample(n_valid)
+        centers = self._seed(rows, weights, exhaustive, factor)
+
+        lloyd = _lloyd.Lloyd(source, centers, factor, self.max_iter, self.tol)
+        for _ in lloyd.rounds():
+            ordered = lloyd.centers[_order(lloyd.centers, self.n_channels)]
+            yield KMeansState(
+                lloyd.n_iter,
+                self.max_iter,
+                tuple(lloyd.inertia_history),
+                ordered,
+                ordered[:, space.n_spatial :].copy(),
+                _labeler=self._labels,
+            )
+        result = self._finish(lloyd, source, lookup)
+        yield KMeansState(
+            result.n_iter,
+            self.max_iter,
+            tuple(lloyd.inertia_history),
+            result.centers,
+            result.colors,
+            done=True,
+            result=result,
+            _labeler=self._labels,
+        )
+
+    def _labels(self, centers):
+        labels = self.pixels.labels(centers, _label_dtype(len(centers)))
+        return labels if self.lazy else labels.compute()
+
+    def _finish(self, lloyd: _lloyd.Lloyd, source, lookup) -> KMeansResult:
+        space = self.pixels.space
+        centers = lloyd.centers[_order(lloyd.centers, self.n_channels)]
+        counts, sums = source.stats(centers, space.factor)
+        inertia = lloyd.inertia(centers, counts, sums)
+        if lookup is None:
+            labels = self._labels(centers)
+        else:
+            vmin, strides, size = lookup
+            table = np.zeros(size, dtype=_label_dtype(self.n_clusters))
+            codes = (source.raw.astype(np.int64) - vmin) @ strides
+            table[codes] = source.labels(centers, space.factor) + 1
+            labels = self.pixels.lookup_labels(table, vmin, strides)
+            labels = labels if self.lazy else labels.compute()
+        value_sums = sums[:, space.n_spatial :]
+        colors = centers[:, space.n_spatial :].copy()
+        full = counts > 0
+        colors[full] = value_sums[full] / counts[full, None]
+        if not full.all():
+            warnings.warn(
+                f"Found {int(full.sum())} distinct clusters, fewer than n_clusters="
+                f"{self.n_clusters}: the pixels hold fewer distinct points. Empty clusters keep "
+                "their ids but label no pixel.",
+                stacklevel=4,
+            )
+        return KMeansResult(
+            labels=labels,
+            colors=colors,
+            centers=centers,
+            counts=counts.astype(np.int64),
+            inertia=inertia,
+            inertia_history=np.asarray(lloyd.inertia_history),
+            n_iter=lloyd.n_iter,
+            converged=lloyd.converged,
+            feature_space=space,
+            dtype=self.dtype,
+            layout=self.layout,
+        )
+
+
+# -- using a fit --------------------------------------------------------------------------------
+
+
+def predict(image, model: KMeansResult, *, mask=None):
+    """Assign the pixels of an image to the nearest centres of a fitted model.
+
+    Parameters
+    ----------
+    image : array_like or dask.array.Array
+        An image with the same channels (and alpha) as the one ``model`` was fitted on; its
+        spatial shape may differ (another frame, another tile, the full resolution).
+    model : KMeansResult
+        From :func:`kmeans`. Its feature space (spacing, spatial scale) is used as it is.
+    mask : array_like, optional
+        Only pixels where it is non-zero are labelled.
+
+    Returns
+    -------
+    ndarray or dask.array.Array
+        Labels 1..k as in ``model.labels`` (0 where not labelled); lazy for a dask input.
+
+    Examples
+    --------
+    >>> from skimage import data
+    >>> from napari_kmeanz import kmeans, predict
+    >>> image = data.astronaut()
+    >>> model = kmeans(image[:256], 4, random_state=0)
+    >>> predict(image[256:], model).shape
+    (256, 512)
+    """
+    if not isinstance(model, KMeansResult):
+        raise TypeError(f"model must be a KMeansResult, got {type(model).__name__}.")
+    array = _as_array(image)
+    layout = _layout(tuple(array.shape), model.layout.channel_axis, model.layout.alpha)
+    if layout.ndim != model.layout.ndim:
+        raise ValueError(
+            f"image has {array.ndim} dimensions, the model was fitted on {model.layout.ndim}."
+        )
+    data = _channels_last(array, layout)
+    n_channels = data.shape[-1] - layout.alpha
+    if n_channels != model.feature_space.n_channels:
+        raise ValueError(
+            f"image has {n_channels} channels, the model was fitted on "
+            f"{model.feature_space.n_channels}."
+        )
+    source = PixelSource(data, _check_mask(mask, data.shape[:-1], data.chunks[:-1]), layout.alpha)
+    source.space = model.feature_space
+    labels = source.labels(model.centers, _label_dtype(model.n_clusters))
+    return labels if isinstance(array, da.Array) else labels.compute()
+
+
+def recolor(labels, colors, *, dtype=None):
+    """Paint every pixel with the colour of its cluster.
+
+    Parameters
+    ----------
+    labels : array_like or dask.array.Array of int
+        Cluster ids 1..k; 0 is painted 0 (black, or transparent with alpha).
+    colors : array_like of shape (k, C) or (k,)
+        Colour of each cluster.
+    dtype : dtype, optional
+        Output dtype; integer outputs are rounded and clipped to the dtype's range. Default
+        float64.
+
+    Returns
+    -------
+    ndarray or dask.array.Array of shape (*labels.shape, C), or labels.shape for 1-D ``colors``
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from napari_kmeanz import recolor
+    >>> colors = np.array([[10, 20, 30], [200, 100, 0]])
+    >>> recolor(np.array([[0, 1], [2, 1]]), colors, dtype=np.uint8)[1]
+    array([[200, 100,   0],
+           [ 10,  20,  30]], dtype=uint8)
+    """
+    colors = np.asarray(colors, dtype=np.float64)
+    if colors.ndim not in (1, 2):
+        raise ValueError(f"colors must have shape (k, C) or (k,), got shape {colors.shape}.")
+    table = np.zeros((len(colors) + 1, *colors.shape[1:]))
+    table[1:] = colors
+    dtype = np.dtype(np.float64 if dtype is None else dtype)
+    if dtype.kind in "iu":
+        info = np.iinfo(dtype)
+        table = np.clip(np.rint(table), info.min, info.max)
+    table = table.astype(dtype)
+    if isinstance(labels, da.Array):
+        if labels.dtype.kind not in "iu":
+            raise TypeError(f"labels must be integers, got dtype {labels.dtype}.")
+        return labels.map_blocks(
+            lambda block: table[block],
+            dtype=dtype,
+            new_axis=list(range(labels.ndim, labels.ndim + colors.ndim - 1)),
+            chunks=(*labels.chunks, *((c,) for c in colors.shape[1:])),
+            meta=np.empty((0,) * (labels.ndim + colors.ndim - 1), dtype=dtype),
+        )
+    labels = np.asarray(labels)
+    if labels.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integers, got dtype {labels.dtype}.")
+    if labels.size and (labels.min() < 0 or labels.max() > len(colors)):
+        raise ValueError(
+            f"labels must lie in 0..{len(colors)} (one colour per cluster), got values in "
+            f"{labels.min()}..{labels.max()}."
+        )
+    return table[labels]

@@ -1,0 +1,287 @@
+"""Numpy kernels of k-means: assignment with per-cluster sums, seeding and the Lloyd loop.
+
+Everything here assumes valid input (the public functions in ``_kmeans`` check it) and works on
+*raw* points: a row holds a pixel's coordinates and channel values as they are, and a
+per-feature ``factor`` turns a raw row ``r`` into its feature vector ``x = factor * r``. Sums are
+taken over raw rows, so for integer images (integer coordinates, integer values) every per-cluster
+sum is an exact float64 integer and its value does not depend on how the pixels were split into
+chunks; centres are ``factor * sums / counts``.
+
+A *source* of points is anything with the methods of :class:`PointSource`: ``stats`` (one
+assignment pass returning per-cluster counts and raw sums), ``sq_total`` (the weighted sum of
+squared feature norms, a constant) and ``farthest`` (the points farthest from their centre, used
+to relocate empty clusters). :class:`PointSource` holds points in memory; the pixel source in
+``_pixels`` runs the same kernels over the chunks of a dask array.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# Rows per sub-block in the kernels: the (rows x k) distance matrix of a sub-block stays in cache.
+SUB_BLOCK = 1 << 14
+
+
+class TooFewDistinctPoints(ValueError):
+    """Raised by seeding when the points hold fewer distinct values than clusters asked for."""
+
+    def __init__(self, n_distinct: int, n_clusters: int):
+        self.n_distinct = n_distinct
+        self.n_clusters = n_clusters
+        super().__init__(
+            f"n_clusters={n_clusters} is larger than the number of distinct points "
+            f"({n_distinct}); ask for at most {n_distinct} clusters."
+        )
+
+
+def distance_weights(centers: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    """Matrix ``W`` such that ``[r, 1] @ W == ||factor * r - c||**2 - ||factor * r||**2``.
+
+    Parameters
+    ----------
+    centers : ndarray of shape (k, d)
+        Cluster centres in feature space.
+    factor : ndarray of shape (d,)
+        Raw-to-feature scale of each feature.
+
+    Returns
+    -------
+    ndarray of shape (d + 1, k)
+    """
+    w = np.empty((centers.shape[1] + 1, centers.shape[0]))
+    w[:-1] = (-2.0 * factor * centers).T
+    w[-1] = np.einsum("ij,ij->i", centers, centers)
+    return w
+
+
+def assign(rows1: np.ndarray, weights_matrix: np.ndarray) -> np.ndarray:
+    """Index of the nearest centre for each row of ``rows1`` (raw rows with a ones column)."""
+    labels = np.empty(len(rows1), dtype=np.intp)
+    for s in range(0, len(rows1), SUB_BLOCK):
+        labels[s : s + SUB_BLOCK] = (rows1[s : s + SUB_BLOCK] @ weights_matrix).argmin(axis=1)
+    return labels
+
+
+def accumulate(
+    rows1: np.ndarray,
+    weights_matrix: np.ndarray,
+    counts: np.ndarray,
+    sums: np.ndarray,
+    weights: np.ndarray | None = None,
+) -> np.ndarray:
+    """Assign rows to their nearest centre and add their counts and raw sums in place.
+
+    Parameters
+    ----------
+    rows1 : ndarray of shape (n, d + 1)
+        Raw rows followed by a column of ones.
+    weights_matrix : ndarray of shape (d + 1, k)
+        From :func:`distance_weights`.
+    counts : ndarray of shape (k,)
+        Per-cluster (weighted) counts, added to.
+    sums : ndarray of shape (k, d)
+        Per-cluster (weighted) raw sums, added to.
+    weights : ndarray of shape (n,), optional
+        Multiplicity of each row; 1 when omitted.
+
+    Returns
+    -------
+    ndarray of shape (n,)
+        The index of each row's nearest centre.
+    """
+    k, d = sums.shape
+    labels = assign(rows1, weights_matrix)
+    counts += np.bincount(labels, weights=weights, minlength=k)
+    for f in range(d):
+        column = rows1[:, f] if weights is None else rows1[:, f] * weights
+        sums[:, f] += np.bincount(labels, weights=column, minlength=k)
+    return labels
+
+
+def nearest_sqdist(rows1: np.ndarray, weights_matrix: np.ndarray, factor: np.ndarray):
+    """Squared feature distance of each row to its nearest centre (clipped at 0)."""
+    raw = rows1[:, :-1]
+    dist = np.empty(len(rows1))
+    for s in range(0, len(rows1), SUB_BLOCK):
+        part = raw[s : s + SUB_BLOCK] * factor
+        d2 = (rows1[s : s + SUB_BLOCK] @ weights_matrix).min(axis=1)
+        dist[s : s + SUB_BLOCK] = d2 + np.einsum("ij,ij->i", part, part)
+    return np.maximum(dist, 0.0, out=dist)
+
+
+def top_farthest(dist: np.ndarray, keys: np.ndarray, m: int) -> np.ndarray:
+    """Positions of the ``m`` largest ``dist``, ties broken by the smaller ``keys``, in order."""
+    if len(dist) > m:
+        cut = np.partition(dist, len(dist) - m)[len(dist) - m]
+        candidates = np.flatnonzero(dist >= cut)
+    else:
+        candidates = np.arange(len(dist))
+    order = np.lexsort((keys[candidates], -dist[candidates]))
+    return candidates[order[:m]]
+
+
+def with_ones(raw: np.ndarray) -> np.ndarray:
+    """``raw`` (n, d) as float64 with a trailing column of ones: (n, d + 1)."""
+    rows1 = np.empty((raw.shape[0], raw.shape[1] + 1))
+    rows1[:, :-1] = raw
+    rows1[:, -1] = 1.0
+    return rows1
+
+
+@dataclass
+class PointSource:
+    """Weighted raw points held in memory (a sample, or the unique colours of an image).
+
+    Parameters
+    ----------
+    raw : ndarray of shape (n, d)
+    weights : ndarray of shape (n,) or None
+    """
+
+    raw: np.ndarray
+    weights: np.ndarray | None = None
+    _rows1: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self):
+        self._rows1 = with_ones(self.raw)
+
+    def stats(self, centers: np.ndarray, factor: np.ndarray):
+        k, d = centers.shape
+        counts, sums = np.zeros(k), np.zeros((k, d))
+        accumulate(self._rows1, distance_weights(centers, factor), counts, sums, self.weights)
+        return counts, sums
+
+    def sq_total(self, factor: np.ndarray) -> float:
+        sq = self.raw.astype(np.float64) ** 2
+        per_feature = sq.sum(axis=0) if self.weights is None else self.weights @ sq
+        return float(per_feature @ (factor * factor))
+
+    def farthest(self, centers: np.ndarray, factor: np.ndarray, m: int):
+        dist = nearest_sqdist(self._rows1, distance_weights(centers, factor), factor)
+        top = top_farthest(dist, np.arange(len(dist)), m)
+        return dist[top], self.raw[top].astype(np.float64)
+
+    def labels(self, centers: np.ndarray, factor: np.ndarray) -> np.ndarray:
+        return assign(self._rows1, distance_weights(centers, factor))
+
+
+def kmeans_plusplus(
+    x: np.ndarray, weights: np.ndarray, n_clusters: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007, as in scikit-learn).
+
+    Parameters
+    ----------
+    x : ndarray of shape (n, d)
+        Points in feature space.
+    weights : ndarray of shape (n,)
+        Multiplicity of each point.
+    n_clusters : int
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    ndarray of shape (n_clusters, d)
+
+    Raises
+    ------
+    TooFewDistinctPoints
+        When every remaining point coincides with a chosen centre before ``n_clusters`` are found.
+    """
+    n = len(x)
+    n_trials = 2 + int(np.log(n_clusters))
+    centers = np.empty((n_clusters, x.shape[1]))
+    first = rng.choice(n, p=weights / weights.sum())
+    centers[0] = x[first]
+    closest = ((x - x[first]) ** 2).sum(axis=1)
+    potential = float(weights @ closest)
+    for c in range(1, n_clusters):
+        if potential <= 0.0:
+            raise TooFewDistinctPoints(c, n_clusters)
+        cumulative = np.cumsum(weights * closest)
+        picks = np.searchsorted(cumulative, rng.random(n_trials) * cumulative[-1])
+        picks = np.minimum(picks, n - 1)
+        trial = ((x[None, :, :] - x[picks][:, None, :]) ** 2).sum(axis=2)
+        np.minimum(closest, trial, out=trial)
+        potentials = trial @ weights
+        best = int(np.argmin(potentials))
+        closest, potential = trial[best], float(potentials[best])
+        centers[c] = x[picks[best]]
+    return centers
+
+
+def random_init(
+    x: np.ndarray, weights: np.ndarray, n_clusters: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``n_clusters`` distinct points of ``x`` drawn with probability proportional to weight."""
+    if len(x) < n_clusters:
+        raise TooFewDistinctPoints(len(x), n_clusters)
+    picks = rng.choice(len(x), size=n_clusters, replace=False, p=weights / weights.sum())
+    return x[np.sort(picks)].astype(np.float64)
+
+
+@dataclass
+class Lloyd:
+    """Lloyd's algorithm over a source of points, one pass over the data per round.
+
+    A round assigns every point to its nearest centre, records the inertia of that assignment
+    (the weighted sum of squared distances to the centres used), and moves each centre to the
+    mean of its points. It stops after ``max_iter`` rounds, when the centres no longer move
+    (strict convergence: the assignment is stable), or when a round lowers the inertia by less
+    than ``tol`` times the previous round's inertia.
+
+    Empty clusters are relocated on purpose: each takes the position of one of the points
+    farthest from their nearest centre. When no point is left at a positive distance, the
+    points have fewer distinct values than clusters and the cluster stays empty.
+    """
+
+    source: object
+    centers: np.ndarray
+    factor: np.ndarray
+    max_iter: int
+    tol: float
+    inertia_history: list[float] = field(default_factory=list)
+    n_iter: int = 0
+    converged: bool = False
+    strict: bool = False
+    _sq_total: float | None = None
+
+    def inertia(self, centers, counts, sums) -> float:
+        """Inertia of an assignment from its counts and raw sums (no second pass)."""
+        if self._sq_total is None:
+            self._sq_total = self.source.sq_total(self.factor)
+        feature_sums = sums * self.factor
+        cross = np.einsum("ij,ij->", centers, feature_sums)
+        own = counts @ np.einsum("ij,ij->i", centers, centers)
+        return max(self._sq_total - 2.0 * cross + own, 0.0)
+
+    def rounds(self):
+        """Run the rounds, yielding after each one; ``self`` holds the state."""
+        while self.n_iter < self.max_iter:
+            counts, sums = self.source.stats(self.centers, self.factor)
+            inertia = self.inertia(self.centers, counts, sums)
+            self.inertia_history.append(inertia)
+            self.n_iter += 1
+            new = self.update(counts, sums)
+            self.strict = bool(np.array_equal(new, self.centers))
+            self.centers = new
+            previous = self.inertia_history[-2] if len(self.inertia_history) > 1 else None
+            small_gain = previous is not None and previous - inertia < self.tol * previous
+            self.converged = self.strict or small_gain
+            yield self
+            if self.converged:
+                return
+
+    def update(self, counts: np.ndarray, sums: np.ndarray) -> np.ndarray:
+        """Means of the clusters, with empty clusters relocated to far points."""
+        new = self.centers.copy()
+        full = counts > 0
+        new[full] = self.factor * (sums[full] / counts[full, None])
+        empty = np.flatnonzero(~full)
+        if len(empty):
+            dist, raw = self.source.farthest(self.centers, self.factor, len(empty))
+            usable = dist > 0
+            new[empty[: usable.sum()]] = self.factor * raw[usable]
+        return new

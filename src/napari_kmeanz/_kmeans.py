@@ -682,11 +682,13 @@ def predict(image, model: KMeansResult, *, mask=None):
     if not isinstance(model, KMeansResult):
         raise TypeError(f"model must be a KMeansResult, got {type(model).__name__}.")
     array = _as_array(image)
-    layout = _layout(tuple(array.shape), model.layout.channel_axis, model.layout.alpha)
-    if layout.ndim != model.layout.ndim:
+    if array.ndim != model.layout.ndim:
         raise ValueError(
-            f"image has {array.ndim} dimensions, the model was fitted on {model.layout.ndim}."
+            f"image has {array.ndim} dimensions (shape {array.shape}), the model was fitted on "
+            f"an image with {model.layout.ndim} dimensions and "
+            f"{model.feature_space.n_channels} channels."
         )
+    layout = _layout(tuple(array.shape), model.layout.channel_axis, model.layout.alpha)
     data = _channels_last(array, layout)
     n_channels = data.shape[-1] - layout.alpha
     if n_channels != model.feature_space.n_channels:

@@ -255,7 +255,7 @@ class Lloyd:
         feature_sums = sums * self.factor
         cross = np.einsum("ij,ij->", centers, feature_sums)
         own = counts @ np.einsum("ij,ij->i", centers, centers)
-        return max(self._sq_total - 2.0 * cross + own, 0.0)
+        return max(float(self._sq_total - 2.0 * cross + own), 0.0)
 
     def rounds(self):
         """Run the rounds, yielding after each one; ``self`` holds the state."""

@@ -1,0 +1,297 @@
+"""The engine on real images: against scikit-learn, across chunkings, in every image mode."""
+
+import dask.array as da
+import numpy as np
+import pytest
+from skimage import data
+from sklearn.cluster import KMeans
+
+from conftest import features, same_partition
+from napari_kmeanz import iter_kmeans, kmeans, predict, recolor
+
+
+def cluster_means(image_values, labels, k):
+    """Mean value per cluster id 1..k, computed directly."""
+    flat = labels.ravel()
+    values = image_values.reshape(len(flat), -1).astype(np.float64)
+    counts = np.bincount(flat, minlength=k + 1)[1:]
+    sums = np.stack([np.bincount(flat, weights=v, minlength=k + 1)[1:] for v in values.T], axis=1)
+    return sums / counts[:, None]
+
+
+# -- against scikit-learn --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee"])
+@pytest.mark.parametrize("spatial_weight", [0.0, 1.0])
+def test_same_partition_as_sklearn_from_same_init(name, spatial_weight):
+    image = getattr(data, name)()
+    k = 7
+    probe = kmeans(image, k, spatial_weight=spatial_weight, max_iter=1, random_state=0)
+    x = features(image, probe)
+    init = x[np.random.default_rng(3).choice(len(x), k, replace=False)]
+
+    ours = kmeans(image, k, spatial_weight=spatial_weight, init=init, max_iter=300, tol=0)
+    theirs = KMeans(k, init=init, n_init=1, max_iter=300, tol=0, algorithm="lloyd").fit(x)
+
+    assert same_partition(ours.labels, theirs.labels_)
+    assert ours.inertia == pytest.approx(theirs.inertia_, rel=1e-4)
+    assert ours.n_iter == theirs.n_iter_
+    # the same centres, up to the order of the ids
+    assert np.allclose(np.sort(ours.centers, axis=0), np.sort(theirs.cluster_centers_, axis=0))
+
+
+@pytest.mark.parametrize(
+    ("name", "k", "spatial_weight"),
+    [("astronaut", 16, 0.0), ("coffee", 6, 0.0), ("chelsea", 16, 0.0), ("astronaut", 16, 1.0)],
+)
+def test_kmeanspp_inertia_no_worse_than_sklearn(name, k, spatial_weight):
+    image = getattr(data, name)()
+    seeds = range(3)
+    ours = [kmeans(image, k, spatial_weight=spatial_weight, random_state=s) for s in seeds]
+    x = features(image, ours[0])
+    theirs = [KMeans(k, n_init=1, random_state=s).fit(x).inertia_ for s in seeds]
+    assert np.mean([r.inertia for r in ours]) <= 1.01 * np.mean(theirs)
+
+
+# -- determinism -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spatial_weight", [0.0, 0.5])
+def test_same_seed_same_result_whatever_the_chunking(astronaut, spatial_weight):
+    chunkings = [((128,) * 4, (128,) * 4, 3), ((200, 312), (77, 435), 3), ((512,), (64,) * 8, 3)]
+    runs = [kmeans(astronaut, 9, spatial_weight=spatial_weight, random_state=42)]
+    for chunks in chunkings:
+        lazy = da.from_array(astronaut, chunks=chunks)
+        runs.append(kmeans(lazy, 9, spatial_weight=spatial_weight, random_state=42))
+    reference = runs[0]
+    for run in runs[1:]:
+        assert isinstance(run.labels, da.Array)
+        np.testing.assert_array_equal(run.labels.compute(), reference.labels)
+        np.testing.assert_allclose(run.centers, reference.centers, rtol=1e-12)
+        np.testing.assert_allclose(run.colors, reference.colors, rtol=1e-12)
+        assert run.inertia == pytest.approx(reference.inertia, rel=1e-12)
+        assert run.n_iter == reference.n_iter
+
+
+def test_seed_reproducible_and_ids_ordered_by_brightness(coffee):
+    first = kmeans(coffee, 6, random_state=7)
+    second = kmeans(coffee, 6, random_state=np.random.default_rng(7))
+    np.testing.assert_array_equal(first.labels, second.labels)
+    np.testing.assert_array_equal(first.centers, second.centers)
+    brightness = first.colors.mean(axis=1)
+    assert np.all(np.diff(brightness) > 0)
+    assert set(np.unique(first.labels)) == set(range(1, 7))
+
+
+# -- stopping and consistency ----------------------------------------------------------------
+
+
+def test_tol_is_relative_inertia_decrease(astronaut):
+    result = kmeans(astronaut, 8, spatial_weight=1.0, tol=1e-3, max_iter=200, random_state=0)
+    history = result.inertia_history
+    assert len(history) == result.n_iter
+    assert result.converged
+    gains = -np.diff(history) / history[:-1]
+    # every round but the last improved by at least tol; the last by less (or centres froze)
+    assert np.all(gains[:-1] >= 1e-3)
+    assert gains[-1] < 1e-3 or np.array_equal(
+        kmeans(astronaut, 8, spatial_weight=1.0, init=result.centers, max_iter=1).centers,
+        result.centers,
+    )
+
+
+def test_unconverged_run_labels_match_returned_centres(astronaut):
+    result = kmeans(astronaut, 12, spatial_weight=1.0, max_iter=2, tol=0, random_state=1)
+    assert result.n_iter == 2
+    assert not result.converged
+    np.testing.assert_array_equal(predict(astronaut, result), result.labels)
+    np.testing.assert_allclose(
+        result.colors, cluster_means(astronaut, result.labels, 12), rtol=1e-10
+    )
+    np.testing.assert_array_equal(result.counts, np.bincount(result.labels.ravel())[1:])
+    # the inertia is the one of those labels against those centres
+    x = features(astronaut, result)
+    d2 = ((x - result.centers[result.labels.ravel() - 1]) ** 2).sum()
+    assert result.inertia == pytest.approx(d2, rel=1e-9)
+
+
+def test_colour_fast_path_is_the_same_objective(coffee):
+    """Integer colour-only runs cluster distinct colours by count: same result as all pixels."""
+    k = 6
+    x = coffee.reshape(-1, 3).astype(np.float64)
+    init = x[np.random.default_rng(0).choice(len(x), k, replace=False)]
+    fast = kmeans(coffee, k, init=init, tol=0, max_iter=300)
+    every_pixel = kmeans(coffee.astype(np.float64), k, init=init, tol=0, max_iter=300)
+    np.testing.assert_array_equal(fast.labels, every_pixel.labels)
+    assert fast.inertia == pytest.approx(every_pixel.inertia, rel=1e-9)
+    assert fast.n_iter == every_pixel.n_iter
+
+
+def test_empty_cluster_is_relocated(coffee):
+    x = coffee.reshape(-1, 3).astype(np.float64)
+    init = np.vstack([x[:3], [[1e4, 1e4, 1e4]]])  # the last centre is far from every pixel
+    result = kmeans(coffee, 4, init=init, max_iter=50)
+    assert np.all(result.counts > 0)
+    assert result.centers.max() < 256
+
+
+def test_fewer_distinct_colours_than_clusters():
+    image = np.zeros((40, 40, 3), np.uint8)
+    image[:20] = (200, 10, 10)
+    image[:, :10] = (10, 200, 10)
+    with pytest.raises(ValueError, match=r"n_clusters=5 .* distinct points \(3\)"):
+        kmeans(image, 5)
+    assert kmeans(image, 3, random_state=0).counts.sum() == 1600
+
+
+def test_iter_kmeans_yields_each_round_then_the_result(astronaut):
+    states = list(iter_kmeans(astronaut, 5, max_iter=4, tol=0, random_state=0))
+    assert [s.round for s in states[:-1]] == list(range(1, len(states)))
+    assert states[-1].done and states[-1].result is not None
+    assert not any(s.done for s in states[:-1])
+    preview = states[0].labels()
+    assert preview.shape == astronaut.shape[:2] and preview.max() == 5
+    assert states[0].colors.shape == (5, 3)
+
+
+def test_callback_can_stop_the_run(astronaut):
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def callback(state):
+        seen.append(state.round)
+        if state.round == 2:
+            raise Stop
+
+    with pytest.raises(Stop):
+        kmeans(astronaut, 5, spatial_weight=1, max_iter=50, tol=0, callback=callback)
+    assert seen == [1, 2]
+
+
+# -- image modes -----------------------------------------------------------------------------
+
+
+def test_grey_image():
+    image = data.camera()
+    result = kmeans(image, 4, random_state=0)
+    assert result.labels.shape == image.shape
+    assert result.colors.shape == (4, 1)
+    assert result.recolor().shape == image.shape and result.recolor().dtype == np.uint8
+
+
+def test_rgba_alpha_is_not_a_feature_and_transparent_pixels_are_masked(astronaut):
+    rgba = np.dstack([astronaut, np.full(astronaut.shape[:2], 255, np.uint8)])
+    rgba[:100, :, 3] = 0
+    rgba[100:200, :, 3] = 128  # semi-transparent pixels are still clustered
+    result = kmeans(rgba, 6, random_state=0)
+    assert result.colors.shape == (6, 3)
+    assert np.all(result.labels[:100] == 0) and np.all(result.labels[100:] > 0)
+    again = kmeans(astronaut, 6, random_state=0, mask=rgba[..., 3] > 0)
+    np.testing.assert_array_equal(result.labels, again.labels)
+    painted = result.recolor()
+    assert painted.shape == rgba.shape and painted.dtype == np.uint8
+    assert np.all(painted[:100, :, 3] == 0) and np.all(painted[100:, :, 3] == 255)
+
+
+def test_multichannel_with_channel_axis_first():
+    ihc = data.immunohistochemistry()
+    planar = np.moveaxis(ihc, -1, 0).copy()
+    result = kmeans(planar, 5, channel_axis=0, random_state=0)
+    reference = kmeans(ihc, 5, random_state=0)
+    np.testing.assert_array_equal(result.labels, reference.labels)
+    assert result.recolor().shape == planar.shape
+
+
+def test_four_channels_with_explicit_axis_are_all_features():
+    ihc = data.immunohistochemistry()
+    four = np.dstack([ihc, ihc[..., :1]])
+    result = kmeans(four, 4, channel_axis=-1, random_state=0)
+    assert result.colors.shape == (4, 4)
+    assert result.recolor().shape == four.shape
+
+
+def test_volume_with_anisotropic_spacing():
+    volume = np.stack([data.camera()[::4, ::4]] * 6)  # (6, 128, 128), z-steps 5x the xy pixel
+    result = kmeans(volume, 4, spatial_weight=1.0, spacing=(5.0, 1.0, 1.0), random_state=0)
+    assert result.labels.shape == volume.shape
+    space = result.feature_space
+    assert space.n_features == 4
+    assert space.factor[0] == pytest.approx(5 * space.factor[1])
+    # crossing the longest physical extent (6*5=30 along z, 128 in xy) costs the value range
+    value_range = float(volume.max()) - float(volume.min())
+    assert space.spatial_scale == pytest.approx(value_range / 128)
+
+
+def test_spatial_weight_one_matches_the_original_scripts_scale(astronaut):
+    """Position over 0..255 like each 8-bit colour channel, for a square image."""
+    result = kmeans(astronaut, 4, spatial_weight=1.0, random_state=0)
+    assert result.feature_space.factor[:2] == pytest.approx([255 / 512, 255 / 512])
+
+
+@pytest.mark.parametrize(
+    ("scale", "shift", "dtype"),
+    [(257, 0, np.uint16), (1, -128, np.int16), (1, 0, np.float32), (1, 0.5, np.float64)],
+)
+def test_integer_and_float_dtypes_give_the_same_clusters(coffee, scale, shift, dtype):
+    """An exact affine change of units moves the centres along and keeps the partition."""
+    k = 5
+    x = coffee.reshape(-1, 3).astype(np.float64)
+    init = x[np.random.default_rng(0).choice(len(x), k, replace=False)]
+    image = (coffee.astype(np.float64) * scale + shift).astype(dtype)
+    result = kmeans(image, k, init=init * scale + shift, tol=0)
+    reference = kmeans(coffee, k, init=init, tol=0)
+    np.testing.assert_array_equal(result.labels, reference.labels)
+    np.testing.assert_allclose(result.colors, reference.colors * scale + shift, rtol=1e-9)
+    painted = result.recolor()
+    assert painted.dtype == image.dtype and painted.shape == image.shape
+
+
+def test_nan_pixels_are_not_clustered(coffee):
+    image = coffee.astype(np.float64)
+    image[10:20, 30:40, 1] = np.nan
+    result = kmeans(image, 4, random_state=0)
+    assert np.all(result.labels[10:20, 30:40] == 0)
+    assert np.count_nonzero(result.labels == 0) == 100
+    assert np.isfinite(result.colors).all()
+
+
+def test_mask_as_dask_array(astronaut):
+    mask = np.zeros(astronaut.shape[:2], bool)
+    mask[100:400, 50:300] = True
+    eager = kmeans(astronaut, 5, spatial_weight=1, mask=mask, random_state=0)
+    lazy = kmeans(
+        da.from_array(astronaut, chunks=(100, 100, 3)),
+        5,
+        spatial_weight=1,
+        mask=da.from_array(mask, chunks=150),
+        random_state=0,
+    )
+    np.testing.assert_array_equal(lazy.labels.compute(), eager.labels)
+    assert np.all(eager.labels[~mask] == 0) and np.all(eager.labels[mask] > 0)
+
+
+def test_predict_on_another_frame(astronaut):
+    model = kmeans(astronaut[:256], 5, random_state=0)
+    labels = predict(astronaut[256:], model)
+    assert labels.shape == (256, 512) and labels.min() >= 1 and labels.max() <= 5
+    lazy = predict(da.from_array(astronaut[256:], chunks=64), model)
+    np.testing.assert_array_equal(lazy.compute(), labels)
+    with pytest.raises(ValueError, match="channels"):
+        predict(data.camera(), model)
+
+
+def test_recolor():
+    labels = np.array([[0, 1], [2, 2]])
+    colors = np.array([[0.4, 10.6, 300.0], [-5.0, 127.5, 128.5]])
+    out = recolor(labels, colors, dtype=np.uint8)
+    np.testing.assert_array_equal(out[0, 1], [0, 11, 255])
+    np.testing.assert_array_equal(out[1, 0], [0, 128, 128])
+    np.testing.assert_array_equal(out[0, 0], [0, 0, 0])
+    lazy = recolor(da.from_array(labels, chunks=1), colors, dtype=np.uint8)
+    np.testing.assert_array_equal(lazy.compute(), out)
+    assert recolor(labels, np.array([1.0, 2.0])).shape == (2, 2)
+    with pytest.raises(ValueError, match=r"labels must lie in 0..2"):
+        recolor(labels + 1, colors)

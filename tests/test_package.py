@@ -1,0 +1,37 @@
+"""The installed package: metadata, manifest, and an import that stays free of napari and Qt."""
+
+import subprocess
+import sys
+from importlib.metadata import distribution
+
+GUI_MODULES = ("napari", "PyQt5", "PyQt6", "PySide2", "PySide6", "qtpy", "vispy", "magicgui")
+
+
+def test_import_loads_neither_napari_nor_qt():
+    code = (
+        "import sys, napari_kmeanz\n"
+        f"loaded = sorted({{m.split('.')[0] for m in sys.modules}} & set({GUI_MODULES!r}))\n"
+        "print(','.join(loaded))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+
+
+def test_metadata():
+    dist = distribution("napari-kmeanz")
+    assert "Framework :: napari" in dist.metadata.get_all("Classifier")
+    assert dist.metadata["Requires-Python"] == ">=3.11"
+    entry_points = [ep for ep in dist.entry_points if ep.group == "napari.manifest"]
+    assert [ep.value for ep in entry_points] == ["napari_kmeanz:napari.yaml"]
+    core = [r for r in dist.requires if "extra ==" not in r]
+    for requirement in core:
+        lowered = requirement.lower()
+        assert not lowered.startswith(("pyqt", "pyside", "qtpy"))
+        assert "[all]" not in lowered and "[pyqt" not in lowered
+
+
+def test_manifest_is_installed_and_valid():
+    from npe2 import PluginManifest
+
+    manifest = PluginManifest.from_distribution("napari-kmeanz")
+    assert manifest.name == "napari-kmeanz"

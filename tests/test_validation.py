@@ -1,0 +1,83 @@
+"""Bad input gets a clear error naming the parameter and the value, before any work."""
+
+import dask.array as da
+import numpy as np
+import pytest
+from skimage import data
+
+from napari_kmeanz import iter_kmeans, kmeans
+
+IMAGE = data.astronaut()[::8, ::8]  # 64 x 64 x 3
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"n_clusters": 0}, ValueError, r"n_clusters must be >= 1, got 0"),
+        ({"n_clusters": -3}, ValueError, r"n_clusters must be >= 1, got -3"),
+        ({"n_clusters": 2.5}, TypeError, r"n_clusters must be an integer, got 2.5"),
+        ({"n_clusters": True}, TypeError, r"n_clusters must be an integer, got True"),
+        ({"n_clusters": 4097}, ValueError, r"n_clusters=4097 is larger than .* pixels \(4096\)"),
+        ({"spatial_weight": -0.5}, ValueError, r"spatial_weight must be .*>= 0.0, got -0.5"),
+        ({"spatial_weight": float("nan")}, ValueError, r"spatial_weight .* got nan"),
+        ({"channel_axis": 3}, ValueError, r"channel_axis=3 is out of range .* 3 dimensions"),
+        ({"channel_axis": -4}, ValueError, r"channel_axis=-4 is out of range"),
+        ({"channel_axis": "last"}, ValueError, r"channel_axis must be .*got 'last'"),
+        ({"init": "kmeans||"}, ValueError, r"init must be one of .* got 'kmeans\|\|'"),
+        ({"init": np.zeros((3, 3))}, ValueError, r"init .* \(8, 3\), got shape \(3, 3\)"),
+        ({"max_iter": 0}, ValueError, r"max_iter must be >= 1, got 0"),
+        ({"tol": -1e-3}, ValueError, r"tol must be .*>= 0.0, got -0.001"),
+        ({"sample_size": 0}, ValueError, r"sample_size must be >= 1, got 0"),
+        ({"n_init": 0}, ValueError, r"n_init must be >= 1, got 0"),
+        ({"random_state": "seed"}, TypeError, r"random_state must be an integer, got 'seed'"),
+        ({"spacing": (1.0,)}, ValueError, r"spacing must hold 2 .* got \(1.0,\)"),
+        ({"spacing": (1.0, -2.0)}, ValueError, r"spacing must hold 2 positive .* -2.0"),
+        ({"mask": np.ones((10, 10), bool)}, ValueError, r"mask has shape \(10, 10\).* \(64, 64\)"),
+        ({"mask": np.zeros((64, 64), bool)}, ValueError, r"mask selects no pixel"),
+        ({"alpha": True, "channel_axis": None}, ValueError, r"alpha=True needs a channel axis"),
+    ],
+)
+def test_bad_parameters(kwargs, error, match):
+    kwargs = {"n_clusters": 8, **kwargs}
+    with pytest.raises(error, match=match):
+        kmeans(IMAGE, **kwargs)
+    # iter_kmeans checks its parameters when called, before the first pass
+    with pytest.raises(error, match=match):
+        iter_kmeans(IMAGE, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("image", "error", "match"),
+    [
+        (np.zeros((8, 8), bool), TypeError, r"image has dtype bool"),
+        (np.zeros((8, 8), complex), TypeError, r"image has complex dtype complex128"),
+        (np.array([["a", "b"], ["c", "d"]]), TypeError, r"integer or float dtype, got dtype <U1"),
+        (np.zeros((0, 5, 3), np.uint8), ValueError, r"image is empty \(shape \(0, 5, 3\)\)"),
+        (np.zeros((3,), np.uint8), ValueError, r"no spatial axis"),
+    ],
+)
+def test_bad_images(image, error, match):
+    channel_axis = 0 if image.ndim == 1 else "auto"
+    with pytest.raises(error, match=match):
+        kmeans(image, 2, channel_axis=channel_axis)
+
+
+def test_every_pixel_masked_by_a_lazy_mask_or_nan():
+    mask = da.zeros((64, 64), dtype=bool, chunks=32)
+    with pytest.raises(ValueError, match="No pixel to cluster"):
+        kmeans(IMAGE, 3, mask=mask)
+    with pytest.raises(ValueError, match="No pixel to cluster"):
+        kmeans(np.full((5, 5), np.nan), 2)
+
+
+def test_more_clusters_than_unmasked_pixels():
+    mask = np.zeros((64, 64), bool)
+    mask[0, :5] = True
+    with pytest.raises(ValueError, match=r"n_clusters=8 .* pixels to cluster \(5\)"):
+        kmeans(IMAGE, 8, mask=mask)
+
+
+def test_the_input_is_never_changed():
+    image = IMAGE.copy()
+    kmeans(image, 4, spatial_weight=1, random_state=0)
+    np.testing.assert_array_equal(image, IMAGE)

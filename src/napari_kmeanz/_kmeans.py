@@ -13,14 +13,19 @@ import numpy as np
 
 from . import _lloyd
 from ._lloyd import PointSource
-from ._pixels import NUMPY_CHUNK_PIXELS, FeatureSpace, PixelSource
+from ._pixels import NUMPY_CHUNK_PIXELS, FeatureSpace, PixelSource, compute
 
 __all__ = ["KMeansResult", "KMeansState", "iter_kmeans", "kmeans", "predict", "recolor"]
 
 INITS = ("k-means++", "random")
 # Largest colour histogram (number of possible colours) for the colour-only fast path.
 MAX_HISTOGRAM = 1 << 24
-# Rounds of Lloyd's algorithm on the initialisation sample.
+# Seeding runs on a subsample of the sample, of this many points per cluster (and at least
+# SEED_POINTS_MIN), with this many Lloyd rounds for each of the n_init candidates; the best is
+# then refined on the whole sample for at most SAMPLE_ROUNDS rounds.
+SEED_POINTS_PER_CLUSTER = 256
+SEED_POINTS_MIN = 8192
+SEED_ROUNDS = 10
 SAMPLE_ROUNDS = 100
 
 
@@ -531,31 +536,45 @@ class _Run:
         return values[picks].astype(np.float64), weights.astype(np.float64), False
 
     def _seed(self, rows, weights, exhaustive, factor):
-        """Initial centres: the best of ``n_init`` seedings, each refined on the sample."""
+        """Initial centres from the sample.
+
+        ``n_init`` seedings are drawn on a subsample sized to k and refined there for a few
+        rounds; the one with the lowest inertia is then refined on the whole sample.
+        """
         if not isinstance(self.init, str):
             return self.init.copy()
         seeding = _lloyd.kmeans_plusplus if self.init == "k-means++" else _lloyd.random_init
-        points = rows * factor
         sample = PointSource(rows, weights)
+        n_sub = min(len(rows), max(SEED_POINTS_MIN, SEED_POINTS_PER_CLUSTER * self.n_clusters))
+        sub = np.sort(self.rng.choice(len(rows), size=n_sub, replace=False))
+        sub_rows, sub_weights = rows[sub], weights[sub]
+        points = sub_rows * factor
+        subsample = PointSource(sub_rows, sub_weights)
         best = None
         for _ in range(self.n_init):
             try:
-                centers = seeding(points, weights, self.n_clusters, self.rng)
+                centers = seeding(points, sub_weights, self.n_clusters, self.rng)
             except _lloyd.TooFewDistinctPoints:
-                if exhaustive:
+                if exhaustive and n_sub == len(rows):
                     raise
-                # The sample holds fewer distinct points than the image may: start the missing
-                # clusters on duplicates; the first full round relocates them to far points.
+                # The subsample holds fewer distinct points than the data may: start the
+                # missing clusters on duplicates; the next rounds relocate them to far points.
                 distinct = np.unique(points, axis=0)
                 centers = distinct[np.arange(self.n_clusters) % len(distinct)]
-            refine = _lloyd.Lloyd(sample, centers, factor, SAMPLE_ROUNDS, min(self.tol, 1e-6))
-            for _ in refine.rounds():
+            trial = _lloyd.Lloyd(subsample, centers, factor, SEED_ROUNDS, 1e-4)
+            for _ in trial.rounds():
                 pass
-            counts, sums = sample.stats(refine.centers, factor)
-            inertia = refine.inertia(refine.centers, counts, sums)
+            inertia = trial.inertia(trial.centers, *subsample.stats(trial.centers, factor))
             if best is None or inertia < best[0]:
-                best = (inertia, refine.centers)
-        return best[1]
+                best = (inertia, trial.centers)
+        refine = _lloyd.Lloyd(sample, best[1], factor, SAMPLE_ROUNDS, min(self.tol, 1e-5))
+        for _ in refine.rounds():
+            pass
+        if exhaustive and np.unique(refine.centers, axis=0).shape[0] < self.n_clusters:
+            n_distinct = np.unique(rows * factor, axis=0).shape[0]
+            if n_distinct < self.n_clusters:
+                raise _lloyd.TooFewDistinctPoints(n_distinct, self.n_clusters)
+        return refine.centers
 
     def states(self) -> Iterator[KMeansState]:
         n_valid, vmin, vmax = self.pixels.scan()
@@ -607,22 +626,26 @@ class _Run:
 
     def _labels(self, centers):
         labels = self.pixels.labels(centers, _label_dtype(len(centers)))
-        return labels if self.lazy else labels.compute()
+        return labels if self.lazy else compute(labels)[0]
 
     def _finish(self, lloyd: _lloyd.Lloyd, source, lookup) -> KMeansResult:
         space = self.pixels.space
         centers = lloyd.centers[_order(lloyd.centers, self.n_channels)]
-        counts, sums = source.stats(centers, space.factor)
-        inertia = lloyd.inertia(centers, counts, sums)
-        if lookup is None:
-            labels = self._labels(centers)
+        dtype = _label_dtype(self.n_clusters)
+        if lookup is None and not self.lazy:
+            labels, counts, sums = self.pixels.labels_and_stats(centers, dtype)
         else:
+            counts, sums = source.stats(centers, space.factor)
+        inertia = lloyd.inertia(centers, counts, sums)
+        if lookup is None and self.lazy:
+            labels = self._labels(centers)
+        elif lookup is not None:
             vmin, strides, size = lookup
-            table = np.zeros(size, dtype=_label_dtype(self.n_clusters))
+            table = np.zeros(size, dtype=dtype)
             codes = (source.raw.astype(np.int64) - vmin) @ strides
             table[codes] = source.labels(centers, space.factor) + 1
             labels = self.pixels.lookup_labels(table, vmin, strides)
-            labels = labels if self.lazy else labels.compute()
+            labels = labels if self.lazy else compute(labels)[0]
         value_sums = sums[:, space.n_spatial :]
         colors = centers[:, space.n_spatial :].copy()
         full = counts > 0
@@ -699,7 +722,7 @@ def predict(image, model: KMeansResult, *, mask=None):
     source = PixelSource(data, _check_mask(mask, data.shape[:-1], data.chunks[:-1]), layout.alpha)
     source.space = model.feature_space
     labels = source.labels(model.centers, _label_dtype(model.n_clusters))
-    return labels if isinstance(array, da.Array) else labels.compute()
+    return labels if isinstance(array, da.Array) else compute(labels)[0]
 
 
 def recolor(labels, colors, *, dtype=None):

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 # Rows per sub-block in the kernels: the (rows x k) distance matrix of a sub-block stays in cache.
-SUB_BLOCK = 1 << 14
+SUB_BLOCK = 1 << 15
+# Up to this many candidate centres, a sub-block's per-cluster sums are a one-hot product.
+ONE_HOT_MAX = 8
 
 
 class TooFewDistinctPoints(ValueError):
@@ -56,29 +58,84 @@ def distance_weights(centers: np.ndarray, factor: np.ndarray) -> np.ndarray:
     return w
 
 
-def assign(rows1: np.ndarray, weights_matrix: np.ndarray) -> np.ndarray:
-    """Index of the nearest centre for each row of ``rows1`` (raw rows with a ones column)."""
+def candidates(raw: np.ndarray, centers: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    """Indices of the centres that can be the nearest one to some row of ``raw``.
+
+    The rows lie in a box of feature space (their per-feature minimum and maximum). A centre
+    whose distance to the box exceeds another centre's distance to the box's farthest corner is
+    farther from every row than that centre, and is left out. The bound keeps a small margin
+    for rounding, so pruning never changes which centre is nearest.
+
+    Parameters
+    ----------
+    raw : ndarray of shape (n, d)
+    centers : ndarray of shape (k, d)
+    factor : ndarray of shape (d,)
+
+    Returns
+    -------
+    ndarray of int, sorted
+    """
+    low, high = raw.min(axis=0) * factor, raw.max(axis=0) * factor
+    gap = np.maximum(low - centers, 0.0) + np.maximum(centers - high, 0.0)
+    lower = np.einsum("ij,ij->i", gap, gap)
+    reach = np.maximum(np.abs(centers - low), np.abs(centers - high))
+    upper = np.einsum("ij,ij->i", reach, reach)
+    scale = float(np.max(np.einsum("ij,ij->i", centers, centers))) + float(high @ high)
+    return np.flatnonzero(lower <= upper.min() + 1e-9 * (upper.min() + scale))
+
+
+def _nearest(part, centers, factor, weights_matrix):
+    """Nearest centre of each row of a sub-block, among :func:`candidates`.
+
+    Returns ``(keep, local)``: the candidate centres (None: all of them) and, for each row,
+    the position of its nearest centre in ``keep``.
+    """
+    keep = candidates(part[:, :-1], centers, factor)
+    if len(keep) == len(centers):
+        return None, (part @ weights_matrix).argmin(axis=1)
+    if len(keep) == 1:
+        return keep, np.zeros(len(part), dtype=np.intp)
+    return keep, (part @ weights_matrix[:, keep]).argmin(axis=1)
+
+
+def assign(rows1: np.ndarray, centers: np.ndarray, factor: np.ndarray) -> np.ndarray:
+    """Index of the nearest centre for each row of ``rows1`` (raw rows with a ones column).
+
+    Works a sub-block of rows at a time and, in each, only on the centres that can be nearest
+    to some of its rows (:func:`candidates`).
+    """
+    weights_matrix = distance_weights(centers, factor)
     labels = np.empty(len(rows1), dtype=np.intp)
     for s in range(0, len(rows1), SUB_BLOCK):
-        labels[s : s + SUB_BLOCK] = (rows1[s : s + SUB_BLOCK] @ weights_matrix).argmin(axis=1)
+        keep, local = _nearest(rows1[s : s + SUB_BLOCK], centers, factor, weights_matrix)
+        labels[s : s + SUB_BLOCK] = local if keep is None else keep[local]
     return labels
 
 
 def accumulate(
     rows1: np.ndarray,
-    weights_matrix: np.ndarray,
+    centers: np.ndarray,
+    factor: np.ndarray,
     counts: np.ndarray,
     sums: np.ndarray,
     weights: np.ndarray | None = None,
 ) -> np.ndarray:
     """Assign rows to their nearest centre and add their counts and raw sums in place.
 
+    Per sub-block, the sums over the few candidate centres are one small matrix product
+    (one-hot assignment transposed times the rows, whose ones column gives the counts); with
+    many candidates, one ``bincount`` per feature. For integer data every term is an integer
+    and the float64 sums are exact, whatever the order.
+
     Parameters
     ----------
     rows1 : ndarray of shape (n, d + 1)
         Raw rows followed by a column of ones.
-    weights_matrix : ndarray of shape (d + 1, k)
-        From :func:`distance_weights`.
+    centers : ndarray of shape (k, d)
+        Centres in feature space.
+    factor : ndarray of shape (d,)
+        Raw-to-feature scale of each feature.
     counts : ndarray of shape (k,)
         Per-cluster (weighted) counts, added to.
     sums : ndarray of shape (k, d)
@@ -91,17 +148,37 @@ def accumulate(
     ndarray of shape (n,)
         The index of each row's nearest centre.
     """
-    k, d = sums.shape
-    labels = assign(rows1, weights_matrix)
-    counts += np.bincount(labels, weights=weights, minlength=k)
-    for f in range(d):
-        column = rows1[:, f] if weights is None else rows1[:, f] * weights
-        sums[:, f] += np.bincount(labels, weights=column, minlength=k)
+    k = len(centers)
+    weights_matrix = distance_weights(centers, factor)
+    labels = np.empty(len(rows1), dtype=np.intp)
+    for s in range(0, len(rows1), SUB_BLOCK):
+        part = rows1[s : s + SUB_BLOCK]
+        w = None if weights is None else weights[s : s + SUB_BLOCK]
+        keep, local = _nearest(part, centers, factor, weights_matrix)
+        m = k if keep is None else len(keep)
+        if m <= ONE_HOT_MAX:
+            one_hot = (local[:, None] == np.arange(m)).astype(np.float64)
+            if w is not None:
+                one_hot *= w[:, None]
+            block = one_hot.T @ part
+        else:
+            block = np.stack(
+                [
+                    np.bincount(local, weights=c if w is None else c * w, minlength=m)
+                    for c in part.T
+                ],
+                axis=1,
+            )
+        target = slice(None) if keep is None else keep
+        sums[target] += block[:, :-1]
+        counts[target] += block[:, -1]
+        labels[s : s + SUB_BLOCK] = local if keep is None else keep[local]
     return labels
 
 
-def nearest_sqdist(rows1: np.ndarray, weights_matrix: np.ndarray, factor: np.ndarray):
+def nearest_sqdist(rows1: np.ndarray, centers: np.ndarray, factor: np.ndarray) -> np.ndarray:
     """Squared feature distance of each row to its nearest centre (clipped at 0)."""
+    weights_matrix = distance_weights(centers, factor)
     raw = rows1[:, :-1]
     dist = np.empty(len(rows1))
     for s in range(0, len(rows1), SUB_BLOCK):
@@ -123,11 +200,11 @@ def top_farthest(dist: np.ndarray, keys: np.ndarray, m: int) -> np.ndarray:
 
 
 def with_ones(raw: np.ndarray) -> np.ndarray:
-    """``raw`` (n, d) as float64 with a trailing column of ones: (n, d + 1)."""
-    rows1 = np.empty((raw.shape[0], raw.shape[1] + 1))
-    rows1[:, :-1] = raw
-    rows1[:, -1] = 1.0
-    return rows1
+    """``raw`` (n, d) as float64 with a trailing column of ones: (n, d + 1), column-major."""
+    columns = np.empty((raw.shape[1] + 1, raw.shape[0]))
+    columns[:-1] = raw.T
+    columns[-1] = 1.0
+    return columns.T
 
 
 @dataclass
@@ -150,7 +227,7 @@ class PointSource:
     def stats(self, centers: np.ndarray, factor: np.ndarray):
         k, d = centers.shape
         counts, sums = np.zeros(k), np.zeros((k, d))
-        accumulate(self._rows1, distance_weights(centers, factor), counts, sums, self.weights)
+        accumulate(self._rows1, centers, factor, counts, sums, self.weights)
         return counts, sums
 
     def sq_total(self, factor: np.ndarray) -> float:
@@ -159,12 +236,12 @@ class PointSource:
         return float(per_feature @ (factor * factor))
 
     def farthest(self, centers: np.ndarray, factor: np.ndarray, m: int):
-        dist = nearest_sqdist(self._rows1, distance_weights(centers, factor), factor)
+        dist = nearest_sqdist(self._rows1, centers, factor)
         top = top_farthest(dist, np.arange(len(dist)), m)
         return dist[top], self.raw[top].astype(np.float64)
 
     def labels(self, centers: np.ndarray, factor: np.ndarray) -> np.ndarray:
-        return assign(self._rows1, distance_weights(centers, factor))
+        return assign(self._rows1, centers, factor)
 
 
 def kmeans_plusplus(
@@ -192,10 +269,16 @@ def kmeans_plusplus(
     """
     n = len(x)
     n_trials = 2 + int(np.log(n_clusters))
+    norms = np.einsum("ij,ij->i", x, x)
+
+    def sqdist(rows):  # (len(rows), n) squared distances from x[rows] to every point
+        d2 = norms[rows, None] - 2.0 * (x[rows] @ x.T) + norms[None, :]
+        return np.maximum(d2, 0.0, out=d2)
+
     centers = np.empty((n_clusters, x.shape[1]))
     first = rng.choice(n, p=weights / weights.sum())
     centers[0] = x[first]
-    closest = ((x - x[first]) ** 2).sum(axis=1)
+    closest = sqdist(np.array([first]))[0]
     potential = float(weights @ closest)
     for c in range(1, n_clusters):
         if potential <= 0.0:
@@ -203,7 +286,7 @@ def kmeans_plusplus(
         cumulative = np.cumsum(weights * closest)
         picks = np.searchsorted(cumulative, rng.random(n_trials) * cumulative[-1])
         picks = np.minimum(picks, n - 1)
-        trial = ((x[None, :, :] - x[picks][:, None, :]) ** 2).sum(axis=2)
+        trial = sqdist(picks)
         np.minimum(closest, trial, out=trial)
         potentials = trial @ weights
         best = int(np.argmin(potentials))

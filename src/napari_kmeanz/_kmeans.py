@@ -13,7 +13,7 @@ import numpy as np
 
 from . import _lloyd
 from ._lloyd import PointSource
-from ._pixels import NUMPY_CHUNK_PIXELS, FeatureSpace, PixelSource, compute
+from ._pixels import NUMPY_CHUNK_PIXELS, FeatureSpace, PixelSource, compute, label_centroids
 
 __all__ = ["KMeansResult", "KMeansState", "iter_kmeans", "kmeans", "predict", "recolor"]
 
@@ -158,9 +158,9 @@ def _check_spacing(spacing, spatial_ndim: int) -> tuple[float, ...]:
     if spacing is None:
         return (1.0,) * spatial_ndim
     values = np.atleast_1d(np.asarray(spacing, dtype=np.float64))
-    if values.shape != (spatial_ndim,) or not np.all(np.isfinite(values)) or np.any(values <= 0):
+    if values.shape != (spatial_ndim,) or not np.all(np.isfinite(values)) or np.any(values < 0):
         raise ValueError(
-            f"spacing must hold {spatial_ndim} positive finite numbers (one per spatial axis), "
+            f"spacing must hold {spatial_ndim} finite numbers >= 0 (one per spatial axis), "
             f"got {spacing!r}."
         )
     return tuple(float(v) for v in values)
@@ -229,22 +229,25 @@ class KMeansResult:
         Returns an array of the input's dtype and shape; where the input had alpha, clustered
         pixels are opaque and the others fully transparent. Lazy when ``labels`` is.
         """
-        out = recolor(self.labels, self.colors, dtype=self.dtype)
+        out = recolor(self.labels, self.colors, dtype=self.dtype, alpha=self.layout.alpha)
         if self.layout.channel_axis is None:
             return out[..., 0]
-        if self.layout.alpha:
-            opaque = np.iinfo(self.dtype).max if self.dtype.kind in "iu" else 1.0
-            xp = da if isinstance(out, da.Array) else np
-            alpha = xp.where(self.labels > 0, opaque, 0).astype(self.dtype)[..., None]
-            out = xp.concatenate([out, alpha], axis=-1)
         if self.layout.channel_axis != self.layout.ndim - 1:
             xp = da if isinstance(out, da.Array) else np
             out = xp.moveaxis(out, -1, self.layout.channel_axis)
         return out
 
-    def predict(self, image, *, mask=None):
+    def predict(self, image, *, mask=None, spacing=None):
         """Labels of another image by these centres; see :func:`predict`."""
-        return predict(image, self, mask=mask)
+        return predict(image, self, mask=mask, spacing=spacing)
+
+    def centroids(self) -> np.ndarray:
+        """Mean pixel position of each cluster, shape (k, spatial ndim), in pixel indices.
+
+        Computed chunk by chunk from :attr:`labels` (a pass over them when they are lazy); NaN
+        for a cluster without pixels.
+        """
+        return label_centroids(self.labels, self.n_clusters)
 
 
 @dataclass(frozen=True, eq=False)
@@ -336,7 +339,10 @@ def kmeans(
         Whether the last channel is alpha. Defaults to True for an auto-detected 4-channel
         image. Alpha is not a feature; fully transparent pixels (alpha 0) are not clustered.
     spacing : sequence of float, optional
-        Physical pixel size along each spatial axis (anisotropic voxels); default 1.
+        Physical pixel size along each spatial axis (anisotropic voxels); default 1. A spacing
+        of 0 leaves that axis out of the position features: the frames of a time series (or
+        the planes of a stack) are then clustered together with shared centres, by their
+        in-plane position and values.
     mask : array_like, optional
         Spatial shape of the image; only pixels where it is non-zero are clustered.
     init : {'k-means++', 'random'} or ndarray of shape (k, n_features), default='k-means++'
@@ -498,7 +504,7 @@ class _Run:
             value_range = float(np.max(vmax)) - float(np.min(vmin)) or 1.0
             sizes = zip(self.pixels.spatial_shape, self.spacing, strict=True)
             extent = max(n * s for n, s in sizes)
-            scale = self.spatial_weight * value_range / extent
+            scale = self.spatial_weight * value_range / extent if extent > 0 else 0.0
         return FeatureSpace(self.spacing, scale, self.n_channels)
 
     def _unique_colors(self, vmin, vmax):
@@ -675,7 +681,7 @@ class _Run:
 # -- using a fit --------------------------------------------------------------------------------
 
 
-def predict(image, model: KMeansResult, *, mask=None):
+def predict(image, model: KMeansResult, *, mask=None, spacing=None):
     """Assign the pixels of an image to the nearest centres of a fitted model.
 
     Parameters
@@ -687,6 +693,10 @@ def predict(image, model: KMeansResult, *, mask=None):
         From :func:`kmeans`. Its feature space (spacing, spatial scale) is used as it is.
     mask : array_like, optional
         Only pixels where it is non-zero are labelled.
+    spacing : sequence of float, optional
+        Pixel size of ``image`` along each spatial axis, in the units of the fitted image's
+        spacing; default: the fitted image's. For another resolution level of the same image,
+        the downsampling factors (times the fitted spacing).
 
     Returns
     -------
@@ -721,11 +731,14 @@ def predict(image, model: KMeansResult, *, mask=None):
         )
     source = PixelSource(data, _check_mask(mask, data.shape[:-1], data.chunks[:-1]), layout.alpha)
     source.space = model.feature_space
+    if spacing is not None:
+        spacing = _check_spacing(spacing, layout.spatial_ndim)
+        source.space = FeatureSpace(spacing, model.feature_space.spatial_scale, n_channels)
     labels = source.labels(model.centers, _label_dtype(model.n_clusters))
     return labels if isinstance(array, da.Array) else compute(labels)[0]
 
 
-def recolor(labels, colors, *, dtype=None):
+def recolor(labels, colors, *, dtype=None, alpha=False):
     """Paint every pixel with the colour of its cluster.
 
     Parameters
@@ -737,6 +750,9 @@ def recolor(labels, colors, *, dtype=None):
     dtype : dtype, optional
         Output dtype; integer outputs are rounded and clipped to the dtype's range. Default
         float64.
+    alpha : bool, default=False
+        Add an alpha channel: opaque (the dtype's maximum, or 1.0 for floats) for labelled
+        pixels, fully transparent for label 0.
 
     Returns
     -------
@@ -754,9 +770,14 @@ def recolor(labels, colors, *, dtype=None):
     colors = np.asarray(colors, dtype=np.float64)
     if colors.ndim not in (1, 2):
         raise ValueError(f"colors must have shape (k, C) or (k,), got shape {colors.shape}.")
+    dtype = np.dtype(np.float64 if dtype is None else dtype)
+    if alpha:
+        if colors.ndim != 2:
+            raise ValueError("alpha=True needs colors of shape (k, C).")
+        opaque = np.iinfo(dtype).max if dtype.kind in "iu" else 1.0
+        colors = np.column_stack([colors, np.full(len(colors), opaque)])
     table = np.zeros((len(colors) + 1, *colors.shape[1:]))
     table[1:] = colors
-    dtype = np.dtype(np.float64 if dtype is None else dtype)
     if dtype.kind in "iu":
         info = np.iinfo(dtype)
         table = np.clip(np.rint(table), info.min, info.max)

@@ -423,3 +423,32 @@ class PixelSource:
     def lookup_labels(self, lut: np.ndarray, vmin, strides) -> da.Array:
         """Lazy labels through a colour lookup table."""
         return self._lazy(_lookup_task, lut.dtype, dask.delayed(lut), self.alpha, vmin, strides)
+
+
+def _centroid_task(labels, offset, k):
+    counts = np.bincount(labels.ravel(), minlength=k + 1).astype(np.float64)
+    sums = np.empty((k + 1, labels.ndim))
+    for axis in range(labels.ndim):
+        coordinate = np.arange(labels.shape[axis], dtype=np.float64) + offset[axis]
+        along = [1] * labels.ndim
+        along[axis] = -1
+        weights = np.broadcast_to(coordinate.reshape(along), labels.shape).ravel()
+        sums[:, axis] = np.bincount(labels.ravel(), weights=weights, minlength=k + 1)
+    return counts, sums
+
+
+def label_centroids(labels, k: int) -> np.ndarray:
+    """Mean position (pixel indices) of labels 1..k, chunk by chunk; NaN for an absent label."""
+    if not isinstance(labels, da.Array):
+        labels = da.from_array(np.asarray(labels), chunks="auto", name=False)
+    starts = [np.cumsum((0, *c[:-1])) for c in labels.chunks]
+    blocks = labels.to_delayed()
+    calls = []
+    for idx in product(*(range(len(c)) for c in labels.chunks)):
+        offset = tuple(int(s[i]) for s, i in zip(starts, idx, strict=True))
+        calls.append(dask.delayed(_centroid_task, pure=True)(blocks[idx], offset, k))
+    parts = compute(*calls)
+    counts = np.sum([p[0] for p in parts], axis=0)[1:]
+    sums = np.sum([p[1] for p in parts], axis=0)[1:]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return sums / counts[:, None]

@@ -1,0 +1,351 @@
+"""From napari layers to a k-means run, and from its result back to layers.
+
+The adapter between the pure core and napari: :func:`make_job` turns a source layer (and the
+widget's values) into a call of :func:`napari_kmeanz.iter_kmeans`; :func:`result_layers` turns a
+state or result into layer data tuples aligned with the source; :func:`apply_layers` adds those
+layers to a viewer, or updates the ones a previous run added. Nothing here imports Qt.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import dask.array as da
+import numpy as np
+
+from ._kmeans import KMeansResult, KMeansState, iter_kmeans, predict, recolor
+
+if TYPE_CHECKING:
+    import napari
+
+# Largest image (in pixels) whose labels are recomputed after every round for live display.
+LIVE_PIXELS = 1 << 24
+# A multiscale layer is fitted on its coarsest level with at least this many pixels.
+FIT_LEVEL_PIXELS = 1 << 18
+TRANSFORMS = ("scale", "translate", "rotate", "shear", "axis_labels", "units")
+PREFIX = "napari-kmeanz"
+
+
+@dataclass
+class Job:
+    """A k-means run on napari layers: what to cluster, with what, and how to show it."""
+
+    source: napari.layers.Image
+    channel_layers: list  # the layers whose values are the channels (the source alone, or more)
+    data: object  # the array clustered
+    kwargs: dict  # keyword arguments of iter_kmeans
+    levels: list = field(default_factory=list)  # (array, spacing) per level of a multiscale
+    rgb: bool = False
+
+    def states(self):
+        """Check the parameters (raising ValueError/TypeError) and return the round iterator."""
+        return iter_kmeans(self.data, **self.kwargs)
+
+    @property
+    def live(self) -> bool:
+        """Whether labels are recomputed after every round for display."""
+        lazy = isinstance(self.data, da.Array) or bool(self.levels)
+        return not lazy and math.prod(self.spatial_shape) <= LIVE_PIXELS
+
+    @property
+    def spatial_shape(self):
+        return self.data.shape[:-1] if self.kwargs.get("channel_axis") == -1 else self.data.shape
+
+
+def _level_spacing(layer, level: int) -> tuple[float, ...]:
+    """Pixel size of a multiscale level in the units of the layer's scale."""
+    full, this = layer.data[0].shape, layer.data[level].shape
+    spatial = layer.ndim
+    return tuple(
+        s * f / t for s, f, t in zip(layer.scale, full[:spatial], this[:spatial], strict=True)
+    )
+
+
+def make_job(
+    layer,
+    *,
+    n_clusters: int = 8,
+    spatial_weight: float = 0.0,
+    init: str = "k-means++",
+    max_iter: int = 30,
+    tol: float = 1e-4,
+    seed: int | None = 0,
+    mask_layer=None,
+    channel_layers=(),
+    per_frame: bool = False,
+) -> Job:
+    """A job for ``layer`` and the widget's values.
+
+    Parameters
+    ----------
+    layer : napari.layers.Image
+        The source layer: RGB(A), grey, a stack, dask-backed or multiscale.
+    channel_layers : sequence of napari.layers.Image
+        More single-channel layers of the same shape, clustered together with ``layer`` as
+        channels (napari opens a multichannel file as one layer per channel).
+    mask_layer : napari.layers.Labels, optional
+        Only the pixels where it is non-zero are clustered.
+    per_frame : bool
+        For a stack, leave the first axis out of the position features: the frames are
+        clustered together with shared centres, so an id means the same in every frame.
+
+    Raises
+    ------
+    ValueError
+        For layers that cannot go together (shapes, RGB with channels, multiscale masks).
+    """
+    if layer is None:
+        raise ValueError("No image layer: add or select an image layer to cluster.")
+    extra = [c for c in channel_layers if c is not layer]
+    if extra and (layer.rgb or any(c.rgb for c in extra)):
+        raise ValueError("Only single-channel (grey) layers can be combined as channels.")
+    if extra and (layer.multiscale or any(c.multiscale for c in extra)):
+        raise ValueError("Multiscale layers cannot be combined as channels.")
+    for other in extra:
+        if other.data.shape != layer.data.shape:
+            raise ValueError(
+                f"Layer {other.name!r} has shape {other.data.shape}, but {layer.name!r} has "
+                f"shape {layer.data.shape}: channel layers must have the same shape."
+            )
+    levels = []
+    if layer.multiscale:
+        sizes = [math.prod(level.shape[: layer.ndim]) for level in layer.data]
+        fit = max([i for i, n in enumerate(sizes) if n >= FIT_LEVEL_PIXELS] or [0])
+        data = layer.data[fit]
+        spacing = list(_level_spacing(layer, fit))
+        levels = [(level, _level_spacing(layer, i)) for i, level in enumerate(layer.data)]
+    elif extra:
+        arrays = [c.data for c in (layer, *extra)]
+        lazy = any(isinstance(a, da.Array) for a in arrays)
+        data = (da if lazy else np).stack(arrays, axis=-1)
+        spacing = list(layer.scale)
+    else:
+        data = layer.data
+        spacing = list(layer.scale)
+    if per_frame and layer.ndim >= 3:
+        spacing[0] = 0.0
+        levels = [(a, (0.0, *s[1:])) for a, s in levels]
+    mask = None
+    if mask_layer is not None:
+        if layer.multiscale:
+            raise ValueError("A mask cannot be used with a multiscale layer yet.")
+        if tuple(mask_layer.data.shape) != tuple(layer.data.shape[: layer.ndim]):
+            raise ValueError(
+                f"Mask layer {mask_layer.name!r} has shape {tuple(mask_layer.data.shape)}, but "
+                f"the image's pixels have shape {tuple(layer.data.shape[: layer.ndim])}."
+            )
+        mask = mask_layer.data
+    channel_axis = -1 if (layer.rgb or extra) else None
+    kwargs = {
+        "n_clusters": n_clusters,
+        "spatial_weight": spatial_weight,
+        "channel_axis": channel_axis,
+        "alpha": bool(layer.rgb and data.shape[-1] == 4),
+        "spacing": spacing,
+        "mask": mask,
+        "init": init,
+        "max_iter": max_iter,
+        "tol": tol,
+        "random_state": seed,
+    }
+    return Job(layer, [layer, *extra], data, kwargs, levels, rgb=bool(layer.rgb))
+
+
+# -- results as layers ------------------------------------------------------------------------
+
+
+def _transforms(layer) -> dict:
+    kwargs = {name: getattr(layer, name) for name in TRANSFORMS}
+    kwargs["affine"] = layer.affine.affine_matrix
+    kwargs["units"] = tuple(str(u) for u in layer.units)
+    return kwargs
+
+
+def _display_colors(job: Job, colors: np.ndarray) -> np.ndarray:
+    """RGBA (k, 4) in 0..1 showing each cluster's mean value as the source layers show it."""
+    k = len(colors)
+    rgba = np.zeros((k, 4))
+    rgba[:, 3] = 1.0
+    dtype = np.dtype(job.data.dtype)
+    # the values the recoloured image holds (rounded and clipped to its dtype)
+    colors = recolor(np.arange(1, k + 1), colors, dtype=dtype).astype(np.float64)
+    if job.rgb:
+        top = np.iinfo(dtype).max if dtype.kind in "iu" else 1.0
+        rgba[:, :3] = np.clip(colors[:, :3] / top, 0, 1)
+        return rgba
+    for channel, layer in enumerate(job.channel_layers):
+        low, high = layer.contrast_limits
+        values = np.clip((colors[:, channel] - low) / ((high - low) or 1.0), 0, 1)
+        rgba[:, :3] += layer.colormap.map(values)[:, :3]
+    rgba[:, :3] = np.clip(rgba[:, :3], 0, 1)
+    return rgba
+
+
+def _colormap(job: Job, colors: np.ndarray):
+    from napari.utils.colormaps import DirectLabelColormap
+
+    rgba = _display_colors(job, colors)
+    color_dict = {None: np.zeros(4), 0: np.zeros(4)}
+    color_dict.update({i + 1: rgba[i] for i in range(len(rgba))})
+    return DirectLabelColormap(color_dict=color_dict)
+
+
+def _channel_names(job: Job) -> list[str]:
+    if job.rgb:
+        return ["R", "G", "B"]
+    return [layer.name for layer in job.channel_layers]
+
+
+def _features(job: Job, result: KMeansResult):
+    import pandas as pd
+
+    k = result.n_clusters
+    ids = np.arange(1, k + 1)
+    table = {"index": ids, "label": ids, "pixel_count": result.counts}
+    table["fraction"] = result.counts / max(int(result.counts.sum()), 1)
+    for name, column in zip(_channel_names(job), result.colors.T, strict=False):
+        table[f"mean_{name}"] = column
+    centroids = result.centroids()
+    if job.levels:  # fitted on a coarser level: its pixel indices, in level-0 pixels
+        fit_shape = job.data.shape[: job.source.ndim]
+        full_shape = job.source.data[0].shape[: job.source.ndim]
+        centroids = centroids * (np.array(full_shape) / np.array(fit_shape))
+    world = np.array([job.source.data_to_world(c) for c in centroids]).reshape(k, -1)
+    labels = job.source.axis_labels
+    for axis in range(world.shape[1]):
+        table[f"centroid_{labels[axis]}"] = world[:, axis]
+    return pd.DataFrame(table)
+
+
+def _metadata(job: Job, result: KMeansResult) -> dict:
+    params = {key: value for key, value in job.kwargs.items() if key != "mask"}
+    return {
+        PREFIX: {
+            "source": job.source.name,
+            "parameters": params,
+            "inertia": result.inertia,
+            "inertia_history": result.inertia_history.tolist(),
+            "n_iter": result.n_iter,
+            "converged": result.converged,
+            "centers": result.centers.tolist(),
+            "colors": result.colors.tolist(),
+            "spatial_scale": result.feature_space.spatial_scale,
+        }
+    }
+
+
+def _all_levels(job: Job, result: KMeansResult):
+    """Labels of every level of a multiscale source (a list), or the result's labels."""
+    if not job.levels:
+        return result.labels
+    lazy = [a if isinstance(a, da.Array) else da.from_array(a) for a, _ in job.levels]
+    return [predict(a, result, spacing=s) for a, (_, s) in zip(lazy, job.levels, strict=True)]
+
+
+def labels_name(job: Job) -> str:
+    return f"{job.source.name} clusters"
+
+
+def recoloured_names(job: Job) -> list[str]:
+    if len(job.channel_layers) > 1:
+        return [f"{layer.name} recoloured" for layer in job.channel_layers]
+    return [f"{job.source.name} recoloured"]
+
+
+def _recoloured(job: Job, labels, colors: np.ndarray) -> list:
+    """Recoloured image layer tuples (one per channel layer when several were combined)."""
+    dtype = np.dtype(job.data.dtype)
+    alpha = job.kwargs["alpha"]
+    multi = isinstance(labels, list)
+    paint = [recolor(lvl, colors, dtype=dtype, alpha=alpha) for lvl in labels] if multi else None
+    single = None if multi else recolor(labels, colors, dtype=dtype, alpha=alpha)
+    tuples = []
+    names = recoloured_names(job)
+    if job.rgb or len(job.channel_layers) == 1:
+        data = paint if multi else single
+        if not job.rgb:
+            data = [p[..., 0] for p in data] if multi else data[..., 0]
+        kwargs = {"name": names[0], "rgb": job.rgb, **_transforms(job.source)}
+        if not job.rgb:
+            kwargs["contrast_limits"] = job.source.contrast_limits
+            kwargs["colormap"] = job.source.colormap.name
+        tuples.append((data, kwargs, "image"))
+        return tuples
+    for channel, layer in enumerate(job.channel_layers):
+        kwargs = {
+            "name": names[channel],
+            "colormap": layer.colormap.name,
+            "contrast_limits": layer.contrast_limits,
+            "blending": "additive",
+            **_transforms(layer),
+        }
+        tuples.append((single[..., channel], kwargs, "image"))
+    return tuples
+
+
+def result_layers(job: Job, outcome: KMeansState | KMeansResult) -> list:
+    """Layer data tuples for a finished result, or for a round's state (a live preview).
+
+    Returns ``[labels tuple, recoloured tuple(s)...]``, all aligned with the source layer.
+    A state of a job without live previews gives an empty list.
+    """
+    if isinstance(outcome, KMeansState):
+        if outcome.done:
+            return result_layers(job, outcome.result)
+        if not job.live:
+            return []
+        labels, colors, extra = outcome.labels(), outcome.colors, {}
+        extra["metadata"] = {PREFIX: {"round": outcome.round, "preview": True}}
+    else:
+        labels, colors = _all_levels(job, outcome), outcome.colors
+        extra = {"features": _features(job, outcome), "metadata": _metadata(job, outcome)}
+    labels_kwargs = {
+        "name": labels_name(job),
+        "colormap": _colormap(job, colors),
+        **_transforms(job.source),
+        **extra,
+    }
+    return [(labels, labels_kwargs, "labels"), *_recoloured(job, labels, colors)]
+
+
+# -- into the viewer ----------------------------------------------------------------------------
+
+FIXED_AT_CREATION = ("rgb", "multiscale")
+
+
+def _shapes(data) -> list:
+    return [tuple(level.shape) for level in data] if isinstance(data, list) else [data.shape]
+
+
+def apply_layers(viewer: napari.viewer.Viewer, tuples: list) -> list:
+    """Add the layers, or update those of the same name and type a previous run added."""
+    from napari.layers import Image, Labels, Layer
+
+    classes = {"image": Image, "labels": Labels}
+    touched = []
+    for data, kwargs, kind in tuples:
+        name = kwargs["name"]
+        existing = viewer.layers[name] if name in viewer.layers else None  # noqa: SIM401
+        multiscale = isinstance(data, list)
+        if existing is not None and (
+            not isinstance(existing, classes[kind])
+            or existing.multiscale != multiscale
+            or getattr(existing, "rgb", False) != kwargs.get("rgb", False)
+            or _shapes(existing.data) != _shapes(data)
+        ):
+            index = viewer.layers.index(existing)
+            viewer.layers.remove(existing)
+            layer = Layer.create(data, kwargs, kind)
+            viewer.layers.insert(index, layer)
+        elif existing is not None:
+            layer = existing
+            for key, value in kwargs.items():
+                if key not in ("name", *FIXED_AT_CREATION):
+                    setattr(layer, key, value)
+            layer.data = data
+        else:
+            layer = viewer.add_layer(Layer.create(data, kwargs, kind))
+        touched.append(layer)
+    return touched

@@ -1,0 +1,304 @@
+"""The napari plugin in a real viewer (under Xvfb): widget, layers, live rounds, cancel."""
+
+import dask.array as da
+import numpy as np
+import pytest
+from npe2 import PluginManager
+from skimage import data
+
+from napari_kmeanz import _layers, kmeans
+
+PLUGIN, WIDGET = "napari-kmeanz", "K-means clustering"
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+def open_widget(viewer):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    return widget
+
+
+def run_and_wait(qtbot, widget, timeout=60_000):
+    worker = widget.run()
+    assert worker is not None
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=timeout)
+    return worker
+
+
+def test_widget_opens_by_display_name_and_follows_the_layers(viewer):
+    viewer.open_sample(PLUGIN, "astronaut")
+    widget = open_widget(viewer)
+    assert widget.image.value is viewer.layers["astronaut"]
+    cells = viewer.add_image(data.cell(), name="cells")
+    assert widget.image.value is cells  # the new layer is active
+    assert [name for name, _ in widget._images()] == ["astronaut", "cells"]
+    viewer.layers.selection.active = viewer.layers["astronaut"]
+    assert widget.image.value is viewer.layers["astronaut"]
+    viewer.layers.remove(cells)
+    assert widget.image.choices == (viewer.layers["astronaut"],)
+
+
+def test_run_adds_labels_and_recoloured_layers_aligned_with_the_source(viewer, qtbot):
+    source = viewer.add_image(
+        data.astronaut(),
+        name="photo",
+        rgb=True,
+        scale=(0.5, 0.5),
+        translate=(10.0, -4.0),
+        axis_labels=("y", "x"),
+        units=("um", "um"),
+    )
+    widget = open_widget(viewer)
+    widget.n_clusters.value = 6
+    run_and_wait(qtbot, widget)
+
+    labels = viewer.layers["photo clusters"]
+    recoloured = viewer.layers["photo recoloured"]
+    assert labels._type_string == "labels" and recoloured._type_string == "image"
+    assert labels.data.shape == (512, 512) and recoloured.data.shape == (512, 512, 3)
+    assert recoloured.rgb and recoloured.data.dtype == np.uint8
+    for layer in (labels, recoloured):
+        np.testing.assert_allclose(layer.scale, source.scale)
+        np.testing.assert_allclose(layer.translate, source.translate)
+        assert tuple(layer.axis_labels) == ("y", "x")
+        assert [str(u) for u in layer.units] == ["micrometer", "micrometer"]
+    assert set(np.unique(labels.data)) == set(range(1, 7))
+
+    # the label colours are the recoloured image's colours
+    for label in range(1, 7):
+        pixel = np.argwhere(labels.data == label)[0]
+        expected = recoloured.data[tuple(pixel)] / 255
+        np.testing.assert_allclose(
+            labels.colormap.map(label)[..., :3].ravel(), expected, atol=1e-6
+        )
+
+    # the features table: one row per cluster
+    table = labels.features
+    assert list(table["label"]) == list(range(1, 7))
+    assert table["pixel_count"].sum() == 512 * 512
+    assert table["fraction"].sum() == pytest.approx(1.0)
+    reference = kmeans(data.astronaut(), 6, spacing=(0.5, 0.5), random_state=0, max_iter=30)
+    np.testing.assert_allclose(table[["mean_R", "mean_G", "mean_B"]], reference.colors)
+    # centroids are in world coordinates: inside the scaled, translated extent
+    assert table["centroid_y"].between(10.0, 10.0 + 256).all()
+    assert table["centroid_x"].between(-4.0, -4.0 + 256).all()
+    meta = labels.metadata["napari-kmeanz"]
+    assert meta["source"] == "photo" and len(meta["inertia_history"]) == meta["n_iter"]
+    assert "photo" in viewer.layers and viewer.layers["photo"].data is source.data
+
+
+def test_running_again_updates_the_layers(viewer, qtbot):
+    viewer.open_sample(PLUGIN, "astronaut")
+    widget = open_widget(viewer)
+    widget.n_clusters.value = 4
+    run_and_wait(qtbot, widget)
+    first = viewer.layers["astronaut clusters"]
+    assert len(viewer.layers) == 3
+    widget.image.value = viewer.layers["astronaut"]
+    widget.n_clusters.value = 7
+    run_and_wait(qtbot, widget)
+    assert len(viewer.layers) == 3
+    assert viewer.layers["astronaut clusters"] is first
+    assert first.data.max() == 7
+
+
+def test_layers_update_live_after_every_round(viewer, qtbot):
+    viewer.open_sample(PLUGIN, "astronaut")
+    widget = open_widget(viewer)
+    widget.spatial_weight.value = 1.0
+    widget.tol.value = 0.0
+    widget.max_iter.value = 4
+    rounds_seen = []
+
+    def on_round(update):
+        state, _ = update
+        if not state.done:
+            rounds_seen.append(state.round)
+            layer = viewer.layers["astronaut clusters"]
+            assert layer.metadata["napari-kmeanz"]["round"] == state.round
+
+    worker = widget.run()
+    worker.yielded.connect(on_round)
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    assert rounds_seen == [1, 2, 3, 4]
+    assert viewer.layers["astronaut clusters"].metadata["napari-kmeanz"]["n_iter"] == 4
+
+
+def test_cancel_stops_at_the_next_round_and_keeps_a_complete_result(viewer, qtbot):
+    viewer.add_image(data.retina(), name="retina", rgb=True)
+    widget = open_widget(viewer)
+    widget.spatial_weight.value = 1.0
+    widget.n_clusters.value = 20
+    widget.tol.value = 0.0
+    widget.max_iter.value = 500
+    worker = widget.run()
+    rounds = []
+    worker.yielded.connect(lambda update: rounds.append(update[0].round))
+    qtbot.waitUntil(lambda: len(rounds) >= 1, timeout=60_000)
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    assert len(rounds) < 500 and widget.status.value.startswith("cancelled")
+    labels = viewer.layers["retina clusters"]
+    assert labels.data.shape == (1411, 1411) and labels.data.min() >= 1
+    assert labels.metadata["napari-kmeanz"]["round"] == rounds[-1]
+    assert widget.run_button.enabled
+
+
+def test_same_footing_button(viewer):
+    widget = open_widget(viewer)
+    widget.same_footing.changed.emit(True)
+    assert widget.spatial_weight.value == 1.0
+    assert widget.tol.value == pytest.approx(1e-4)
+
+
+@pytest.mark.parametrize(
+    "setup",
+    ["no image", "mask of another shape", "more clusters than pixels", "rgb plus channel"],
+)
+def test_bad_choices_notify_and_change_nothing(viewer, setup):
+    widget = open_widget(viewer)
+    if setup != "no image":
+        viewer.add_image(np.arange(16, dtype=np.uint8).reshape(4, 4), name="tiny")
+    if setup == "mask of another shape":
+        widget.mask.value = viewer.add_labels(np.ones((5, 5), np.uint8), name="mask")
+    if setup == "more clusters than pixels":
+        widget.n_clusters.value = 20
+    if setup == "rgb plus channel":
+        viewer.add_image(data.astronaut(), name="rgb", rgb=True)
+        widget.image.value = viewer.layers["rgb"]
+        widget.channels.value = []
+        job_error = None
+        try:
+            _layers.make_job(viewer.layers["rgb"], channel_layers=[viewer.layers["tiny"]])
+        except ValueError as err:
+            job_error = err
+        assert "single-channel" in str(job_error)
+        return
+    before = [(layer.name, id(layer.data)) for layer in viewer.layers]
+    assert widget.run() is None
+    assert [(layer.name, id(layer.data)) for layer in viewer.layers] == before
+    assert widget.run_button.enabled
+
+
+def test_typed_commands_through_npe2():
+    pm = PluginManager.instance()
+    image = data.coffee()
+    labels = pm.get_command("napari-kmeanz.cluster_labels").exec(
+        args=(image,), kwargs={"n_clusters": 5}
+    )
+    assert labels.shape == image.shape[:2] and labels.max() == 5
+    recoloured = pm.get_command("napari-kmeanz.recolored_image").exec(
+        args=(image,), kwargs={"n_clusters": 5}
+    )
+    assert recoloured.shape == image.shape and recoloured.dtype == np.uint8
+    assert len(np.unique(recoloured.reshape(-1, 3), axis=0)) == 5
+
+
+@pytest.mark.parametrize("key", ["astronaut", "immunohistochemistry", "cells"])
+def test_sample_data(viewer, key):
+    viewer.open_sample(PLUGIN, key)
+    assert viewer.layers[-1].data.size > 0
+
+
+def test_screenshot_of_the_results_is_not_blank(make_napari_viewer, qtbot):
+    viewer = make_napari_viewer(show=True)
+    viewer.open_sample(PLUGIN, "astronaut")
+    widget = open_widget(viewer)
+    run_and_wait(qtbot, widget)
+    viewer.layers["astronaut recoloured"].visible = False
+    shot = viewer.screenshot(canvas_only=False, flash=False)
+    assert shot.ndim == 3 and shot[..., :3].std() > 10
+
+
+# -- image kinds, through the adapter -----------------------------------------------------
+
+
+def finish(job):
+    return list(job.states())[-1].result
+
+
+def test_grey_layer(viewer):
+    layer = viewer.add_image(data.camera(), name="camera", contrast_limits=(0, 255))
+    job = _layers.make_job(layer, n_clusters=3)
+    tuples = _layers.result_layers(job, finish(job))
+    added = _layers.apply_layers(viewer, tuples)
+    assert [a.name for a in added] == ["camera clusters", "camera recoloured"]
+    assert added[1].data.shape == (512, 512) and added[1].data.dtype == np.uint8
+    grey = added[0].colormap.map(np.array([1, 2, 3]))[:, :3]
+    assert np.all(np.diff(grey[:, 0]) > 0) and np.allclose(grey[:, 0], grey[:, 1])
+
+
+def test_rgba_layer_transparent_pixels_stay_out(viewer):
+    rgba = np.dstack([data.astronaut(), np.full((512, 512), 255, np.uint8)])
+    rgba[:64, :, 3] = 0
+    layer = viewer.add_image(rgba, name="rgba", rgb=True)
+    job = _layers.make_job(layer, n_clusters=4)
+    labels, recoloured = _layers.apply_layers(viewer, _layers.result_layers(job, finish(job)))
+    assert np.all(labels.data[:64] == 0) and np.all(labels.data[64:] > 0)
+    assert recoloured.data.shape == (512, 512, 4) and np.all(recoloured.data[:64, :, 3] == 0)
+
+
+def test_single_channel_layers_clustered_together(viewer, qtbot):
+    ihc = data.immunohistochemistry()
+    for channel, colormap in enumerate(["red", "green", "blue"]):
+        viewer.add_image(
+            ihc[..., channel], name=f"ch{channel}", colormap=colormap, blending="additive"
+        )
+    widget = open_widget(viewer)
+    widget.image.value = viewer.layers["ch0"]
+    assert [name for name, _ in widget._grey_partners()] == ["ch1", "ch2"]
+    widget.channels.value = [viewer.layers["ch1"], viewer.layers["ch2"]]
+    widget.n_clusters.value = 4
+    run_and_wait(qtbot, widget)
+    labels = viewer.layers["ch0 clusters"]
+    reference = kmeans(ihc, 4, random_state=0, max_iter=30)
+    np.testing.assert_array_equal(labels.data, reference.labels)
+    for channel in range(3):
+        recoloured = viewer.layers[f"ch{channel} recoloured"]
+        assert recoloured.data.shape == ihc.shape[:2]
+    assert {"mean_ch0", "mean_ch1", "mean_ch2"} <= set(labels.features.columns)
+
+
+def test_stack_frame_by_frame_shares_centres(viewer):
+    frame = data.camera()[::2, ::2]
+    layer = viewer.add_image(np.stack([frame, frame]), name="movie", scale=(100.0, 1.0, 1.0))
+    whole = finish(_layers.make_job(layer, n_clusters=4, spatial_weight=1.0))
+    per_frame_job = _layers.make_job(layer, n_clusters=4, spatial_weight=1.0, per_frame=True)
+    per_frame = finish(per_frame_job)
+    assert per_frame.feature_space.factor[0] == 0.0 and whole.feature_space.factor[0] > 0
+    # frames clustered with shared centres: the same frame gets the same ids
+    np.testing.assert_array_equal(per_frame.labels[1], per_frame.labels[0])
+    # as one volume, the frames' distance along z separates them
+    assert np.any(whole.labels[1] != whole.labels[0])
+    labels, _ = _layers.apply_layers(viewer, _layers.result_layers(per_frame_job, per_frame))
+    np.testing.assert_allclose(labels.scale, (100.0, 1.0, 1.0))
+
+
+def test_dask_layer_stays_lazy(viewer):
+    lazy = da.from_array(data.astronaut(), chunks=(128, 128, 3))
+    layer = viewer.add_image(lazy, name="lazy", rgb=True)
+    job = _layers.make_job(layer, n_clusters=5)
+    assert not job.live
+    labels, recoloured = _layers.apply_layers(viewer, _layers.result_layers(job, finish(job)))
+    assert isinstance(labels.data, da.Array) and isinstance(recoloured.data, da.Array)
+    eager = kmeans(data.astronaut(), 5, random_state=0, max_iter=30)
+    np.testing.assert_array_equal(np.asarray(labels.data), eager.labels)
+
+
+def test_multiscale_layer_fit_coarse_label_every_level(viewer):
+    full = np.repeat(np.repeat(data.astronaut(), 2, axis=0), 2, axis=1)  # 1024 x 1024
+    pyramid = [full, full[::2, ::2], full[::4, ::4]]
+    layer = viewer.add_image(pyramid, name="pyramid", rgb=True, multiscale=True)
+    job = _layers.make_job(layer, n_clusters=5, spatial_weight=0.5)
+    assert job.data.shape == (512, 512, 3)  # the coarsest level with enough pixels
+    labels, recoloured = _layers.apply_layers(viewer, _layers.result_layers(job, finish(job)))
+    shapes = [lvl.shape for lvl in labels.data]
+    assert labels.multiscale and shapes == [(1024, 1024), (512, 512), (256, 256)]
+    level0 = np.asarray(labels.data[0])
+    level1 = np.asarray(labels.data[1])
+    # consistent across levels: the coarse labels agree with the fine ones they cover
+    assert np.mean(level0[::2, ::2] == level1) > 0.97
+    assert recoloured.multiscale

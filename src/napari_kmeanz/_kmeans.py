@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -129,7 +130,10 @@ def _channels_last(array, layout: Layout) -> da.Array:
     if isinstance(array, da.Array):
         return array.rechunk({array.ndim - 1: -1})
     spatial = array.shape[:-1]
-    rows = max(1, NUMPY_CHUNK_PIXELS // max(1, math.prod(spatial[1:])))
+    # one chunk per core (the passes work in cache-sized tiles inside a chunk), at least
+    # NUMPY_CHUNK_PIXELS pixels each
+    per_chunk = max(NUMPY_CHUNK_PIXELS, -(-math.prod(spatial) // (os.cpu_count() or 1)))
+    rows = max(1, per_chunk // max(1, math.prod(spatial[1:])))
     return da.from_array(array, chunks=(rows, *spatial[1:], -1), name=False)
 
 
@@ -164,6 +168,18 @@ def _check_spacing(spacing, spatial_ndim: int) -> tuple[float, ...]:
             f"got {spacing!r}."
         )
     return tuple(float(v) for v in values)
+
+
+def _morton(values: np.ndarray) -> np.ndarray:
+    """Z-order (Morton) key of non-negative integer points (n, C), interleaving their bits."""
+    key = np.zeros(len(values), dtype=np.uint64)
+    n_channels = values.shape[1]
+    bits = max(1, int(values.max()).bit_length()) if len(values) else 1
+    for bit in range(min(bits, 64 // n_channels)):
+        for channel in range(n_channels):
+            plane = (values[:, channel].astype(np.uint64) >> np.uint64(bit)) & np.uint64(1)
+            key |= plane << np.uint64(bit * n_channels + channel)
+    return key
 
 
 def _label_dtype(n_clusters: int) -> np.dtype:
@@ -519,7 +535,10 @@ class _Run:
         codes = np.flatnonzero(hist)
         counts = hist[codes].astype(np.float64)
         values = (codes[:, None] // strides) % span + vmin
-        return values, counts, (vmin, strides, len(hist))
+        # Z-order: consecutive colours form compact cubes, which lets the kernels leave
+        # far centres out of each sub-block's distance computation.
+        order = np.argsort(_morton(values - vmin), kind="stable")
+        return values[order], counts[order], (vmin, strides, len(hist))
 
     def _sample(self, n_valid: int):
         """Raw rows of a uniform random sample of clustered pixels, and whether it is all."""
@@ -541,7 +560,7 @@ class _Run:
         picks, weights = np.unique(picks, return_counts=True)
         return values[picks].astype(np.float64), weights.astype(np.float64), False
 
-    def _seed(self, rows, weights, exhaustive, factor):
+    def _seed(self, rows, weights, exhaustive, factor, refine_rounds=SAMPLE_ROUNDS):
         """Initial centres from the sample.
 
         ``n_init`` seedings are drawn on a subsample sized to k and refined there for a few
@@ -573,7 +592,7 @@ class _Run:
             inertia = trial.inertia(trial.centers, *subsample.stats(trial.centers, factor))
             if best is None or inertia < best[0]:
                 best = (inertia, trial.centers)
-        refine = _lloyd.Lloyd(sample, best[1], factor, SAMPLE_ROUNDS, min(self.tol, 1e-5))
+        refine = _lloyd.Lloyd(sample, best[1], factor, refine_rounds, min(self.tol, 1e-5))
         for _ in refine.rounds():
             pass
         if exhaustive and np.unique(refine.centers, axis=0).shape[0] < self.n_clusters:
@@ -582,8 +601,7 @@ class _Run:
                 raise _lloyd.TooFewDistinctPoints(n_distinct, self.n_clusters)
         return refine.centers
 
-    def states(self) -> Iterator[KMeansState]:
-        n_valid, vmin, vmax = self.pixels.scan()
+    def _check_count(self, n_valid: int) -> None:
         if n_valid == 0:
             raise ValueError(
                 "No pixel to cluster: every pixel is masked out, fully transparent or NaN."
@@ -593,9 +611,25 @@ class _Run:
                 f"n_clusters={self.n_clusters} is larger than the number of pixels to cluster "
                 f"({n_valid})."
             )
+
+    def states(self) -> Iterator[KMeansState]:
+        colors_found = None
+        if self.spatial_weight == 0 and self.dtype.kind in "iu":
+            # Colour only: when the dtype's whole range fits the colour histogram, it is built
+            # at once (no scan for the value range first).
+            info = np.iinfo(self.dtype)
+            low = np.full(self.n_channels, info.min, dtype=np.int64)
+            high = np.full(self.n_channels, info.max, dtype=np.int64)
+            colors_found = self._unique_colors(low, high)
+        if colors_found is None:
+            n_valid, vmin, vmax = self.pixels.scan()
+            self._check_count(n_valid)
+            colors_found = self._unique_colors(vmin, vmax)
+        else:
+            self._check_count(int(colors_found[1].sum()))
+            vmin = vmax = colors_found[0][0]
         space = self.pixels.space = self._space(vmin, vmax)
         factor = space.factor
-        colors_found = self._unique_colors(vmin, vmax)
         if colors_found is not None:
             values, counts, lookup = colors_found
             if len(values) < self.n_clusters:
@@ -605,7 +639,9 @@ class _Run:
         else:
             source, lookup = self.pixels, None
             rows, weights, exhaustive = self._sample(n_valid)
-        centers = self._seed(rows, weights, exhaustive, factor)
+        # A round over the distinct colours costs little: refining the seed on the sample only
+        # pays where a round is a pass over the pixels.
+        centers = self._seed(rows, weights, exhaustive, factor, 1 if lookup else SAMPLE_ROUNDS)
 
         lloyd = _lloyd.Lloyd(source, centers, factor, self.max_iter, self.tol)
         for _ in lloyd.rounds():

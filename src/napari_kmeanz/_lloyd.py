@@ -22,6 +22,9 @@ import numpy as np
 
 # Rows per sub-block in the kernels: the (rows x k) distance matrix of a sub-block stays in cache.
 SUB_BLOCK = 1 << 15
+# Points per sub-block for points held in memory (sorted in Z-order, a small block is a
+# compact cube of colour space, where few centres are candidates).
+POINT_SUB_BLOCK = 1 << 12
 # Up to this many candidate centres, a sub-block's per-cluster sums are a one-hot product.
 ONE_HOT_MAX = 8
 
@@ -99,7 +102,9 @@ def _nearest(part, centers, factor, weights_matrix):
     return keep, (part @ weights_matrix[:, keep]).argmin(axis=1)
 
 
-def assign(rows1: np.ndarray, centers: np.ndarray, factor: np.ndarray) -> np.ndarray:
+def assign(
+    rows1: np.ndarray, centers: np.ndarray, factor: np.ndarray, block: int = SUB_BLOCK
+) -> np.ndarray:
     """Index of the nearest centre for each row of ``rows1`` (raw rows with a ones column).
 
     Works a sub-block of rows at a time and, in each, only on the centres that can be nearest
@@ -107,9 +112,9 @@ def assign(rows1: np.ndarray, centers: np.ndarray, factor: np.ndarray) -> np.nda
     """
     weights_matrix = distance_weights(centers, factor)
     labels = np.empty(len(rows1), dtype=np.intp)
-    for s in range(0, len(rows1), SUB_BLOCK):
-        keep, local = _nearest(rows1[s : s + SUB_BLOCK], centers, factor, weights_matrix)
-        labels[s : s + SUB_BLOCK] = local if keep is None else keep[local]
+    for s in range(0, len(rows1), block):
+        keep, local = _nearest(rows1[s : s + block], centers, factor, weights_matrix)
+        labels[s : s + block] = local if keep is None else keep[local]
     return labels
 
 
@@ -119,14 +124,15 @@ def accumulate(
     factor: np.ndarray,
     counts: np.ndarray,
     sums: np.ndarray,
-    weights: np.ndarray | None = None,
+    weighted: np.ndarray | None = None,
+    block: int = SUB_BLOCK,
 ) -> np.ndarray:
     """Assign rows to their nearest centre and add their counts and raw sums in place.
 
-    Per sub-block, the sums over the few candidate centres are one small matrix product
-    (one-hot assignment transposed times the rows, whose ones column gives the counts); with
-    many candidates, one ``bincount`` per feature. For integer data every term is an integer
-    and the float64 sums are exact, whatever the order.
+    Per sub-block, the sums over a few candidate centres are one small matrix product (one-hot
+    assignment transposed times the rows, whose ones column gives the counts); over many, one
+    ``bincount`` per column. For integer data every term is an integer and the float64 sums
+    are exact, whatever the order.
 
     Parameters
     ----------
@@ -140,8 +146,10 @@ def accumulate(
         Per-cluster (weighted) counts, added to.
     sums : ndarray of shape (k, d)
         Per-cluster (weighted) raw sums, added to.
-    weights : ndarray of shape (n,), optional
-        Multiplicity of each row; 1 when omitted.
+    weighted : ndarray of shape (n, d + 1), optional
+        ``rows1`` times each row's multiplicity, for weighted points; ``rows1`` when omitted.
+    block : int
+        Rows per sub-block.
 
     Returns
     -------
@@ -149,30 +157,23 @@ def accumulate(
         The index of each row's nearest centre.
     """
     k = len(centers)
+    weighted = rows1 if weighted is None else weighted
     weights_matrix = distance_weights(centers, factor)
     labels = np.empty(len(rows1), dtype=np.intp)
-    for s in range(0, len(rows1), SUB_BLOCK):
-        part = rows1[s : s + SUB_BLOCK]
-        w = None if weights is None else weights[s : s + SUB_BLOCK]
-        keep, local = _nearest(part, centers, factor, weights_matrix)
+    for s in range(0, len(rows1), block):
+        keep, local = _nearest(rows1[s : s + block], centers, factor, weights_matrix)
+        part = weighted[s : s + block]
         m = k if keep is None else len(keep)
         if m <= ONE_HOT_MAX:
-            one_hot = (local[:, None] == np.arange(m)).astype(np.float64)
-            if w is not None:
-                one_hot *= w[:, None]
-            block = one_hot.T @ part
+            partial = (local[:, None] == np.arange(m)).astype(np.float64).T @ part
         else:
-            block = np.stack(
-                [
-                    np.bincount(local, weights=c if w is None else c * w, minlength=m)
-                    for c in part.T
-                ],
-                axis=1,
+            partial = np.stack(
+                [np.bincount(local, weights=c, minlength=m) for c in part.T], axis=1
             )
         target = slice(None) if keep is None else keep
-        sums[target] += block[:, :-1]
-        counts[target] += block[:, -1]
-        labels[s : s + SUB_BLOCK] = local if keep is None else keep[local]
+        sums[target] += partial[:, :-1]
+        counts[target] += partial[:, -1]
+        labels[s : s + block] = local if keep is None else keep[local]
     return labels
 
 
@@ -220,14 +221,16 @@ class PointSource:
     raw: np.ndarray
     weights: np.ndarray | None = None
     _rows1: np.ndarray = field(init=False, repr=False)
+    _weighted: np.ndarray | None = field(init=False, repr=False)
 
     def __post_init__(self):
         self._rows1 = with_ones(self.raw)
+        self._weighted = None if self.weights is None else self._rows1 * self.weights[:, None]
 
     def stats(self, centers: np.ndarray, factor: np.ndarray):
         k, d = centers.shape
         counts, sums = np.zeros(k), np.zeros((k, d))
-        accumulate(self._rows1, centers, factor, counts, sums, self.weights)
+        accumulate(self._rows1, centers, factor, counts, sums, self._weighted, POINT_SUB_BLOCK)
         return counts, sums
 
     def sq_total(self, factor: np.ndarray) -> float:
@@ -241,7 +244,7 @@ class PointSource:
         return dist[top], self.raw[top].astype(np.float64)
 
     def labels(self, centers: np.ndarray, factor: np.ndarray) -> np.ndarray:
-        return assign(self._rows1, centers, factor)
+        return assign(self._rows1, centers, factor, POINT_SUB_BLOCK)
 
 
 def kmeans_plusplus(

@@ -242,25 +242,36 @@ def _labels_stats_task(block, mask_block, offset, space, alpha, centers, dtype):
 def _codes(block, mask_block, alpha, vmin, strides):
     """Colour code of each pixel (its index in the dense colour histogram); -1: not clustered."""
     values, valid = _chunk_values(block, mask_block, alpha)
-    codes = np.zeros(len(values), dtype=np.int64)
+    codes = np.zeros(len(values), dtype=np.int32)  # codes < 2**24
     for channel, (low, stride) in enumerate(zip(vmin, strides, strict=True)):
-        codes += (values[:, channel].astype(np.int64) - low) * stride
+        column = values[:, channel].astype(np.int32)
+        if low:
+            column -= np.int32(low)
+        if stride != 1:
+            column *= np.int32(stride)
+        codes += column
     if valid is not None:
         codes[~valid] = -1
-    return codes
+    return codes, valid
 
 
 def _histogram_task(block, mask_block, alpha, vmin, strides, size):
-    codes = _codes(block, mask_block, alpha, vmin, strides)
-    hist = np.bincount(codes[codes >= 0], minlength=size)
-    return hist.astype(np.uint32) if len(codes) < 2**32 else hist
+    codes, valid = _codes(block, mask_block, alpha, vmin, strides)
+    return np.bincount(codes if valid is None else codes[valid], minlength=size)
+
+
+def _add_into(total, part):
+    """Sum two partial histograms into the first (each partial one is used once)."""
+    total += part
+    return total
 
 
 def _lookup_task(block, mask_block, offset, lut, alpha, vmin, strides):
-    codes = _codes(block, mask_block, alpha, vmin, strides)
+    codes, valid = _codes(block, mask_block, alpha, vmin, strides)
+    if valid is None:
+        return lut[codes].reshape(block.shape[:-1])
     out = np.zeros(len(codes), dtype=lut.dtype)
-    hit = codes >= 0
-    out[hit] = lut[codes[hit]]
+    out[valid] = lut[codes[valid]]
     return out.reshape(block.shape[:-1])
 
 
@@ -391,7 +402,7 @@ class PixelSource:
         ]
         while len(parts) > 1:
             halves = zip(parts[::2], parts[1::2], strict=False)
-            pairs = [dask.delayed(np.add)(a, b) for a, b in halves]
+            pairs = [dask.delayed(_add_into, pure=True)(a, b) for a, b in halves]
             parts = pairs + parts[len(pairs) * 2 :]
         return compute(parts[0])[0], strides
 

@@ -1,0 +1,453 @@
+"""The ``napari-kmeanz`` command: cluster an image file or a bundled sample, write the results.
+
+Everything the original scripts did: a k-means in the joint (position, colour) space with
+``-k`` clusters and ``-r`` rounds, ``-s`` for the spatial weight, ``-g`` to save the image after
+every round, a k sweep with an elbow plot and an animation, and a compression report. It
+imports neither napari nor Qt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+SAMPLES = (
+    "astronaut", "brick", "camera", "cat", "cell", "chelsea", "coffee", "coins", "grass",
+    "gravel", "horse", "hubble_deep_field", "immunohistochemistry", "moon", "page", "retina",
+    "rocket", "text",
+)  # fmt: skip
+TIFF = (".tif", ".tiff")
+
+
+class UsageError(Exception):
+    """Bad input: reported as one line on stderr with exit code 2."""
+
+
+class _Formatter(argparse.HelpFormatter):
+    def _split_lines(self, text, width):  # never break "kmeanz-output" or "k-means++"
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit code 2 (argparse prints the usage too)
+        raise UsageError(message)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not np.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _k_range(text: str) -> list[int]:
+    try:
+        low, high = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected KMIN:KMAX (like 2:15), got {text!r}") from None
+    if not 1 <= low <= high:
+        raise argparse.ArgumentTypeError(f"expected 1 <= KMIN <= KMAX, got {text!r}")
+    return list(range(low, high + 1))
+
+
+def parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="napari-kmeanz",
+        formatter_class=_Formatter,
+        description=(
+            "Cluster the pixels of an image by k-means in a joint (position, colour) space and "
+            "write the labels, the recoloured image, a palette PNG (cluster indices plus a "
+            "palette) and a JSON report."
+        ),
+        epilog=f"Bundled samples (scikit-image, no download): {', '.join(SAMPLES)}.",
+    )
+    p.add_argument(
+        "image",
+        help="an image file scikit-image reads (JPEG; PNG, also RGBA and palette; TIFF, also "
+        "16-bit and stacks) or the name of a bundled sample",
+    )
+    p.add_argument("-k", "--clusters", type=_positive_int, default=50, metavar="K",
+                   help="number of clusters (default: 50)")  # fmt: skip
+    p.add_argument("-r", "--rounds", type=_positive_int, default=5, metavar="ROUNDS",
+                   help="maximum rounds over all pixels (default: 5)")  # fmt: skip
+    p.add_argument("-o", "--outdir", type=Path, default=Path("kmeanz-output"), metavar="OUTDIR",
+                   help="output folder, created if missing (default: kmeanz-output)")  # fmt: skip
+    p.add_argument("-s", "--spatial", type=_non_negative, default=0.0, metavar="SPATIAL",
+                   help="spatial weight: 0 clusters by colour alone; 1 puts pixel position on "
+                   "the same footing as colour (position spans the value range, 0-255 for an "
+                   "8-bit image: the original script's -s) (default: 0)")  # fmt: skip
+    p.add_argument("-g", "--every-round", action="store_true",
+                   help="also save the recoloured image after every round")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--init", choices=("k-means++", "random"), default="k-means++",
+                   help="initialisation (default: k-means++)")  # fmt: skip
+    p.add_argument("--tol", type=_non_negative, default=1e-4,
+                   help="stop when a round lowers the inertia by less than this fraction "
+                   "(default: 1e-4; 0 runs all rounds)")  # fmt: skip
+    p.add_argument("--mask", type=Path, metavar="MASK",
+                   help="an image of the same height and width: only its non-zero pixels "
+                   "are clustered")  # fmt: skip
+    p.add_argument("--sweep", type=_k_range, metavar="KMIN:KMAX",
+                   help="cluster for every k in the range instead of one k: writes the "
+                   "inertia per k, an elbow plot (PNG), the suggested k and an animation "
+                   "(GIF)")  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+# -- reading and writing ------------------------------------------------------------------------
+
+
+def read_image(name: str) -> tuple[np.ndarray, str]:
+    """The pixels of a file, or of a bundled sample, and a stem for the output names."""
+    path = Path(name)
+    if path.exists():
+        try:
+            if path.suffix.lower() in TIFF:
+                import tifffile
+
+                image = tifffile.imread(path)
+            else:
+                from skimage import io
+
+                image = io.imread(path)
+        except Exception as err:  # any reader failure is a bad input file
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise UsageError(f"cannot read image {name!r}: {reason}") from err
+        return np.asarray(image), path.stem
+    if name in SAMPLES:
+        from skimage import data
+
+        return getattr(data, name)(), name
+    raise UsageError(
+        f"no such image file or bundled sample: {name!r} (samples: {', '.join(SAMPLES)})"
+    )
+
+
+@contextlib.contextmanager
+def atomic(path: Path):
+    """Yield a temporary name beside ``path``; rename it to ``path`` only when done."""
+    temporary = path.with_name(f".{path.stem}.partial{path.suffix}")
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+
+
+def _save_image(path: Path, array: np.ndarray) -> None:
+    with atomic(path) as temporary:
+        if path.suffix in TIFF:
+            import tifffile
+
+            tifffile.imwrite(temporary, array)
+        else:
+            from skimage import io
+
+            io.imsave(temporary, array, check_contrast=False)
+
+
+def _save_palette_png(path: Path, labels: np.ndarray, colors: np.ndarray, dtype) -> bool:
+    """Cluster indices plus a palette as an 8-bit palette PNG; False when it cannot hold them."""
+    from PIL import Image
+
+    if labels.ndim != 2 or len(colors) + 1 > 256:
+        return False
+    dtype = np.dtype(dtype)
+    top = np.iinfo(dtype).max if dtype.kind in "iu" else 1.0
+    rgb = np.clip(colors / top * 255, 0, 255).round().astype(np.uint8)
+    if rgb.shape[1] == 1:
+        rgb = np.repeat(rgb, 3, axis=1)
+    palette = np.zeros((len(rgb) + 1, 3), np.uint8)
+    palette[1:] = rgb[:, :3]
+    picture = Image.fromarray(labels.astype(np.uint8), mode="P")
+    picture.putpalette(palette.ravel().tolist())
+    with atomic(path) as temporary:
+        picture.save(temporary, format="PNG", optimize=True, transparency=0)
+    return True
+
+
+def _write_json(path: Path, report: dict) -> None:
+    with atomic(path) as temporary:
+        temporary.write_text(json.dumps(report, indent=2))
+
+
+class Progress:
+    """A one-line progress bar on stderr."""
+
+    def __init__(self, total: int, label: str, quiet: bool):
+        self.total, self.label, self.quiet = total, label, quiet
+
+    def show(self, done: int, note: str = "") -> None:
+        if self.quiet:
+            return
+        width = 24
+        filled = int(width * min(done, self.total) / self.total)
+        bar = "#" * filled + "-" * (width - filled)
+        sys.stderr.write(f"\r{self.label} [{bar}] {done}/{self.total} {note}   ")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if not self.quiet:
+            sys.stderr.write("\n")
+
+
+# -- the runs -----------------------------------------------------------------------------------
+
+
+def _cluster(image, k, args, mask, progress: Progress, on_round: Callable | None = None):
+    from ._kmeans import iter_kmeans
+
+    states = iter_kmeans(
+        image, k, spatial_weight=args.spatial, mask=mask, init=args.init, max_iter=args.rounds,
+        tol=args.tol, random_state=args.seed,
+    )  # fmt: skip
+    for state in states:
+        if state.done:
+            return state.result
+        progress.show(state.round, f"inertia {state.inertia_history[-1]:.4g}")
+        if on_round is not None:
+            on_round(state)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _suffix(array: np.ndarray) -> str:
+    return (
+        ".png"
+        if array.ndim in (2, 3)
+        and array.dtype in (np.uint8, np.uint16)
+        and (array.ndim == 2 or array.shape[-1] in (3, 4))
+        else ".tif"
+    )
+
+
+def run_single(args, image, stem, mask) -> dict:
+    from ._kmeans import recolor
+    from ._report import compression, distinct_colors
+
+    out = args.outdir
+    written: list[Path] = []
+    progress = Progress(args.rounds, f"k-means k={args.clusters}", args.quiet)
+
+    colour = image.ndim >= 3 and image.shape[-1] in (3, 4)
+    rgba = colour and image.shape[-1] == 4
+
+    def each_round(state):
+        painted = recolor(state.labels(), state.colors, dtype=image.dtype, alpha=rgba)
+        if not colour:
+            painted = painted[..., 0]
+        path = out / f"{stem}_round_{state.round:03d}{_suffix(painted)}"
+        _save_image(path, painted)
+        written.append(path)
+
+    start = time.perf_counter()
+    result = _cluster(
+        image, args.clusters, args, mask, progress, each_round if args.every_round else None
+    )
+    seconds = time.perf_counter() - start
+    progress.show(result.n_iter, f"inertia {result.inertia:.4g}")
+    progress.close()
+
+    labels = np.asarray(result.labels)
+    labels_out = labels.astype(np.uint8 if result.n_clusters < 256 else np.uint16)
+    painted = np.asarray(result.recolor())
+    for path, array in (
+        (out / f"{stem}_labels{_suffix(labels_out)}", labels_out),
+        (out / f"{stem}_recoloured{_suffix(painted)}", painted),
+    ):
+        _save_image(path, array)
+        written.append(path)
+    palette_path = out / f"{stem}_palette.png"
+    if _save_palette_png(palette_path, labels, result.colors, image.dtype):
+        written.append(palette_path)
+    channel_axis = result.layout.channel_axis
+    report = {
+        "image": args.image,
+        "shape": list(image.shape),
+        "dtype": str(image.dtype),
+        "parameters": _parameters(args),
+        "rounds_run": result.n_iter,
+        "converged": result.converged,
+        "inertia": result.inertia,
+        "inertia_history": result.inertia_history.tolist(),
+        "wall_time_s": round(seconds, 4),
+        "colors": np.round(result.colors, 3).tolist(),
+        "pixels_per_cluster": result.counts.tolist(),
+        "unique_colors_before": distinct_colors(image, channel_axis),
+        "unique_colors_after": distinct_colors(painted, channel_axis),
+        "compression": compression(result),
+    }
+    return _finish_report(out / f"{stem}_report.json", report, written)
+
+
+def run_sweep(args, image, stem, mask) -> dict:
+    from ._report import suggest_k
+
+    out = args.outdir
+    ks = args.sweep
+    results, frames = [], []
+    start = time.perf_counter()
+    for k in ks:
+        progress = Progress(args.rounds, f"k-means k={k}", args.quiet)
+        result = _cluster(image, k, args, mask, progress)
+        progress.show(result.n_iter, f"inertia {result.inertia:.4g}")
+        progress.close()
+        results.append(result)
+        frames.append(_preview_frame(np.asarray(result.recolor()), image.dtype))
+    seconds = time.perf_counter() - start
+    inertias = [r.inertia for r in results]
+    suggested = suggest_k(ks, inertias)
+    written = [out / f"{stem}_elbow.png", out / f"{stem}_sweep.gif"]
+    _save_image(written[0], elbow_plot(ks, inertias, suggested))
+    if frames:
+        _save_gif(written[1], frames, ks)
+    report = {
+        "image": args.image,
+        "shape": list(image.shape),
+        "dtype": str(image.dtype),
+        "parameters": _parameters(args),
+        "k": ks,
+        "inertia": inertias,
+        "rounds_run": [r.n_iter for r in results],
+        "suggested_k": suggested,
+        "suggestion_rule": "the k farthest below the chord joining the first and last points "
+        "of the inertia curve, both axes scaled to 0..1 (kneedle)",
+        "wall_time_s": round(seconds, 4),
+    }
+    return _finish_report(out / f"{stem}_sweep_report.json", report, written)
+
+
+def _preview_frame(painted: np.ndarray, dtype) -> np.ndarray:
+    """An 8-bit RGB frame for the animation (the middle plane of a stack)."""
+    while painted.ndim > 3 or (painted.ndim == 3 and painted.shape[-1] not in (3, 4)):
+        painted = painted[painted.shape[0] // 2]
+    dtype = np.dtype(dtype)
+    top = np.iinfo(dtype).max if dtype.kind in "iu" else 1.0
+    frame = np.clip(painted.astype(np.float64) / top * 255, 0, 255).astype(np.uint8)
+    if frame.ndim == 2:
+        frame = np.stack([frame] * 3, axis=-1)
+    return frame[..., :3]
+
+
+def _save_gif(path: Path, frames: list[np.ndarray], ks) -> None:
+    from PIL import Image, ImageDraw
+
+    pictures = []
+    for frame, k in zip(frames, ks, strict=True):
+        picture = Image.fromarray(frame)
+        ImageDraw.Draw(picture).text((8, 8), f"k={k}", fill=(255, 255, 255))
+        pictures.append(picture)
+    with atomic(path) as temporary:
+        pictures[0].save(
+            temporary, format="GIF", save_all=True, append_images=pictures[1:], duration=600,
+            loop=0,
+        )  # fmt: skip
+
+
+def elbow_plot(ks, inertias, suggested: int, size=(640, 420)) -> np.ndarray:
+    """A line plot of inertia over k, the suggested k marked, as an RGB array."""
+    from PIL import Image, ImageDraw
+
+    width, height = size
+    left, right, top, bottom = 90, 20, 30, 50
+    picture = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(picture)
+    ks_arr = np.asarray(ks, dtype=float)
+    values = np.asarray(inertias, dtype=float)
+    span_k = (ks_arr.max() - ks_arr.min()) or 1.0
+    low, high = float(values.min()), float(values.max())
+    span_v = (high - low) or 1.0
+
+    def xy(k, v):
+        x = left + (k - ks_arr.min()) / span_k * (width - left - right)
+        y = top + (high - v) / span_v * (height - top - bottom)
+        return x, y
+
+    draw.line([(left, top), (left, height - bottom), (width - right, height - bottom)], "black")
+    points = [xy(k, v) for k, v in zip(ks_arr, values, strict=True)]
+    if len(points) > 1:
+        draw.line(points, fill=(31, 119, 180), width=2)
+    for (x, y), k in zip(points, ks, strict=True):
+        colour = (214, 39, 40) if k == suggested else (31, 119, 180)
+        draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)
+        draw.text((x - 6, height - bottom + 8), str(k), fill="black")
+    draw.text((left, 8), f"inertia over k (suggested k = {suggested})", fill="black")
+    draw.text((width // 2 - 10, height - 20), "k", fill="black")
+    draw.text((4, top), f"{high:.3g}", fill="black")
+    draw.text((4, height - bottom - 12), f"{low:.3g}", fill="black")
+    return np.asarray(picture)
+
+
+def _parameters(args) -> dict:
+    return {
+        "k": args.clusters if args.sweep is None else None,
+        "sweep": None if args.sweep is None else [args.sweep[0], args.sweep[-1]],
+        "rounds": args.rounds,
+        "spatial_weight": args.spatial,
+        "every_round": args.every_round,
+        "seed": args.seed,
+        "init": args.init,
+        "tol": args.tol,
+        "mask": None if args.mask is None else str(args.mask),
+    }
+
+
+def _finish_report(path: Path, report: dict, written: list[Path]) -> dict:
+    report["files"] = {p.name: p.stat().st_size for p in written if p.exists()}
+    _write_json(path, report)
+    report["files"][path.name] = path.stat().st_size
+    return report
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``napari-kmeanz`` command; returns the exit code."""
+    try:
+        args = parser().parse_args(argv)
+        image, stem = read_image(args.image)
+        mask = None
+        if args.mask is not None:
+            mask_pixels, _ = read_image(str(args.mask))
+            if mask_pixels.ndim == 3 and mask_pixels.shape[-1] in (3, 4) and image.ndim <= 3:
+                mask_pixels = mask_pixels[..., :3].any(axis=-1)  # an RGB(A) mask picture
+            mask = mask_pixels != 0
+        args.outdir.mkdir(parents=True, exist_ok=True)
+        if args.sweep is None:
+            report = run_single(args, image, stem, mask)
+        else:
+            report = run_sweep(args, image, stem, mask)
+    except (UsageError, ValueError, TypeError, OSError) as err:
+        # bad arguments, the engine's checks of the parameters and data, unwritable outputs
+        message = " ".join(str(err).split())  # always one line
+        print(f"napari-kmeanz: error: {message}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        names = ", ".join(report["files"])
+        print(f"wrote {names} to {args.outdir}/", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

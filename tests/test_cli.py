@@ -1,0 +1,169 @@
+"""The ``napari-kmeanz`` command, run as a subprocess on files the tests write first."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+from skimage import data, io
+
+from napari_kmeanz import kmeans
+
+# the installed console script, beside the interpreter running the tests
+COMMAND = str(Path(sys.executable).with_name("napari-kmeanz"))
+
+
+def run(*args, cwd=None):
+    return subprocess.run(
+        [COMMAND, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inputs")
+    astronaut = data.astronaut()
+    Image.fromarray(astronaut).save(folder / "photo.jpg", quality=95)
+    rgba = np.dstack([data.coffee(), np.full(data.coffee().shape[:2], 255, np.uint8)])
+    rgba[:50, :, 3] = 0
+    io.imsave(folder / "rgba.png", rgba)
+    palette = Image.fromarray(data.chelsea()).convert("P", palette=Image.ADAPTIVE, colors=24)
+    palette.save(folder / "palette.png")
+    stack = (np.stack([data.camera()[::4, ::4]] * 3).astype(np.uint16) * 257)[:, :, :]
+    stack[1] = stack[1][::-1]
+    tifffile.imwrite(folder / "stack.tif", stack, photometric="minisblack")
+    return folder
+
+
+def read_report(outdir, stem):
+    return json.loads((outdir / f"{stem}_report.json").read_text())
+
+
+def test_jpeg_outputs_match_the_python_api(files, tmp_path):
+    out = tmp_path / "out"
+    done = run(files / "photo.jpg", "-k", 12, "-r", 8, "-o", out, "-s", 1, "-g", "--seed", 3)
+    assert done.returncode == 0, done.stderr
+    assert "[" in done.stderr and "8" in done.stderr  # the progress bar, on stderr
+    image = io.imread(files / "photo.jpg")
+    expected = kmeans(image, 12, spatial_weight=1.0, max_iter=8, random_state=3)
+
+    labels = io.imread(out / "photo_labels.png")
+    assert labels.dtype == np.uint8 and labels.shape == image.shape[:2]
+    np.testing.assert_array_equal(labels, expected.labels)
+    recoloured = io.imread(out / "photo_recoloured.png")
+    np.testing.assert_array_equal(recoloured, expected.recolor())
+    with Image.open(out / "photo_palette.png") as palette:
+        assert palette.mode == "P"
+        np.testing.assert_array_equal(np.asarray(palette), expected.labels)
+    rounds = sorted(out.glob("photo_round_*.png"))
+    assert len(rounds) == expected.n_iter
+    np.testing.assert_array_equal(io.imread(rounds[0]).shape, image.shape)
+
+    report = read_report(out, "photo")
+    assert report["rounds_run"] == expected.n_iter
+    assert report["inertia_history"] == pytest.approx(expected.inertia_history.tolist())
+    assert report["unique_colors_after"] == 12 < report["unique_colors_before"]
+    compression = report["compression"]
+    assert compression["raw_bytes"] == 512 * 512 * 3
+    assert compression["index_bits"] == 4 and compression["ratio"] > 5
+    for name, size in report["files"].items():
+        assert (out / name).stat().st_size == size
+    assert not list(out.glob(".*partial*"))
+
+
+def test_rgba_png_keeps_transparency(files, tmp_path):
+    done = run(files / "rgba.png", "-k", 5, "-o", tmp_path, "--quiet")
+    assert done.returncode == 0, done.stderr
+    labels = io.imread(tmp_path / "rgba_labels.png")
+    assert np.all(labels[:50] == 0) and np.all(labels[50:] > 0)
+    recoloured = io.imread(tmp_path / "rgba_recoloured.png")
+    assert recoloured.shape[-1] == 4 and np.all(recoloured[:50, :, 3] == 0)
+    assert read_report(tmp_path, "rgba")["compression"]["index_bits"] == 3  # 5 ids and 0
+
+
+def test_palette_png_input(files, tmp_path):
+    done = run(files / "palette.png", "-k", 6, "-o", tmp_path, "--quiet")
+    assert done.returncode == 0, done.stderr
+    report = read_report(tmp_path, "palette")
+    assert report["shape"][-1] == 3 and report["unique_colors_before"] <= 24
+    assert io.imread(tmp_path / "palette_recoloured.png").shape == tuple(report["shape"])
+
+
+def test_16_bit_tiff_stack(files, tmp_path):
+    done = run(files / "stack.tif", "-k", 4, "-s", 0.5, "-o", tmp_path, "--quiet")
+    assert done.returncode == 0, done.stderr
+    stack = tifffile.imread(files / "stack.tif")
+    labels = tifffile.imread(tmp_path / "stack_labels.tif")
+    recoloured = tifffile.imread(tmp_path / "stack_recoloured.tif")
+    assert labels.shape == stack.shape == recoloured.shape
+    assert recoloured.dtype == np.uint16
+    expected = kmeans(stack, 4, spatial_weight=0.5, max_iter=5, random_state=0)
+    np.testing.assert_array_equal(labels, expected.labels)
+    assert not (tmp_path / "stack_palette.png").exists()  # a stack has no 2-D palette image
+
+
+def test_sweep_writes_inertia_elbow_and_animation(tmp_path):
+    done = run("coffee", "--sweep", "2:6", "-r", 10, "-o", tmp_path, "--quiet")
+    assert done.returncode == 0, done.stderr
+    report = json.loads((tmp_path / "coffee_sweep_report.json").read_text())
+    assert report["k"] == [2, 3, 4, 5, 6]
+    assert np.all(np.diff(report["inertia"]) < 0)
+    assert report["suggested_k"] in report["k"]
+    elbow = io.imread(tmp_path / "coffee_elbow.png")
+    assert elbow.ndim == 3 and elbow.std() > 5
+    with Image.open(tmp_path / "coffee_sweep.gif") as gif:
+        assert gif.n_frames == 5
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["missing.png"], "no such image file or bundled sample: 'missing.png'"),
+        (["not_a_sample"], "no such image file or bundled sample: 'not_a_sample'"),
+        (["BROKEN"], "cannot read image"),
+        (
+            ["astronaut", "-k", "0"],
+            "argument -k/--clusters: expected a whole number >= 1, got '0'",
+        ),
+        (["astronaut", "-r", "-2"], "argument -r/--rounds: expected a whole number >= 1"),
+        (["astronaut", "-s", "-1"], "argument -s/--spatial: expected a number >= 0, got '-1'"),
+        (["astronaut", "--init", "best"], "argument --init: invalid choice: 'best'"),
+        (["astronaut", "--sweep", "9:3"], "argument --sweep: expected 1 <= KMIN <= KMAX"),
+        (["astronaut", "--mask", "BROKEN"], "cannot read image"),
+        (["camera", "-k", "300000"], "n_clusters=300000 is larger than the number of pixels"),
+    ],
+)
+def test_bad_input_exit_code_2_and_one_line(files, tmp_path, args, message):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"this is not a PNG")
+    args = [str(broken) if a == "BROKEN" else a for a in args]
+    out = tmp_path / "out"
+    done = run(*args, "-o", out, cwd=tmp_path)
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], done.stderr
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_interrupted_write_leaves_no_file_under_its_final_name(tmp_path):
+    from napari_kmeanz._cli import atomic
+
+    target = tmp_path / "result.png"
+    with pytest.raises(RuntimeError), atomic(target) as temporary:
+        temporary.write_bytes(b"half")
+        raise RuntimeError("interrupted")
+    assert not target.exists() and not list(tmp_path.iterdir())
+
+
+def test_help_documents_the_defaults():
+    done = subprocess.run(
+        [sys.executable, "-m", "napari_kmeanz._cli", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0
+    text = " ".join(done.stdout.split())
+    for part in ("default: 50", "default: 5)", "default: kmeanz-output", "same footing"):
+        assert part in text

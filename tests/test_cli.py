@@ -150,7 +150,7 @@ def test_bad_input_exit_code_2_and_one_line(files, tmp_path, args, message):
 
 
 def test_interrupted_write_leaves_no_file_under_its_final_name(tmp_path):
-    from napari_kmeanz._cli import atomic
+    from napari_kmeanz._io import atomic
 
     target = tmp_path / "result.png"
     with pytest.raises(RuntimeError), atomic(target) as temporary:

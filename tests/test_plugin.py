@@ -114,7 +114,7 @@ def test_layers_update_live_after_every_round(viewer, qtbot):
     rounds_seen = []
 
     def on_round(update):
-        state, _ = update
+        _, state, _, _ = update
         if not state.done:
             rounds_seen.append(state.round)
             layer = viewer.layers["astronaut clusters"]
@@ -136,7 +136,7 @@ def test_cancel_stops_at_the_next_round_and_keeps_a_complete_result(viewer, qtbo
     widget.max_iter.value = 500
     worker = widget.run()
     rounds = []
-    worker.yielded.connect(lambda update: rounds.append(update[0].round))
+    worker.yielded.connect(lambda update: rounds.append(update[1].round))
     qtbot.waitUntil(lambda: len(rounds) >= 1, timeout=60_000)
     widget.cancel()
     qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
@@ -195,6 +195,44 @@ def test_typed_commands_through_npe2():
     )
     assert recoloured.shape == image.shape and recoloured.dtype == np.uint8
     assert len(np.unique(recoloured.reshape(-1, 3), axis=0)) == 5
+
+
+def test_plot_compression_and_palette_png_from_napari(viewer, qtbot, tmp_path):
+    viewer.open_sample(PLUGIN, "astronaut")
+    widget = open_widget(viewer)
+    widget.n_clusters.value = 16
+    assert not widget.save_button.enabled
+    run_and_wait(qtbot, widget)
+    assert np.asarray(widget.plot.value).std() > 5  # the inertia-over-rounds plot
+    assert "6.0x smaller than the raw pixels" in widget.status.value  # 4 bits + palette vs 24
+    path = widget.save_palette(tmp_path / "astronaut_palette.png")
+    from PIL import Image
+
+    with Image.open(path) as saved:
+        assert saved.mode == "P"
+        np.testing.assert_array_equal(np.asarray(saved), viewer.layers["astronaut clusters"].data)
+
+
+def test_k_sweep_adds_a_layer_with_a_slider_over_k(viewer, qtbot):
+    viewer.add_image(data.coffee()[::2, ::2], name="coffee", rgb=True, translate=(5, 5))
+    widget = open_widget(viewer)
+    widget.sweep_from.value, widget.sweep_to.value = 2, 6
+    widget.sweep()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    sweep = viewer.layers["coffee k sweep"]
+    assert sweep.data.shape == (5, 200, 300, 3) and sweep.rgb
+    assert sweep.axis_labels[0] == "k"
+    assert sweep.data_to_world((0, 0, 0))[0] == 2  # the slider's coordinate is k
+    assert np.all(np.diff(sweep.metadata["napari-kmeanz"]["inertia"]) < 0)
+    assert "suggested k" in widget.status.value
+    assert np.asarray(widget.plot.value).shape == (420, 640, 3)  # the elbow plot
+
+
+def test_bad_sweep_range_changes_nothing(viewer):
+    viewer.open_sample(PLUGIN, "astronaut")
+    widget = open_widget(viewer)
+    widget.sweep_from.value, widget.sweep_to.value = 9, 3
+    assert widget.sweep() is None and len(viewer.layers) == 1
 
 
 @pytest.mark.parametrize("key", ["astronaut", "immunohistochemistry", "cells"])

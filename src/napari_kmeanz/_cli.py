@@ -9,9 +9,7 @@ imports neither napari nor Qt.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import sys
 import textwrap
 import time
@@ -19,6 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+from ._io import atomic, elbow_plot, save_palette_png
 
 SAMPLES = (
     "astronaut", "brick", "camera", "cat", "cell", "chelsea", "coffee", "coins", "grass",
@@ -146,18 +146,6 @@ def read_image(name: str) -> tuple[np.ndarray, str]:
     )
 
 
-@contextlib.contextmanager
-def atomic(path: Path):
-    """Yield a temporary name beside ``path``; rename it to ``path`` only when done."""
-    temporary = path.with_name(f".{path.stem}.partial{path.suffix}")
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            temporary.unlink()
-
-
 def _save_image(path: Path, array: np.ndarray) -> None:
     with atomic(path) as temporary:
         if path.suffix in TIFF:
@@ -168,26 +156,6 @@ def _save_image(path: Path, array: np.ndarray) -> None:
             from skimage import io
 
             io.imsave(temporary, array, check_contrast=False)
-
-
-def _save_palette_png(path: Path, labels: np.ndarray, colors: np.ndarray, dtype) -> bool:
-    """Cluster indices plus a palette as an 8-bit palette PNG; False when it cannot hold them."""
-    from PIL import Image
-
-    if labels.ndim != 2 or len(colors) + 1 > 256:
-        return False
-    dtype = np.dtype(dtype)
-    top = np.iinfo(dtype).max if dtype.kind in "iu" else 1.0
-    rgb = np.clip(colors / top * 255, 0, 255).round().astype(np.uint8)
-    if rgb.shape[1] == 1:
-        rgb = np.repeat(rgb, 3, axis=1)
-    palette = np.zeros((len(rgb) + 1, 3), np.uint8)
-    palette[1:] = rgb[:, :3]
-    picture = Image.fromarray(labels.astype(np.uint8), mode="P")
-    picture.putpalette(palette.ravel().tolist())
-    with atomic(path) as temporary:
-        picture.save(temporary, format="PNG", optimize=True, transparency=0)
-    return True
 
 
 def _write_json(path: Path, report: dict) -> None:
@@ -281,7 +249,7 @@ def run_single(args, image, stem, mask) -> dict:
         _save_image(path, array)
         written.append(path)
     palette_path = out / f"{stem}_palette.png"
-    if _save_palette_png(palette_path, labels, result.colors, image.dtype):
+    if save_palette_png(palette_path, labels, result.colors, image.dtype):
         written.append(palette_path)
     channel_axis = result.layout.channel_axis
     report = {
@@ -365,40 +333,6 @@ def _save_gif(path: Path, frames: list[np.ndarray], ks) -> None:
             temporary, format="GIF", save_all=True, append_images=pictures[1:], duration=600,
             loop=0,
         )  # fmt: skip
-
-
-def elbow_plot(ks, inertias, suggested: int, size=(640, 420)) -> np.ndarray:
-    """A line plot of inertia over k, the suggested k marked, as an RGB array."""
-    from PIL import Image, ImageDraw
-
-    width, height = size
-    left, right, top, bottom = 90, 20, 30, 50
-    picture = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(picture)
-    ks_arr = np.asarray(ks, dtype=float)
-    values = np.asarray(inertias, dtype=float)
-    span_k = (ks_arr.max() - ks_arr.min()) or 1.0
-    low, high = float(values.min()), float(values.max())
-    span_v = (high - low) or 1.0
-
-    def xy(k, v):
-        x = left + (k - ks_arr.min()) / span_k * (width - left - right)
-        y = top + (high - v) / span_v * (height - top - bottom)
-        return x, y
-
-    draw.line([(left, top), (left, height - bottom), (width - right, height - bottom)], "black")
-    points = [xy(k, v) for k, v in zip(ks_arr, values, strict=True)]
-    if len(points) > 1:
-        draw.line(points, fill=(31, 119, 180), width=2)
-    for (x, y), k in zip(points, ks, strict=True):
-        colour = (214, 39, 40) if k == suggested else (31, 119, 180)
-        draw.ellipse([x - 4, y - 4, x + 4, y + 4], fill=colour)
-        draw.text((x - 6, height - bottom + 8), str(k), fill="black")
-    draw.text((left, 8), f"inertia over k (suggested k = {suggested})", fill="black")
-    draw.text((width // 2 - 10, height - 20), "k", fill="black")
-    draw.text((4, top), f"{high:.3g}", fill="black")
-    draw.text((4, height - bottom - 12), f"{low:.3g}", fill="black")
-    return np.asarray(picture)
 
 
 def _parameters(args) -> dict:

@@ -310,6 +310,45 @@ def result_layers(job: Job, outcome: KMeansState | KMeansResult) -> list:
     return [(labels, labels_kwargs, "labels"), *_recoloured(job, labels, colors)]
 
 
+# -- choosing k -----------------------------------------------------------------------------------
+
+
+def sweep_results(job: Job, ks):
+    """Run the job for every k in ``ks``; yields ``(k, result)`` as each finishes."""
+    for k in ks:
+        states = iter_kmeans(job.data, **{**job.kwargs, "n_clusters": int(k)})
+        yield int(k), list(states)[-1].result
+
+
+def sweep_layer(job: Job, ks, results) -> tuple:
+    """The recoloured results of a k sweep as one RGB image layer with a slider over k.
+
+    Each frame shows every pixel in its cluster's colour as the source layers display it
+    (the label colours); the slider's world coordinate is k itself.
+    """
+    frames = []
+    for result in results:
+        rgb = _display_colors(job, result.colors)[:, :3].astype(np.float32)
+        frames.append(recolor(result.labels, rgb, dtype=np.float32))
+    lazy = any(isinstance(f, da.Array) for f in frames)
+    data = (da if lazy else np).stack(frames)
+    source = job.source
+    # a multiscale source is swept on its fitted level: that level's pixel size
+    scale = source.scale
+    if job.levels:
+        full = source.data[0].shape[: source.ndim]
+        scale = [s * f / n for s, f, n in zip(scale, full, job.data.shape, strict=False)]
+    kwargs = {
+        "name": f"{source.name} k sweep",
+        "rgb": True,
+        "scale": (1.0, *scale),
+        "translate": (float(ks[0]), *source.translate),
+        "axis_labels": ("k", *source.axis_labels),
+        "metadata": {PREFIX: {"k": list(ks), "inertia": [r.inertia for r in results]}},
+    }
+    return data, kwargs, "image"
+
+
 # -- into the viewer ----------------------------------------------------------------------------
 
 FIXED_AT_CREATION = ("rgb", "multiscale")

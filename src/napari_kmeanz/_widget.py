@@ -1,26 +1,30 @@
 """The dock widget "K-means clustering": a thin magicgui front end.
 
-It gathers its values into a :class:`napari_kmeanz._layers.Job`, runs the job's rounds in a
-napari worker thread (with napari's progress bar), and applies the layers of every round as
-they come; all computation happens in the core, off the GUI thread.
+It gathers its values into a :class:`napari_kmeanz._layers.Job`, runs the job's rounds (or a k
+sweep) in a napari worker thread with napari's progress bar, and applies what every step
+yields (layers, a plot) as it comes; all computation happens off the GUI thread, in the core
+and the adapter.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
 from magicgui.widgets import (
     ComboBox,
     Container,
+    FileEdit,
     FloatSlider,
     FloatSpinBox,
+    Image,
     Label,
     PushButton,
     Select,
     SpinBox,
 )
 
-from . import _layers
+from . import _io, _layers, _report
 
 if TYPE_CHECKING:
     import napari
@@ -36,6 +40,7 @@ class KMeansWidget(Container):
         self._viewer = viewer
         self._worker = None
         self._cancelled, self._last_round = False, 0
+        self._result = None  # the last finished run: (job, result)
         self.image = ComboBox(label="image", choices=self._images)
         self.channels = Select(label="more channels", choices=self._grey_partners)
         self.n_clusters = SpinBox(label="clusters (k)", value=8, min=1, max=65535)
@@ -52,6 +57,12 @@ class KMeansWidget(Container):
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
+        self.plot = Image(visible=False)
+        self.sweep_from = SpinBox(label="sweep k from", value=2, min=1, max=65535)
+        self.sweep_to = SpinBox(label="sweep k to", value=15, min=1, max=65535)
+        self.sweep_button = PushButton(text="Sweep k (elbow)")
+        self.palette_path = FileEdit(label="palette PNG", mode="w", filter="*.png")
+        self.save_button = PushButton(text="Save palette PNG", enabled=False)
         super().__init__(
             widgets=[
                 self.image,
@@ -68,11 +79,19 @@ class KMeansWidget(Container):
                 self.run_button,
                 self.cancel_button,
                 self.status,
+                self.plot,
+                self.sweep_from,
+                self.sweep_to,
+                self.sweep_button,
+                self.palette_path,
+                self.save_button,
             ]
         )
-        self.same_footing.changed.connect(lambda: setattr(self.spatial_weight, "value", 1.0))
+        self.same_footing.changed.connect(self._same_footing)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
+        self.sweep_button.changed.connect(self.sweep)
+        self.save_button.changed.connect(self.save_palette)
         self.image.changed.connect(self._update_visibility)
         viewer.layers.events.inserted.connect(self._layers_changed)
         viewer.layers.events.removed.connect(self._layers_changed)
@@ -83,9 +102,10 @@ class KMeansWidget(Container):
     # choices
 
     def _images(self, _widget=None):
-        from napari.layers import Image
+        from napari.layers import Image as ImageLayer
 
-        return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Image)]
+        layers = self._viewer.layers
+        return [(layer.name, layer) for layer in layers if isinstance(layer, ImageLayer)]
 
     def _grey_partners(self, _widget=None):
         source = self.image.value if hasattr(self, "image") else None
@@ -110,10 +130,10 @@ class KMeansWidget(Container):
         self._update_visibility()
 
     def _follow_active(self, event=None):
-        from napari.layers import Image
+        from napari.layers import Image as ImageLayer
 
         active = self._viewer.layers.selection.active
-        if isinstance(active, Image) and self._worker is None:
+        if isinstance(active, ImageLayer) and self._worker is None:
             self.image.value = active
 
     def _update_visibility(self, event=None):
@@ -121,6 +141,9 @@ class KMeansWidget(Container):
         source = self.image.value
         self.channels.visible = bool(self.channels.choices)
         self.stack.visible = source is not None and source.ndim >= 3
+
+    def _same_footing(self, _value=None):
+        self.spatial_weight.value = SAME_FOOTING
 
     # running
 
@@ -141,33 +164,31 @@ class KMeansWidget(Container):
 
     def run(self):
         """Start a run in a worker thread; returns the worker, or None after a bad choice."""
-        from napari.qt.threading import create_worker
-        from napari.utils.notifications import show_error
-
-        if self._worker is not None:
+        job = self._checked_job()
+        if job is None:
             return None
         try:
-            job = self.job()
-            states = job.states()
+            states = job.states()  # checks every parameter before any work
         except (ValueError, TypeError) as err:
-            show_error(str(err))
+            return self._refuse(err)
+        total = job.kwargs["max_iter"] + 1
+        return self._start(_rounds, (job, states), total, self._show)
+
+    def sweep(self):
+        """Cluster for every k of the sweep range: adds '<name> k sweep' and the elbow plot."""
+        job = self._checked_job()
+        if job is None:
             return None
-        worker = create_worker(
-            _rounds,
-            job,
-            states,
-            _progress={"total": job.kwargs["max_iter"] + 1, "desc": "k-means clustering"},
-        )
-        worker.yielded.connect(self._show)
-        worker.errored.connect(lambda err: show_error(f"k-means failed: {err}"))
-        worker.finished.connect(self._finished)
-        self._worker = worker
-        self._cancelled, self._last_round = False, 0
-        self.run_button.enabled = False
-        self.cancel_button.enabled = True
-        self.status.value = "running..."
-        worker.start()
-        return worker
+        low, high = self.sweep_from.value, self.sweep_to.value
+        if low > high:
+            return self._refuse(ValueError(f"The sweep's k range {low}..{high} is empty."))
+        try:
+            for k in (low, high):  # both ends checked before any work
+                _layers.iter_kmeans(job.data, **{**job.kwargs, "n_clusters": k})
+        except (ValueError, TypeError) as err:
+            return self._refuse(err)
+        ks = list(range(low, high + 1))
+        return self._start(_sweep, (job, ks), len(ks) + 1, self._show_sweep)
 
     def cancel(self):
         """Stop after the round in progress; the layers keep the last complete round."""
@@ -175,28 +196,106 @@ class KMeansWidget(Container):
             self._cancelled = True
             self._worker.quit()
 
+    def save_palette(self, path=None):
+        """Save the last result as a palette PNG (cluster indices plus a palette)."""
+        from napari.utils.notifications import show_info
+
+        if self._result is None:
+            return self._refuse(ValueError("Run the clustering first."))
+        path = path or self.palette_path.value
+        if not str(path) or str(path) == ".":
+            return self._refuse(ValueError("Choose a file name for the palette PNG."))
+        _, result = self._result
+        labels = np.asarray(result.labels)
+        if not _io.save_palette_png(path, labels, result.colors, result.dtype):
+            return self._refuse(ValueError("A palette PNG holds a 2-D image of <= 255 clusters."))
+        show_info(f"Saved {path}")
+        return path
+
+    def _checked_job(self):
+        if self._worker is not None:
+            return None
+        try:
+            return self.job()
+        except (ValueError, TypeError) as err:
+            return self._refuse(err)
+
+    def _refuse(self, err):
+        from napari.utils.notifications import show_error
+
+        show_error(str(err))
+
+    def _start(self, body, args, total, on_yield):
+        from napari.qt.threading import create_worker
+        from napari.utils.notifications import show_error
+
+        worker = create_worker(
+            body, *args, _progress={"total": total, "desc": "k-means clustering"}
+        )
+        worker.yielded.connect(on_yield)
+        worker.errored.connect(lambda err: show_error(f"k-means failed: {err}"))
+        worker.finished.connect(self._finished)
+        self._worker = worker
+        self._cancelled, self._last_round = False, 0
+        self.run_button.enabled = self.sweep_button.enabled = False
+        self.cancel_button.enabled = True
+        self.status.value = "running..."
+        worker.start()
+        return worker
+
     def _show(self, update):
-        state, tuples = update
+        job, state, tuples, plot = update
         self._last_round = state.round
         if tuples:
             _layers.apply_layers(self._viewer, tuples)
-        if state.done:
-            result = state.result
-            verdict = "converged" if result.converged else "stopped at max rounds"
-            self.status.value = f"{result.n_iter} rounds ({verdict}), inertia {result.inertia:.4g}"
-        else:
-            self.status.value = f"round {state.round}: inertia {state.inertia_history[-1]:.4g}"
+        self.plot.value, self.plot.visible = plot, True
+        if not state.done:
+            inertia = state.inertia_history[-1]
+            self.status.value = f"round {state.round}: inertia {inertia:.4g}"
+            return
+        result = state.result
+        self._result = (job, result)
+        self.save_button.enabled = True
+        verdict = "converged" if result.converged else "stopped at max rounds"
+        ratio = _report.compression(result)["ratio"]
+        self.status.value = (
+            f"{result.n_iter} rounds ({verdict}), inertia {result.inertia:.4g}; as indices "
+            f"plus palette, {ratio:.1f}x smaller than the raw pixels"
+        )
+
+    def _show_sweep(self, update):
+        k, layer_tuple, plot, suggested = update
+        self._last_round = k
+        if layer_tuple is None:
+            self.status.value = f"k sweep: k={k} done"
+            return
+        _layers.apply_layers(self._viewer, [layer_tuple])
+        self.plot.value, self.plot.visible = plot, True
+        self.status.value = f"k sweep done: suggested k = {suggested} (the inertia's elbow)"
 
     def _finished(self):
         if self._cancelled:
             shown = f"after round {self._last_round}" if self._last_round else "before round 1"
             self.status.value = f"cancelled {shown}"
         self._worker = None
-        self.run_button.enabled = True
+        self.run_button.enabled = self.sweep_button.enabled = True
         self.cancel_button.enabled = False
 
 
 def _rounds(job: _layers.Job, states):
-    """Worker body: after every round, the state and the layers to show (built here)."""
+    """Worker body: after every round, the state, the layers to show and the inertia plot."""
     for state in states:
-        yield state, _layers.result_layers(job, state)
+        plot = _io.rounds_plot(state.inertia_history)
+        yield job, state, _layers.result_layers(job, state), plot
+
+
+def _sweep(job: _layers.Job, ks):
+    """Worker body of a k sweep: progress per k, then the sweep layer and the elbow plot."""
+    results = []
+    for k, result in _layers.sweep_results(job, ks):
+        results.append(result)
+        yield k, None, None, None
+    inertias = [r.inertia for r in results]
+    suggested = _report.suggest_k(ks, inertias)
+    plot = _io.elbow_plot(ks, inertias, suggested)
+    yield ks[-1], _layers.sweep_layer(job, ks, results), plot, suggested

@@ -74,16 +74,18 @@ def line_plot(xs, ys, title: str, xlabel: str, mark=None, size=(640, 420)) -> np
             draw.text((px - 6, height - bottom + 8), str(x), fill="black")
     draw.text((left, 8), title, fill="black")
     draw.text((width // 2 - 10, height - 20), xlabel, fill="black")
-    draw.text((4, top), f"{high:.3g}", fill="black")
-    draw.text((4, height - bottom - 12), f"{low:.3g}", fill="black")
+    draw.text((4, top), f"{high:.4g}", fill="black")
+    draw.text((4, height - bottom - 12), f"{low:.4g}", fill="black")
     return np.asarray(picture)
 
 
-def elbow_plot(ks, inertias, suggested: int) -> np.ndarray:
+def elbow_plot(ks, inertias, suggested: int, size=(640, 420)) -> np.ndarray:
     """Inertia over k, the suggested k marked."""
-    return line_plot(ks, inertias, f"inertia over k (suggested k = {suggested})", "k", suggested)
+    title = f"inertia over k (suggested k = {suggested})"
+    return line_plot(ks, inertias, title, "k", suggested, size=size)
 
 
-def rounds_plot(history) -> np.ndarray:
+def rounds_plot(history, size=(640, 420)) -> np.ndarray:
     """Inertia over the rounds of a run."""
-    return line_plot(range(1, len(history) + 1), history, "inertia over rounds", "round")
+    rounds = range(1, len(history) + 1)
+    return line_plot(rounds, history, "inertia over rounds", "round", size=size)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     import napari
 
 SAME_FOOTING = 1.0  # spatial_weight putting position on the same footing as colour
+PLOT_SIZE = (360, 220)  # the plots drawn in the dock widget
 WHOLE, PER_FRAME = "whole volume", "frame by frame (shared centres)"
 
 
@@ -57,6 +58,7 @@ class KMeansWidget(Container):
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
+        self.compression = Label(value="")
         self.plot = Image(visible=False)
         self.sweep_from = SpinBox(label="sweep k from", value=2, min=1, max=65535)
         self.sweep_to = SpinBox(label="sweep k to", value=15, min=1, max=65535)
@@ -79,6 +81,7 @@ class KMeansWidget(Container):
                 self.run_button,
                 self.cancel_button,
                 self.status,
+                self.compression,
                 self.plot,
                 self.sweep_from,
                 self.sweep_to,
@@ -248,7 +251,7 @@ class KMeansWidget(Container):
         self._last_round = state.round
         if tuples:
             _layers.apply_layers(self._viewer, tuples)
-        self.plot.value, self.plot.visible = plot, True
+        self._show_plot(plot)
         if not state.done:
             inertia = state.inertia_history[-1]
             self.status.value = f"round {state.round}: inertia {inertia:.4g}"
@@ -256,12 +259,10 @@ class KMeansWidget(Container):
         result = state.result
         self._result = (job, result)
         self.save_button.enabled = True
-        verdict = "converged" if result.converged else "stopped at max rounds"
+        verdict = "converged" if result.converged else "max rounds"
+        self.status.value = f"{result.n_iter} rounds ({verdict}), inertia {result.inertia:.4g}"
         ratio = _report.compression(result)["ratio"]
-        self.status.value = (
-            f"{result.n_iter} rounds ({verdict}), inertia {result.inertia:.4g}; as indices "
-            f"plus palette, {ratio:.1f}x smaller than the raw pixels"
-        )
+        self.compression.value = f"indices + palette: {ratio:.1f}x smaller than raw"
 
     def _show_sweep(self, update):
         k, layer_tuple, plot, suggested = update
@@ -270,8 +271,13 @@ class KMeansWidget(Container):
             self.status.value = f"k sweep: k={k} done"
             return
         _layers.apply_layers(self._viewer, [layer_tuple])
-        self.plot.value, self.plot.visible = plot, True
-        self.status.value = f"k sweep done: suggested k = {suggested} (the inertia's elbow)"
+        self._show_plot(plot)
+        self.status.value = f"k sweep: suggested k = {suggested} (elbow)"
+
+    def _show_plot(self, plot):
+        self.plot.value = plot
+        self.plot.min_height = PLOT_SIZE[1]  # the image widget takes no room by itself
+        self.plot.visible = True
 
     def _finished(self):
         if self._cancelled:
@@ -285,7 +291,7 @@ class KMeansWidget(Container):
 def _rounds(job: _layers.Job, states):
     """Worker body: after every round, the state, the layers to show and the inertia plot."""
     for state in states:
-        plot = _io.rounds_plot(state.inertia_history)
+        plot = _io.rounds_plot(state.inertia_history, PLOT_SIZE)
         yield job, state, _layers.result_layers(job, state), plot
 
 
@@ -297,5 +303,5 @@ def _sweep(job: _layers.Job, ks):
         yield k, None, None, None
     inertias = [r.inertia for r in results]
     suggested = _report.suggest_k(ks, inertias)
-    plot = _io.elbow_plot(ks, inertias, suggested)
+    plot = _io.elbow_plot(ks, inertias, suggested, PLOT_SIZE)
     yield ks[-1], _layers.sweep_layer(job, ks, results), plot, suggested

@@ -531,14 +531,13 @@ class _Run:
         if math.prod(int(s) for s in span) > MAX_HISTOGRAM:
             return None
         vmin = vmin.astype(np.int64)
-        hist, strides = self.pixels.histogram(vmin, vmax.astype(np.int64))
-        codes = np.flatnonzero(hist)
-        counts = hist[codes].astype(np.float64)
+        codes, counts, strides = self.pixels.histogram(vmin, vmax.astype(np.int64))
+        counts = counts.astype(np.float64)
         values = (codes[:, None] // strides) % span + vmin
         # Z-order: consecutive colours form compact cubes, which lets the kernels leave
         # far centres out of each sub-block's distance computation.
         order = np.argsort(_morton(values - vmin), kind="stable")
-        return values[order], counts[order], (vmin, strides, len(hist))
+        return values[order], counts[order], (vmin, strides, math.prod(int(n) for n in span))
 
     def _sample(self, n_valid: int):
         """Raw rows of a uniform random sample of clustered pixels, and whether it is all."""
@@ -683,10 +682,9 @@ class _Run:
             labels = self._labels(centers)
         elif lookup is not None:
             vmin, strides, size = lookup
-            table = np.zeros(size, dtype=dtype)
-            codes = (source.raw.astype(np.int64) - vmin) @ strides
-            table[codes] = source.labels(centers, space.factor) + 1
-            labels = self.pixels.lookup_labels(table, vmin, strides)
+            codes = ((source.raw.astype(np.int64) - vmin) @ strides).astype(np.int32)
+            ids = (source.labels(centers, space.factor) + 1).astype(dtype)
+            labels = self.pixels.lookup_labels(codes, ids, size, vmin, strides)
             labels = labels if self.lazy else compute(labels)[0]
         value_sums = sums[:, space.n_spatial :]
         colors = centers[:, space.n_spatial :].copy()

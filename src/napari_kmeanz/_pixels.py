@@ -21,6 +21,9 @@ from threadpoolctl import threadpool_limits
 
 from . import _lloyd
 
+# A chunk's colour histogram is sparse (distinct codes and counts) when the chunk has fewer
+# than 1/SPARSE_HISTOGRAM as many pixels as there are possible codes.
+SPARSE_HISTOGRAM = 8
 # Pixels per chunk when a numpy image is split for the passes.
 NUMPY_CHUNK_PIXELS = 1 << 22
 
@@ -256,14 +259,36 @@ def _codes(block, mask_block, alpha, vmin, strides):
 
 
 def _histogram_task(block, mask_block, alpha, vmin, strides, size):
+    """A chunk's colour histogram: dense (counts of every code) for a chunk with many pixels,
+    sparse (its distinct codes and their counts) for a small one, whichever is lighter."""
     codes, valid = _codes(block, mask_block, alpha, vmin, strides)
-    return np.bincount(codes if valid is None else codes[valid], minlength=size)
+    codes = codes if valid is None else codes[valid]
+    if len(codes) * SPARSE_HISTOGRAM < size:
+        unique, counts = np.unique(codes, return_counts=True)
+        return unique, counts.astype(np.int64)
+    return np.bincount(codes, minlength=size)
 
 
-def _add_into(total, part):
-    """Sum two partial histograms into the first (each partial one is used once)."""
-    total += part
-    return total
+def _merge_histograms(first, second):
+    """Sum two partial histograms, dense or sparse (each partial one is used once)."""
+    if isinstance(first, tuple) and isinstance(second, tuple):
+        codes = np.concatenate([first[0], second[0]])
+        unique, inverse = np.unique(codes, return_inverse=True)
+        counts = np.bincount(inverse, weights=np.concatenate([first[1], second[1]]))
+        return unique, counts.astype(np.int64)
+    if isinstance(first, tuple):
+        first, second = second, first
+    if isinstance(second, tuple):
+        first[second[0]] += second[1]  # the codes of a sparse histogram are distinct
+    else:
+        first += second
+    return first
+
+
+def _dense_table(codes, labels, size):
+    table = np.zeros(size, dtype=labels.dtype)
+    table[codes] = labels
+    return table
 
 
 def _lookup_task(block, mask_block, offset, lut, alpha, vmin, strides):
@@ -391,8 +416,11 @@ class PixelSource:
         top = _top_by_position(dist, coords, m)
         return dist[top], raw[top]
 
-    def histogram(self, vmin: np.ndarray, vmax: np.ndarray) -> np.ndarray:
-        """Counts of every colour code, summed over the chunks two by two (bounded memory)."""
+    def histogram(self, vmin: np.ndarray, vmax: np.ndarray):
+        """The colour codes present and their counts, summed over the chunks two by two.
+
+        Returns ``(codes, counts, strides)``; a code is ``sum((value - vmin) * strides)``.
+        """
         span = (vmax - vmin + 1).astype(np.int64)
         strides = np.cumprod(np.concatenate([[1], span[::-1][:-1]]))[::-1].astype(np.int64)
         size = int(np.prod(span))
@@ -402,9 +430,13 @@ class PixelSource:
         ]
         while len(parts) > 1:
             halves = zip(parts[::2], parts[1::2], strict=False)
-            pairs = [dask.delayed(_add_into, pure=True)(a, b) for a, b in halves]
+            pairs = [dask.delayed(_merge_histograms, pure=True)(a, b) for a, b in halves]
             parts = pairs + parts[len(pairs) * 2 :]
-        return compute(parts[0])[0], strides
+        total = compute(parts[0])[0]
+        if isinstance(total, tuple):
+            return total[0].astype(np.int64), total[1], strides
+        codes = np.flatnonzero(total)
+        return codes, total[codes], strides
 
     # lazy outputs
 
@@ -431,9 +463,15 @@ class PixelSource:
         """Lazy labels, 1 + the index of the nearest centre, 0 where pixels are not clustered."""
         return self._lazy(_labels_task, dtype, self.space, self.alpha, centers, dtype)
 
-    def lookup_labels(self, lut: np.ndarray, vmin, strides) -> da.Array:
-        """Lazy labels through a colour lookup table."""
-        return self._lazy(_lookup_task, lut.dtype, dask.delayed(lut), self.alpha, vmin, strides)
+    def lookup_labels(self, codes, labels, size: int, vmin, strides) -> da.Array:
+        """Lazy labels through a colour lookup table.
+
+        The graph holds the codes present and their labels; one task expands them into the
+        dense table (``size`` entries) that every chunk reads, so the graph stays small under
+        any scheduler.
+        """
+        table = dask.delayed(_dense_table, pure=True)(codes, labels, size)
+        return self._lazy(_lookup_task, labels.dtype, table, self.alpha, vmin, strides)
 
 
 def _centroid_task(labels, offset, k):

@@ -1,0 +1,84 @@
+"""Larger-than-memory inputs: zarr stores, bounded memory, a dask.distributed cluster."""
+
+import tracemalloc
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+from skimage import data
+
+from napari_kmeanz import kmeans, predict
+
+
+@pytest.fixture
+def zarr_astronaut(tmp_path):
+    store = zarr.open_array(
+        tmp_path / "astronaut.zarr", mode="w", shape=(512, 512, 3), chunks=(128, 200, 3),
+        dtype=np.uint8,
+    )  # fmt: skip
+    store[:] = data.astronaut()
+    return store
+
+
+@pytest.mark.parametrize("spatial_weight", [0.0, 1.0])
+def test_zarr_backed_image_equals_in_memory(zarr_astronaut, tmp_path, spatial_weight):
+    lazy = kmeans(da.from_zarr(zarr_astronaut), 6, spatial_weight=spatial_weight, random_state=1)
+    eager = kmeans(data.astronaut(), 6, spatial_weight=spatial_weight, random_state=1)
+    assert isinstance(lazy.labels, da.Array)
+    assert lazy.labels.chunks == ((128, 128, 128, 128), (200, 200, 112))
+    # the labels can be written to a zarr store without holding them in memory
+    lazy.labels.to_zarr(str(tmp_path / "labels.zarr"))
+    written = zarr.open_array(tmp_path / "labels.zarr", mode="r")[:]
+    np.testing.assert_array_equal(written, eager.labels)
+    np.testing.assert_allclose(lazy.colors, eager.colors, rtol=1e-12)
+
+
+def test_a_zarr_array_is_read_lazily(zarr_astronaut):
+    """A zarr array passed as it is (not wrapped by the caller) is read chunk by chunk."""
+    result = kmeans(zarr_astronaut, 4, random_state=0)
+    assert isinstance(result.labels, da.Array)
+
+
+def test_memory_stays_bounded_by_the_chunks():
+    """16.7 M pixels with position features: a float feature matrix would be 800 MB and a
+    coordinate grid 270 MB; the run stays far below by working chunk by chunk."""
+    image = da.random.default_rng(0).integers(
+        0, 256, size=(4096, 4096, 3), chunks=(512, 1024, 3), dtype=np.uint8
+    )
+    tracemalloc.start()
+    try:
+        result = kmeans(image, 8, spatial_weight=1.0, max_iter=2, tol=0, random_state=0)
+        result.labels.sum().compute()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 250 * 2**20, f"peak traced memory {peak / 2**20:.0f} MiB"
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as local,
+        distributed.Client(local) as client,
+    ):
+        yield client
+
+
+@pytest.mark.parametrize("spatial_weight", [0.0, 1.0])
+def test_distributed_cluster_gives_the_threaded_result(cluster, spatial_weight):
+    image = da.from_array(data.coffee(), chunks=(100, 300, 3))
+    # with the client active, dask sends the work to its worker processes
+    on_cluster = kmeans(image, 5, spatial_weight=spatial_weight, random_state=3)
+    labels_on_cluster = on_cluster.labels.compute()
+    assert cluster.run(lambda: True)  # the workers are there and answered
+    with dask.config.set(scheduler="threads"):
+        threaded = kmeans(image, 5, spatial_weight=spatial_weight, random_state=3)
+        labels_threaded = threaded.labels.compute()
+    np.testing.assert_array_equal(labels_on_cluster, labels_threaded)
+    np.testing.assert_allclose(on_cluster.centers, threaded.centers, rtol=1e-12)
+    np.testing.assert_array_equal(predict(image, on_cluster).compute(), labels_threaded)

@@ -106,6 +106,14 @@ def test_16_bit_tiff_stack(files, tmp_path):
     assert not (tmp_path / "stack_palette.png").exists()  # a stack has no 2-D palette image
 
 
+def test_lab_colour_space_option(tmp_path):
+    done = run("coffee", "-k", 5, "--colour-space", "lab", "-o", tmp_path, "--quiet")
+    assert done.returncode == 0, done.stderr
+    expected = kmeans(data.coffee(), 5, color_space="lab", max_iter=5, random_state=0)
+    np.testing.assert_array_equal(io.imread(tmp_path / "coffee_labels.png"), expected.labels)
+    assert read_report(tmp_path, "coffee")["parameters"]["color_space"] == "lab"
+
+
 def test_sweep_writes_inertia_elbow_and_animation(tmp_path):
     done = run("coffee", "--sweep", "2:6", "-r", 10, "-o", tmp_path, "--quiet")
     assert done.returncode == 0, done.stderr

@@ -295,3 +295,28 @@ def test_recolor():
     assert recolor(labels, np.array([1.0, 2.0])).shape == (2, 2)
     with pytest.raises(ValueError, match=r"labels must lie in 0..2"):
         recolor(labels + 1, colors)
+
+
+def test_lab_colour_space(astronaut):
+    from skimage import color
+
+    result = kmeans(astronaut, 6, color_space="lab", random_state=0)
+    lab = color.rgb2lab(astronaut).reshape(-1, 3)
+    # the clusters are k-means clusters in Lab: every pixel is nearest to its own centre
+    d2 = ((lab[:, None, :] - result.centers[None]) ** 2).sum(axis=2)
+    nearest = d2.argmin(axis=1) + 1
+    assert np.mean(nearest == result.labels.ravel()) > 0.9999
+    # colours come back in the image's RGB units: the mean Lab of each cluster, as RGB
+    mean_lab = np.stack([lab[result.labels.ravel() == i].mean(axis=0) for i in range(1, 7)])
+    expected = color.lab2rgb(mean_lab[None])[0] * 255
+    np.testing.assert_allclose(result.colors, expected, atol=0.05)
+    assert result.recolor().dtype == np.uint8
+    # the same clustering, computed chunk by chunk and with position features
+    lazy = kmeans(da.from_array(astronaut, chunks=(200, 200, 3)), 6, color_space="lab",
+                  random_state=0)  # fmt: skip
+    np.testing.assert_array_equal(lazy.labels.compute(), result.labels)
+    spatial = kmeans(astronaut, 6, color_space="lab", spatial_weight=1.0, random_state=0)
+    assert spatial.feature_space.factor[0] == pytest.approx(100 / 512)
+    np.testing.assert_array_equal(predict(astronaut, spatial), spatial.labels)
+    with pytest.raises(ValueError, match=r"color_space='lab' needs an RGB image"):
+        kmeans(data.camera(), 3, color_space="lab")

@@ -147,6 +147,19 @@ def test_cancel_stops_at_the_next_round_and_keeps_a_complete_result(viewer, qtbo
     assert widget.run_button.enabled
 
 
+def test_lab_colour_space_from_the_widget(viewer, qtbot):
+    viewer.open_sample(PLUGIN, "astronaut")
+    widget = open_widget(viewer)
+    assert widget.color_space.visible or not widget.native.isVisible()
+    widget.color_space.value = "lab"
+    widget.n_clusters.value = 5
+    run_and_wait(qtbot, widget)
+    labels = viewer.layers["astronaut clusters"]
+    assert labels.metadata["napari-kmeanz"]["parameters"]["color_space"] == "lab"
+    expected = kmeans(data.astronaut(), 5, color_space="lab", random_state=0, max_iter=30)
+    np.testing.assert_array_equal(labels.data, expected.labels)
+
+
 def test_same_footing_button(viewer):
     widget = open_widget(viewer)
     widget.same_footing.changed.emit(True)

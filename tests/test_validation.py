@@ -28,6 +28,7 @@ IMAGE = data.astronaut()[::8, ::8]  # 64 x 64 x 3
         ({"max_iter": 0}, ValueError, r"max_iter must be >= 1, got 0"),
         ({"tol": -1e-3}, ValueError, r"tol must be .*>= 0.0, got -0.001"),
         ({"sample_size": 0}, ValueError, r"sample_size must be >= 1, got 0"),
+        ({"color_space": "hsv"}, ValueError, r"color_space must be one of .* got .hsv."),
         ({"n_init": 0}, ValueError, r"n_init must be >= 1, got 0"),
         ({"random_state": "seed"}, TypeError, r"random_state must be an integer, got 'seed'"),
         ({"spacing": (1.0,)}, ValueError, r"spacing must hold 2 .* got \(1.0,\)"),

@@ -100,6 +100,10 @@ def parser() -> argparse.ArgumentParser:
                    "8-bit image: the original script's -s) (default: 0)")  # fmt: skip
     p.add_argument("-g", "--every-round", action="store_true",
                    help="also save the recoloured image after every round")  # fmt: skip
+    p.add_argument("--colour-space", "--color-space", dest="color_space",
+                   choices=("rgb", "lab"), default="rgb",
+                   help="cluster RGB colours as they are, or as CIE Lab, a perceptual space "
+                   "(default: rgb)")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--init", choices=("k-means++", "random"), default="k-means++",
                    help="initialisation (default: k-means++)")  # fmt: skip
@@ -190,8 +194,8 @@ def _cluster(image, k, args, mask, progress: Progress, on_round: Callable | None
     from ._kmeans import iter_kmeans
 
     states = iter_kmeans(
-        image, k, spatial_weight=args.spatial, mask=mask, init=args.init, max_iter=args.rounds,
-        tol=args.tol, random_state=args.seed,
+        image, k, spatial_weight=args.spatial, mask=mask, color_space=args.color_space,
+        init=args.init, max_iter=args.rounds, tol=args.tol, random_state=args.seed,
     )  # fmt: skip
     for state in states:
         if state.done:
@@ -341,6 +345,7 @@ def _parameters(args) -> dict:
         "sweep": None if args.sweep is None else [args.sweep[0], args.sweep[-1]],
         "rounds": args.rounds,
         "spatial_weight": args.spatial,
+        "color_space": args.color_space,
         "every_round": args.every_round,
         "seed": args.seed,
         "init": args.init,

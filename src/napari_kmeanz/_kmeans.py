@@ -6,7 +6,7 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from numbers import Integral, Real
 
 import dask.array as da
@@ -19,6 +19,7 @@ from ._pixels import NUMPY_CHUNK_PIXELS, FeatureSpace, PixelSource, compute, lab
 __all__ = ["KMeansResult", "KMeansState", "iter_kmeans", "kmeans", "predict", "recolor"]
 
 INITS = ("k-means++", "random")
+COLOR_SPACES = ("rgb", "lab")
 # Largest colour histogram (number of possible colours) for the colour-only fast path.
 MAX_HISTOGRAM = 1 << 24
 # Seeding runs on a subsample of the sample, of this many points per cluster (and at least
@@ -200,7 +201,8 @@ class KMeansResult:
         transparent, or NaN). A dask array when the input was one (computed lazily).
     colors : ndarray of shape (k, C)
         Mean value of each cluster's pixels, per channel, in the image's own units (alpha left
-        out). For a cluster with no pixel, the value part of its centre.
+        out); with ``color_space='lab'``, the cluster's mean Lab colour in the image's RGB
+        units. For a cluster with no pixel, the value part of its centre.
     centers : ndarray of shape (k, n_features)
         Cluster centres in feature space (see :attr:`feature_space`); ``labels`` assign every
         pixel to the nearest of them.
@@ -317,6 +319,7 @@ def kmeans(
     alpha: bool | None = None,
     spacing: Sequence[float] | None = None,
     mask=None,
+    color_space: str = "rgb",
     init: str | np.ndarray = "k-means++",
     max_iter: int = 100,
     tol: float = 1e-4,
@@ -361,6 +364,11 @@ def kmeans(
         in-plane position and values.
     mask : array_like, optional
         Spatial shape of the image; only pixels where it is non-zero are clustered.
+    color_space : {'rgb', 'lab'}, default='rgb'
+        'rgb' clusters the values as they are. 'lab' (RGB images only) clusters them as CIE
+        L*a*b* (D65), a perceptual space where equal distances look about equally different;
+        the value range for ``spatial_weight`` is then 100 (the range of L*), and ``colors``
+        are still given in the image's own RGB units.
     init : {'k-means++', 'random'} or ndarray of shape (k, n_features), default='k-means++'
         ``'k-means++'``: k-means++ seeding, ``'random'``: k distinct random points; both drawn
         from a random sample of ``sample_size`` pixels (so their cost does not grow with the
@@ -426,6 +434,7 @@ def kmeans(
         alpha=alpha,
         spacing=spacing,
         mask=mask,
+        color_space=color_space,
         init=init,
         max_iter=max_iter,
         tol=tol,
@@ -447,6 +456,7 @@ def iter_kmeans(
     alpha: bool | None = None,
     spacing: Sequence[float] | None = None,
     mask=None,
+    color_space: str = "rgb",
     init: str | np.ndarray = "k-means++",
     max_iter: int = 100,
     tol: float = 1e-4,
@@ -462,8 +472,8 @@ def iter_kmeans(
     further pass over the pixels is made. All parameters are checked before the first pass.
     """
     run = _Run(
-        image, n_clusters, spatial_weight, channel_axis, alpha, spacing, mask, init,
-        max_iter, tol, random_state, sample_size, n_init,
+        image, n_clusters, spatial_weight, channel_axis, alpha, spacing, mask, color_space,
+        init, max_iter, tol, random_state, sample_size, n_init,
     )  # fmt: skip
     return run.states()
 
@@ -472,8 +482,8 @@ class _Run:
     """One k-means run: its checked parameters, then its passes (in :meth:`states`)."""
 
     def __init__(
-        self, image, n_clusters, spatial_weight, channel_axis, alpha, spacing, mask, init,
-        max_iter, tol, random_state, sample_size, n_init,
+        self, image, n_clusters, spatial_weight, channel_axis, alpha, spacing, mask,
+        color_space, init, max_iter, tol, random_state, sample_size, n_init,
     ):  # fmt: skip
         array = _as_array(image)
         self.layout = _layout(tuple(array.shape), channel_axis, alpha)
@@ -490,6 +500,15 @@ class _Run:
         self.spacing = _check_spacing(spacing, len(spatial_shape))
         mask = _check_mask(mask, spatial_shape, data.chunks[:-1])
         self.n_channels = data.shape[-1] - self.layout.alpha
+        if color_space not in COLOR_SPACES:
+            raise ValueError(f"color_space must be one of {COLOR_SPACES}, got {color_space!r}.")
+        if color_space == "lab" and self.n_channels != 3:
+            raise ValueError(
+                f"color_space='lab' needs an RGB image (3 colour channels), got "
+                f"{self.n_channels} channel(s)."
+            )
+        self.color_space = color_space
+        self.value_top = float(np.iinfo(self.dtype).max) if self.dtype.kind in "iu" else 1.0
         n_pixels = math.prod(spatial_shape)
         if self.n_clusters > n_pixels:
             raise ValueError(
@@ -518,10 +537,12 @@ class _Run:
         scale = 0.0
         if self.spatial_weight > 0:
             value_range = float(np.max(vmax)) - float(np.min(vmin)) or 1.0
+            if self.color_space == "lab":
+                value_range = 100.0  # the range of L*
             sizes = zip(self.pixels.spatial_shape, self.spacing, strict=True)
             extent = max(n * s for n, s in sizes)
             scale = self.spatial_weight * value_range / extent if extent > 0 else 0.0
-        return FeatureSpace(self.spacing, scale, self.n_channels)
+        return FeatureSpace(self.spacing, scale, self.n_channels, self.color_space, self.value_top)
 
     def _unique_colors(self, vmin, vmax):
         """Distinct colours and their counts, when the colour-only fast path applies."""
@@ -537,20 +558,37 @@ class _Run:
         # Z-order: consecutive colours form compact cubes, which lets the kernels leave
         # far centres out of each sub-block's distance computation.
         order = np.argsort(_morton(values - vmin), kind="stable")
-        return values[order], counts[order], (vmin, strides, math.prod(int(n) for n in span))
+        size = math.prod(int(n) for n in span)
+        return values[order], counts[order], (vmin, strides, size, codes[order])
 
-    def _sample(self, n_valid: int):
-        """Raw rows of a uniform random sample of clustered pixels, and whether it is all."""
+    def _sample_indices(self, n_valid: int) -> np.ndarray:
+        """Sorted flat indices of a uniform sample of pixels, about ``sample_size`` of them
+        clustered when ``n_valid`` pixels are."""
         n_pixels = math.prod(self.pixels.spatial_shape)
         wanted = min(n_pixels, math.ceil(self.sample_size * n_pixels / n_valid))
         if wanted == n_pixels:
-            flat = np.arange(n_pixels)
+            return np.arange(n_pixels)
+        return np.sort(self.rng.choice(n_pixels, size=wanted, replace=False))
+
+    def _sample(self, n_valid: int, sampled=None):
+        """Raw rows of a uniform random sample of clustered pixels, and whether it is all.
+
+        ``sampled`` is a sample drawn as if every pixel were clustered (read along with the
+        scan); when masked-out pixels leave it short, a larger one is drawn.
+        """
+        n_pixels = math.prod(self.pixels.spatial_shape)
+        enough = min(n_valid, self.sample_size)
+        if sampled is None or (len(sampled) < 0.9 * enough and n_valid < n_pixels):
+            flat = self._sample_indices(n_valid)
+            rows = self.pixels.sample(flat)
         else:
-            flat = np.sort(self.rng.choice(n_pixels, size=wanted, replace=False))
-        rows = self.pixels.sample(flat)
-        if self.pixels.space.n_spatial == 0:
+            rows = sampled
+        exhaustive = len(rows) == n_valid
+        space = self.pixels.space
+        if space.n_spatial == 0:
             rows = rows[:, len(self.pixels.spatial_shape) :]
-        return rows, np.ones(len(rows)), wanted == n_pixels
+        rows[:, space.n_spatial :] = space.values(rows[:, space.n_spatial :])
+        return rows, np.ones(len(rows)), exhaustive
 
     def _weighted_sample(self, values, counts):
         if len(values) <= self.sample_size:
@@ -620,7 +658,13 @@ class _Run:
             low = np.full(self.n_channels, info.min, dtype=np.int64)
             high = np.full(self.n_channels, info.max, dtype=np.int64)
             colors_found = self._unique_colors(low, high)
-        if colors_found is None:
+        sampled = None
+        if colors_found is None and (self.spatial_weight > 0 or self.dtype.kind == "f"):
+            # no colour histogram possible: read each chunk once for the scan and the sample
+            flat = self._sample_indices(math.prod(self.pixels.spatial_shape))
+            (n_valid, vmin, vmax), sampled = self.pixels.scan_and_sample(flat)
+            self._check_count(n_valid)
+        elif colors_found is None:
             n_valid, vmin, vmax = self.pixels.scan()
             self._check_count(n_valid)
             colors_found = self._unique_colors(vmin, vmax)
@@ -633,11 +677,12 @@ class _Run:
             values, counts, lookup = colors_found
             if len(values) < self.n_clusters:
                 raise _lloyd.TooFewDistinctPoints(len(values), self.n_clusters)
-            source = PointSource(values, counts)
-            rows, weights, exhaustive = self._weighted_sample(values, counts)
+            features = space.values(values)
+            source = PointSource(features, counts)
+            rows, weights, exhaustive = self._weighted_sample(features, counts)
         else:
             source, lookup = self.pixels, None
-            rows, weights, exhaustive = self._sample(n_valid)
+            rows, weights, exhaustive = self._sample(n_valid, sampled)
         # A round over the distinct colours costs little: refining the seed on the sample only
         # pays where a round is a pass over the pixels.
         centers = self._seed(rows, weights, exhaustive, factor, 1 if lookup else SAMPLE_ROUNDS)
@@ -650,7 +695,7 @@ class _Run:
                 self.max_iter,
                 tuple(lloyd.inertia_history),
                 ordered,
-                ordered[:, space.n_spatial :].copy(),
+                space.image_values(ordered[:, space.n_spatial :].copy()),
                 _labeler=self._labels,
             )
         result = self._finish(lloyd, source, lookup)
@@ -681,8 +726,7 @@ class _Run:
         if lookup is None and self.lazy:
             labels = self._labels(centers)
         elif lookup is not None:
-            vmin, strides, size = lookup
-            codes = ((source.raw.astype(np.int64) - vmin) @ strides).astype(np.int32)
+            vmin, strides, size, codes = lookup
             ids = (source.labels(centers, space.factor) + 1).astype(dtype)
             labels = self.pixels.lookup_labels(codes, ids, size, vmin, strides)
             labels = labels if self.lazy else compute(labels)[0]
@@ -690,6 +734,7 @@ class _Run:
         colors = centers[:, space.n_spatial :].copy()
         full = counts > 0
         colors[full] = value_sums[full] / counts[full, None]
+        colors = space.image_values(colors)
         if not full.all():
             warnings.warn(
                 f"Found {int(full.sum())} distinct clusters, fewer than n_clusters="
@@ -767,7 +812,7 @@ def predict(image, model: KMeansResult, *, mask=None, spacing=None):
     source.space = model.feature_space
     if spacing is not None:
         spacing = _check_spacing(spacing, layout.spatial_ndim)
-        source.space = FeatureSpace(spacing, model.feature_space.spatial_scale, n_channels)
+        source.space = replace(model.feature_space, spacing=spacing)
     labels = source.labels(model.centers, _label_dtype(model.n_clusters))
     return labels if isinstance(array, da.Array) else compute(labels)[0]
 

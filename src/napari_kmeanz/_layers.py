@@ -68,6 +68,7 @@ def make_job(
     *,
     n_clusters: int = 8,
     spatial_weight: float = 0.0,
+    color_space: str = "rgb",
     init: str = "k-means++",
     max_iter: int = 30,
     tol: float = 1e-4,
@@ -87,6 +88,9 @@ def make_job(
         channels (napari opens a multichannel file as one layer per channel).
     mask_layer : napari.layers.Labels, optional
         Only the pixels where it is non-zero are clustered.
+    color_space : {'rgb', 'lab'}
+        For an RGB layer, cluster its colours as they are or as CIE Lab (perceptual); other
+        layers are clustered on their values.
     per_frame : bool
         For a stack, leave the first axis out of the position features: the frames are
         clustered together with shared centres, so an id means the same in every frame.
@@ -145,6 +149,7 @@ def make_job(
         "alpha": bool(layer.rgb and data.shape[-1] == 4),
         "spacing": spacing,
         "mask": mask,
+        "color_space": color_space if layer.rgb else "rgb",
         "init": init,
         "max_iter": max_iter,
         "tol": tol,

@@ -20,6 +20,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from . import _lloyd
+from ._color import lab_to_rgb, rgb_to_lab
 
 # A chunk's colour histogram is sparse (distinct codes and counts) when the chunk has fewer
 # than 1/SPARSE_HISTOGRAM as many pixels as there are possible codes.
@@ -56,11 +57,25 @@ class FeatureSpace:
         Feature units per physical unit of position.
     n_channels : int
         Number of value features (alpha excluded).
+    color_space : {'rgb', 'lab'}
+        'rgb': the values as they are; 'lab': RGB values as CIE L*a*b*.
+    value_top : float
+        Full scale of the values (the dtype's maximum, or 1.0 for floats), for 'lab'.
     """
 
     spacing: tuple[float, ...]
     spatial_scale: float
     n_channels: int
+    color_space: str = "rgb"
+    value_top: float = 1.0  # full scale of the values (255 for 8-bit), for colour conversion
+
+    def values(self, raw: np.ndarray) -> np.ndarray:
+        """Value features of raw channel values (n, C): as they are, or CIE Lab."""
+        return rgb_to_lab(raw, self.value_top) if self.color_space == "lab" else raw
+
+    def image_values(self, values: np.ndarray) -> np.ndarray:
+        """Value features (k, C) back in the image's own units."""
+        return lab_to_rgb(values, self.value_top) if self.color_space == "lab" else values
 
     @property
     def n_spatial(self) -> int:
@@ -127,7 +142,7 @@ def _iter_rows(block, mask_block, offset, space: FeatureSpace, alpha: bool):
             along = [1] * len(sub_shape)
             along[axis] = -1
             columns[axis].reshape(sub_shape)[...] = coordinate.reshape(along)
-        columns[space.n_spatial : -1] = values.T
+        columns[space.n_spatial : -1] = space.values(values).T
         columns[-1] = 1.0
         if valid is not None:
             columns = columns[:, valid]
@@ -352,40 +367,67 @@ class PixelSource:
 
     # passes
 
-    def scan(self):
-        """Number of clustered pixels and per-channel minimum and maximum (None if none)."""
-        parts = self._map(_scan_task, self.alpha, with_offset=False)
+    def _scan_calls(self):
+        return [
+            dask.delayed(_scan_task, pure=True)(b, m, self.alpha) for b, m, _ in self._blocks()
+        ]
+
+    @staticmethod
+    def _scan_result(parts):
         n = sum(p[0] for p in parts)
-        lows = [p[1] for p in parts if p[0]]
-        highs = [p[2] for p in parts if p[0]]
         if not n:
             return 0, None, None
+        lows = [p[1] for p in parts if p[0]]
+        highs = [p[2] for p in parts if p[0]]
         return n, np.min(lows, axis=0), np.max(highs, axis=0)
 
-    def sample(self, flat_indices: np.ndarray):
-        """Raw rows (coordinates, values) of the clustered pixels among sorted flat indices."""
+    def scan(self):
+        """Number of clustered pixels and per-channel minimum and maximum (None if none)."""
+        return self._scan_result(compute(*self._scan_calls()))
+
+    def _sample_calls(self, flat_indices: np.ndarray):
         coords = np.unravel_index(flat_indices, self.spatial_shape)
         bounds = [np.cumsum(c) for c in self.data.chunks[:-1]]
         block_of = [
             np.searchsorted(b, c, side="right") for b, c in zip(bounds, coords, strict=True)
         ]
-        ids = self._ids()
-        key = np.ravel_multi_index(block_of, [len(c) for c in self.data.chunks[:-1]])
+        grid = [len(c) for c in self.data.chunks[:-1]]
+        key = np.ravel_multi_index(block_of, grid)
+        # the samples of each chunk, found in one sort (not one scan of them per chunk)
+        by_chunk = np.argsort(key, kind="stable")
+        chunk_ids, starts = np.unique(key[by_chunk], return_index=True)
+        groups = dict(zip(chunk_ids.tolist(), np.split(by_chunk, starts[1:]), strict=True))
         calls, order = [], []
-        for (blk, mblk, offset), idx in zip(self._blocks(), ids, strict=True):
-            flat_id = np.ravel_multi_index(idx, [len(c) for c in self.data.chunks[:-1]])
-            where = np.flatnonzero(key == flat_id)
-            if not len(where):
+        for (blk, mblk, offset), idx in zip(self._blocks(), self._ids(), strict=True):
+            where = groups.get(int(np.ravel_multi_index(idx, grid)))
+            if where is None:
                 continue
             local = tuple(c[where] - o for c, o in zip(coords, offset, strict=True))
             calls.append(dask.delayed(_sample_task, pure=True)(blk, mblk, local, self.alpha))
             order.append(where)
-        parts = compute(*calls)
-        where = np.concatenate(order)
-        values = np.concatenate([p[0] for p in parts])[np.argsort(where, kind="stable")]
-        valid = np.concatenate([p[1] for p in parts])[np.argsort(where, kind="stable")]
+        return calls, (coords, order)
+
+    @staticmethod
+    def _sample_result(parts, plan):
+        coords, order = plan
+        where = np.argsort(np.concatenate(order), kind="stable")
+        values = np.concatenate([p[0] for p in parts])[where]
+        valid = np.concatenate([p[1] for p in parts])[where]
         position = np.stack(coords, axis=-1).astype(np.float64)
         return np.concatenate([position, values.astype(np.float64)], axis=1)[valid]
+
+    def sample(self, flat_indices: np.ndarray):
+        """Raw rows (coordinates, values) of the clustered pixels among sorted flat indices."""
+        calls, plan = self._sample_calls(flat_indices)
+        return self._sample_result(compute(*calls), plan)
+
+    def scan_and_sample(self, flat_indices: np.ndarray):
+        """:meth:`scan` and :meth:`sample` in one pass: each chunk is read once for both."""
+        scan_calls = self._scan_calls()
+        sample_calls, plan = self._sample_calls(flat_indices)
+        parts = compute(*scan_calls, *sample_calls)
+        scanned = self._scan_result(parts[: len(scan_calls)])
+        return scanned, self._sample_result(parts[len(scan_calls) :], plan)
 
     def stats(self, centers: np.ndarray, factor: np.ndarray):
         want_sq = self._sq is None

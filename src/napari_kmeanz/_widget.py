@@ -49,6 +49,9 @@ class KMeansWidget(Container):
             label="spatial weight", value=0.0, min=0.0, max=4.0, step=0.05
         )
         self.same_footing = PushButton(text="position as important as colour")
+        self.color_space = ComboBox(
+            label="colour space", choices=[("RGB", "rgb"), ("CIE Lab (perceptual)", "lab")]
+        )
         self.init = ComboBox(label="init", choices=["k-means++", "random"], value="k-means++")
         self.max_iter = SpinBox(label="max rounds", value=30, min=1, max=10000)
         self.tol = FloatSpinBox(label="tolerance", value=1e-4, min=0.0, max=1.0, step=1e-5)
@@ -72,6 +75,7 @@ class KMeansWidget(Container):
                 self.n_clusters,
                 self.spatial_weight,
                 self.same_footing,
+                self.color_space,
                 self.init,
                 self.max_iter,
                 self.tol,
@@ -144,6 +148,7 @@ class KMeansWidget(Container):
         source = self.image.value
         self.channels.visible = bool(self.channels.choices)
         self.stack.visible = source is not None and source.ndim >= 3
+        self.color_space.visible = source is not None and source.rgb
 
     def _same_footing(self, _value=None):
         self.spatial_weight.value = SAME_FOOTING
@@ -156,6 +161,7 @@ class KMeansWidget(Container):
             self.image.value,
             n_clusters=self.n_clusters.value,
             spatial_weight=self.spatial_weight.value,
+            color_space=self.color_space.value,
             init=self.init.value,
             max_iter=self.max_iter.value,
             tol=self.tol.value,

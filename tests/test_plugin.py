@@ -48,6 +48,7 @@ def test_run_adds_labels_and_recoloured_layers_aligned_with_the_source(viewer, q
         rgb=True,
         scale=(0.5, 0.5),
         translate=(10.0, -4.0),
+        rotate=30.0,
         axis_labels=("y", "x"),
         units=("um", "um"),
     )
@@ -63,6 +64,9 @@ def test_run_adds_labels_and_recoloured_layers_aligned_with_the_source(viewer, q
     for layer in (labels, recoloured):
         np.testing.assert_allclose(layer.scale, source.scale)
         np.testing.assert_allclose(layer.translate, source.translate)
+        np.testing.assert_allclose(layer.rotate, source.rotate)
+        np.testing.assert_allclose(layer.affine.affine_matrix, source.affine.affine_matrix)
+        np.testing.assert_allclose(layer.data_to_world((5, 7)), source.data_to_world((5, 7)))
         assert tuple(layer.axis_labels) == ("y", "x")
         assert [str(u) for u in layer.units] == ["micrometer", "micrometer"]
     assert set(np.unique(labels.data)) == set(range(1, 7))
@@ -82,9 +86,10 @@ def test_run_adds_labels_and_recoloured_layers_aligned_with_the_source(viewer, q
     assert table["fraction"].sum() == pytest.approx(1.0)
     reference = kmeans(data.astronaut(), 6, spacing=(0.5, 0.5), random_state=0, max_iter=30)
     np.testing.assert_allclose(table[["mean_R", "mean_G", "mean_B"]], reference.colors)
-    # centroids are in world coordinates: inside the scaled, translated extent
-    assert table["centroid_y"].between(10.0, 10.0 + 256).all()
-    assert table["centroid_x"].between(-4.0, -4.0 + 256).all()
+    # centroids are in world coordinates: where the source shows those pixels
+    centroids = reference.centroids()
+    world = np.array([source.data_to_world(c) for c in centroids])
+    np.testing.assert_allclose(table[["centroid_y", "centroid_x"]], world, atol=1e-6)
     meta = labels.metadata["napari-kmeanz"]
     assert meta["source"] == "photo" and len(meta["inertia_history"]) == meta["n_iter"]
     assert "photo" in viewer.layers and viewer.layers["photo"].data is source.data
@@ -190,10 +195,20 @@ def test_bad_choices_notify_and_change_nothing(viewer, setup):
             job_error = err
         assert "single-channel" in str(job_error)
         return
+    from napari.utils.notifications import notification_manager
+
     before = [(layer.name, id(layer.data)) for layer in viewer.layers]
+    seen = len(notification_manager.records)
     assert widget.run() is None
     assert [(layer.name, id(layer.data)) for layer in viewer.layers] == before
     assert widget.run_button.enabled
+    messages = [str(n.message) for n in notification_manager.records[seen:]]
+    expected = {
+        "no image": "No image layer",
+        "mask of another shape": "has shape (5, 5)",
+        "more clusters than pixels": "n_clusters=20 is larger than the number of pixels (16)",
+    }[setup]
+    assert any(expected in m for m in messages), messages
 
 
 def test_typed_commands_through_npe2():

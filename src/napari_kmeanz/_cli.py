@@ -182,7 +182,11 @@ class Progress:
         sys.stderr.write(f"\r{self.label} [{bar}] {done}/{self.total} {note}   ")
         sys.stderr.flush()
 
-    def close(self) -> None:
+    def finish(self, result) -> None:
+        """The last line: all rounds done, or converged early."""
+        done = self.total if result.converged else result.n_iter
+        verdict = f"converged after {result.n_iter} rounds, " if result.converged else ""
+        self.show(done, f"{verdict}inertia {result.inertia:.4g}")
         if not self.quiet:
             sys.stderr.write("\n")
 
@@ -240,8 +244,7 @@ def run_single(args, image, stem, mask) -> dict:
         image, args.clusters, args, mask, progress, each_round if args.every_round else None
     )
     seconds = time.perf_counter() - start
-    progress.show(result.n_iter, f"inertia {result.inertia:.4g}")
-    progress.close()
+    progress.finish(result)
 
     labels = np.asarray(result.labels)
     labels_out = labels.astype(np.uint8 if result.n_clusters < 256 else np.uint16)
@@ -285,8 +288,7 @@ def run_sweep(args, image, stem, mask) -> dict:
     for k in ks:
         progress = Progress(args.rounds, f"k-means k={k}", args.quiet)
         result = _cluster(image, k, args, mask, progress)
-        progress.show(result.n_iter, f"inertia {result.inertia:.4g}")
-        progress.close()
+        progress.finish(result)
         results.append(result)
         frames.append(_preview_frame(np.asarray(result.recolor()), image.dtype))
     seconds = time.perf_counter() - start

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from ._kmeans import KMeansResult, kmeans
+from ._kmeans import KMeansResult
 
 
 def distinct_colors(image: np.ndarray, channel_axis: int | None) -> int:
@@ -71,8 +71,3 @@ def suggest_k(ks, inertias) -> int:
     y = (inertias - inertias.min()) / ((inertias.max() - inertias.min()) or 1.0)
     chord = y[0] + (y[-1] - y[0]) * x
     return int(ks[np.argmax(chord - y)])
-
-
-def sweep(image, ks, **kwargs) -> list[KMeansResult]:
-    """:func:`napari_kmeanz.kmeans` for every k in ``ks`` (same other parameters)."""
-    return [kmeans(image, int(k), **kwargs) for k in ks]

@@ -368,3 +368,23 @@ def test_multiscale_layer_fit_coarse_label_every_level(viewer):
     # consistent across levels: the coarse labels agree with the fine ones they cover
     assert np.mean(level0[::2, ::2] == level1) > 0.97
     assert recoloured.multiscale
+
+
+def test_multiscale_fit_level_is_chosen_in_the_widget(viewer, qtbot):
+    full = data.astronaut()
+    layer = viewer.add_image([full, full[::2, ::2], full[::4, ::4]], rgb=True, multiscale=True)
+    widget = open_widget(viewer)
+    assert [label for label, _ in widget._levels()] == [
+        "auto (coarse)",
+        "0: 512 x 512",
+        "1: 256 x 256",
+        "2: 128 x 128",
+    ]
+    widget.fit_level.value = 2
+    widget.n_clusters.value = 4
+    assert widget.job().data.shape == (128, 128, 3)
+    run_and_wait(qtbot, widget)
+    labels = viewer.layers[f"{layer.name} clusters"]
+    assert labels.multiscale and labels.data[0].shape == (512, 512)
+    with pytest.raises(ValueError, match=r"fit_level=5 is not a level"):
+        _layers.make_job(layer, fit_level=5)

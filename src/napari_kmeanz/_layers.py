@@ -76,6 +76,7 @@ def make_job(
     mask_layer=None,
     channel_layers=(),
     per_frame: bool = False,
+    fit_level: int | None = None,
 ) -> Job:
     """A job for ``layer`` and the widget's values.
 
@@ -94,6 +95,9 @@ def make_job(
     per_frame : bool
         For a stack, leave the first axis out of the position features: the frames are
         clustered together with shared centres, so an id means the same in every frame.
+    fit_level : int, optional
+        For a multiscale layer, the level the centres are fitted on (every level is then
+        labelled with them); default the coarsest level with at least FIT_LEVEL_PIXELS pixels.
 
     Raises
     ------
@@ -117,6 +121,13 @@ def make_job(
     if layer.multiscale:
         sizes = [math.prod(level.shape[: layer.ndim]) for level in layer.data]
         fit = max([i for i, n in enumerate(sizes) if n >= FIT_LEVEL_PIXELS] or [0])
+        if fit_level is not None:
+            if not 0 <= fit_level < len(layer.data):
+                raise ValueError(
+                    f"fit_level={fit_level} is not a level of {layer.name!r} "
+                    f"(levels 0..{len(layer.data) - 1})."
+                )
+            fit = fit_level
         data = layer.data[fit]
         spacing = list(_level_spacing(layer, fit))
         levels = [(level, _level_spacing(layer, i)) for i, level in enumerate(layer.data)]

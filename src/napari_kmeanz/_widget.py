@@ -58,6 +58,7 @@ class KMeansWidget(Container):
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
         self.mask = ComboBox(label="mask", choices=self._masks, nullable=True, value=None)
         self.stack = ComboBox(label="stack", choices=[WHOLE, PER_FRAME], value=WHOLE)
+        self.fit_level = ComboBox(label="fit on level", choices=self._levels)
         self.run_button = PushButton(text="Run")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.status = Label(value="")
@@ -82,6 +83,7 @@ class KMeansWidget(Container):
                 self.seed,
                 self.mask,
                 self.stack,
+                self.fit_level,
                 self.run_button,
                 self.cancel_button,
                 self.status,
@@ -127,6 +129,15 @@ class KMeansWidget(Container):
             and layer.data.shape == source.data.shape
         ]
 
+    def _levels(self, _widget=None):
+        """Levels a multiscale source can be fitted on: 'auto' or one of them."""
+        source = self.image.value if hasattr(self, "image") else None
+        levels = [("auto (coarse)", None)]
+        if source is not None and source.multiscale:
+            for i, level in enumerate(source.data):
+                levels.append((f"{i}: {' x '.join(map(str, level.shape[: source.ndim]))}", i))
+        return levels
+
     def _masks(self, _widget=None):
         from napari.layers import Labels
 
@@ -145,7 +156,9 @@ class KMeansWidget(Container):
 
     def _update_visibility(self, event=None):
         self.channels.reset_choices()
+        self.fit_level.reset_choices()
         source = self.image.value
+        self.fit_level.visible = source is not None and source.multiscale
         self.channels.visible = bool(self.channels.choices)
         self.stack.visible = source is not None and source.ndim >= 3
         self.color_space.visible = source is not None and source.rgb
@@ -169,6 +182,7 @@ class KMeansWidget(Container):
             mask_layer=self.mask.value,
             channel_layers=list(self.channels.value),
             per_frame=self.stack.visible and self.stack.value == PER_FRAME,
+            fit_level=self.fit_level.value,
         )
 
     def run(self):

@@ -318,9 +318,10 @@ def _preview_frame(painted: np.ndarray, dtype) -> np.ndarray:
     """An 8-bit RGB frame for the animation (the middle plane of a stack)."""
     while painted.ndim > 3 or (painted.ndim == 3 and painted.shape[-1] not in (3, 4)):
         painted = painted[painted.shape[0] // 2]
-    dtype = np.dtype(dtype)
-    top = np.iinfo(dtype).max if dtype.kind in "iu" else 1.0
-    frame = np.clip(painted.astype(np.float64) / top * 255, 0, 255).astype(np.uint8)
+    from ._kmeans import full_scale
+
+    frame = np.clip(painted.astype(np.float64) / full_scale(dtype) * 255, 0, 255)
+    frame = frame.astype(np.uint8)
     if frame.ndim == 2:
         frame = np.stack([frame] * 3, axis=-1)
     return frame[..., :3]

@@ -28,9 +28,9 @@ def save_palette_png(path: Path, labels: np.ndarray, colors: np.ndarray, dtype) 
 
     if labels.ndim != 2 or len(colors) + 1 > 256:
         return False
-    dtype = np.dtype(dtype)
-    top = np.iinfo(dtype).max if dtype.kind in "iu" else 1.0
-    rgb = np.clip(np.asarray(colors) / top * 255, 0, 255).round().astype(np.uint8)
+    from ._kmeans import full_scale
+
+    rgb = np.clip(np.asarray(colors) / full_scale(dtype) * 255, 0, 255).round().astype(np.uint8)
     if rgb.shape[1] < 3:
         rgb = np.repeat(rgb[:, :1], 3, axis=1)
     palette = np.zeros((len(rgb) + 1, 3), np.uint8)

@@ -183,6 +183,13 @@ def _morton(values: np.ndarray) -> np.ndarray:
     return key
 
 
+def full_scale(dtype) -> float:
+    """The value that stands for full intensity: the maximum of an integer dtype, 1.0 for
+    floats (255 for uint8, 65535 for uint16)."""
+    dtype = np.dtype(dtype)
+    return float(np.iinfo(dtype).max) if dtype.kind in "iu" else 1.0
+
+
 def _label_dtype(n_clusters: int) -> np.dtype:
     return np.dtype(np.min_scalar_type(n_clusters))
 
@@ -508,7 +515,7 @@ class _Run:
                 f"{self.n_channels} channel(s)."
             )
         self.color_space = color_space
-        self.value_top = float(np.iinfo(self.dtype).max) if self.dtype.kind in "iu" else 1.0
+        self.value_top = full_scale(self.dtype)
         n_pixels = math.prod(spatial_shape)
         if self.n_clusters > n_pixels:
             raise ValueError(
@@ -853,8 +860,7 @@ def recolor(labels, colors, *, dtype=None, alpha=False):
     if alpha:
         if colors.ndim != 2:
             raise ValueError("alpha=True needs colors of shape (k, C).")
-        opaque = np.iinfo(dtype).max if dtype.kind in "iu" else 1.0
-        colors = np.column_stack([colors, np.full(len(colors), opaque)])
+        colors = np.column_stack([colors, np.full(len(colors), full_scale(dtype))])
     table = np.zeros((len(colors) + 1, *colors.shape[1:]))
     table[1:] = colors
     if dtype.kind in "iu":

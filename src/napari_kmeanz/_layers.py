@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import dask.array as da
 import numpy as np
 
-from ._kmeans import KMeansResult, KMeansState, iter_kmeans, predict, recolor
+from ._kmeans import KMeansResult, KMeansState, full_scale, iter_kmeans, predict, recolor
 
 if TYPE_CHECKING:
     import napari
@@ -188,8 +188,7 @@ def _display_colors(job: Job, colors: np.ndarray) -> np.ndarray:
     # the values the recoloured image holds (rounded and clipped to its dtype)
     colors = recolor(np.arange(1, k + 1), colors, dtype=dtype).astype(np.float64)
     if job.rgb:
-        top = np.iinfo(dtype).max if dtype.kind in "iu" else 1.0
-        rgba[:, :3] = np.clip(colors[:, :3] / top, 0, 1)
+        rgba[:, :3] = np.clip(colors[:, :3] / full_scale(dtype), 0, 1)
         return rgba
     for channel, layer in enumerate(job.channel_layers):
         low, high = layer.contrast_limits

@@ -725,18 +725,18 @@ class _Run:
         space = self.pixels.space
         centers = lloyd.centers[_order(lloyd.centers, self.n_channels)]
         dtype = _label_dtype(self.n_clusters)
-        if lookup is None and not self.lazy:
-            labels, counts, sums = self.pixels.labels_and_stats(centers, dtype)
-        else:
+        if lookup is not None:  # distinct colours: sums from them, labels through a table
             counts, sums = source.stats(centers, space.factor)
-        inertia = lloyd.inertia(centers, counts, sums)
-        if lookup is None and self.lazy:
-            labels = self._labels(centers)
-        elif lookup is not None:
             vmin, strides, size, codes = lookup
             ids = (source.labels(centers, space.factor) + 1).astype(dtype)
             labels = self.pixels.lookup_labels(codes, ids, size, vmin, strides)
             labels = labels if self.lazy else compute(labels)[0]
+        elif self.lazy:  # final sums now, labels lazily
+            counts, sums = source.stats(centers, space.factor)
+            labels = self._labels(centers)
+        else:  # labels and final sums in one pass
+            labels, counts, sums = self.pixels.labels_and_stats(centers, dtype)
+        inertia = lloyd.inertia(centers, counts, sums)
         value_sums = sums[:, space.n_spatial :]
         colors = centers[:, space.n_spatial :].copy()
         full = counts > 0

@@ -258,7 +258,8 @@ def _labels_stats_task(block, mask_block, offset, space, alpha, centers, dtype):
 
 
 def _codes(block, mask_block, alpha, vmin, strides):
-    """Colour code of each pixel (its index in the dense colour histogram); -1: not clustered."""
+    """Colour code of each pixel (its index in the dense colour histogram), and which pixels
+    are clustered (None: all of them)."""
     values, valid = _chunk_values(block, mask_block, alpha)
     codes = np.zeros(len(values), dtype=np.int32)  # codes < 2**24
     for channel, (low, stride) in enumerate(zip(vmin, strides, strict=True)):
@@ -268,8 +269,6 @@ def _codes(block, mask_block, alpha, vmin, strides):
         if stride != 1:
             column *= np.int32(stride)
         codes += column
-    if valid is not None:
-        codes[~valid] = -1
     return codes, valid
 
 

@@ -20,10 +20,8 @@ most half of scikit-learn's.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib.util
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -31,6 +29,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from _measure import peak_rss_mib, reset_peak_rss
 
 TOOLS = ["napari-kmeanz", "scikit-learn"] + (
     ["faiss"] if importlib.util.find_spec("faiss") is not None else []
@@ -49,22 +49,6 @@ def make_image(name: str) -> np.ndarray:
         noise = np.random.default_rng(0).normal(0, 2, big.shape)
         np.save(cached, np.clip(big + noise, 0, 255).astype(np.uint8))
     return np.load(cached)
-
-
-def reset_peak_rss() -> None:
-    """Start the kernel's peak-RSS count afresh (Linux), so that it covers only the fit."""
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def peak_rss_mib() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def feature_matrix(image: np.ndarray, spatial: bool) -> np.ndarray:

@@ -23,7 +23,6 @@ RSS under 1 GiB.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import subprocess
 import sys
@@ -32,6 +31,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from _measure import peak_rss_mib, reset_peak_rss
 
 K, ROUNDS = 16, 10
 
@@ -66,18 +67,6 @@ def make_stores(workdir: Path) -> dict:
         template = da.zeros((64, 1024, 1024), dtype=np.uint16, chunks=(16, 512, 512))
         da.map_blocks(planes, template, dtype=np.uint16).to_zarr(str(stores["stack"]))
     return stores
-
-
-def reset_peak_rss() -> None:
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
-
-
-def peak_rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def features(image, factor):

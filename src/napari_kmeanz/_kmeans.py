@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -135,7 +136,21 @@ def _channels_last(array, layout: Layout) -> da.Array:
     # NUMPY_CHUNK_PIXELS pixels each
     per_chunk = max(NUMPY_CHUNK_PIXELS, -(-math.prod(spatial) // (os.cpu_count() or 1)))
     rows = max(1, per_chunk // max(1, math.prod(spatial[1:])))
-    return da.from_array(array, chunks=(rows, *spatial[1:], -1), name=False)
+    return _view_chunks(array, rows)
+
+
+def _view_chunks(array: np.ndarray, rows: int) -> da.Array:
+    """A dask array over bands of ``rows`` along the first axis of ``array``, as views.
+
+    ``da.from_array`` copies a numpy array first (against later changes to it); a run reads
+    the image during the call, so views serve, without a copy of the whole image.
+    """
+    name = f"kmeanz-image-{uuid.uuid4().hex}"
+    tail = (0,) * (array.ndim - 1)
+    bands = range(0, array.shape[0], rows)
+    graph = {(name, i, *tail): array[start : start + rows] for i, start in enumerate(bands)}
+    chunks = da.core.normalize_chunks((rows, *array.shape[1:]), array.shape)
+    return da.Array(graph, name, chunks, meta=np.empty((0,) * array.ndim, array.dtype))
 
 
 def _check_mask(mask, spatial_shape: tuple[int, ...], chunks):

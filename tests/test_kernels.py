@@ -57,3 +57,65 @@ def test_tiles_cover_each_pixel_once(shape):
         covered[slices] += 1
         assert np.prod([s.stop - s.start for s in slices]) <= 4096
     assert np.all(covered == 1)
+
+
+@pytest.mark.parametrize(
+    ("low", "high", "morton"),
+    [
+        ([0, 0, 0], [255, 255, 255], True),  # 8-bit RGB: 24 bits, Z-order
+        ([-128], [127], True),  # signed grey
+        ([3, 5], [300, 17], True),
+        ([0, 0, 0], [299, 299, 149], False),  # 13.5 M colours, but 26 bits: row-major
+    ],
+)
+def test_color_codes_round_trip(low, high, morton):
+    coder = _pixels.ColorCodes.for_range(np.array(low), np.array(high))
+    assert coder.morton is morton
+    values = np.random.default_rng(0).integers(low, np.array(high) + 1, size=(5000, len(low)))
+    codes = coder.encode(values, np.empty(len(values), np.int32), np.empty(len(values), np.int64))
+    assert codes.min() >= 0 and codes.max() < coder.size
+    np.testing.assert_array_equal(coder.decode(codes), values)
+    distinct = np.unique(values, axis=0)
+    out = np.empty(len(distinct), np.int32)
+    assert len(np.unique(coder.encode(distinct, out, np.empty(len(distinct), np.int64)))) == len(
+        distinct
+    )
+
+
+def test_morton_codes_run_through_compact_cubes():
+    coder = _pixels.ColorCodes.for_range(np.zeros(3), np.full(3, 255))
+    cube = coder.decode(np.arange(4096))  # the first 4096 codes: a 16x16x16 cube
+    np.testing.assert_array_equal(cube.min(axis=0), [0, 0, 0])
+    np.testing.assert_array_equal(cube.max(axis=0), [15, 15, 15])
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_passes_with_sub_block_boxes_equal_full_passes(masked, monkeypatch):
+    """Sub-blocks given whole to one centre from their boxes: the same labels and sums."""
+    monkeypatch.setattr(_lloyd, "SUB_BLOCK", 1024)  # many small sub-blocks
+    image = data.coffee()[:300, :400]
+    space = _pixels.FeatureSpace((1.0, 1.0), 0.6, 3)
+    mask = None
+    if masked:
+        yy, xx = np.indices(image.shape[:2])
+        mask = (yy - 150) ** 2 + (xx - 200) ** 2 < 120**2
+    rng = np.random.default_rng(1)
+    yy, xx = rng.integers(0, 300, 12), rng.integers(0, 400, 12)
+    centers = np.column_stack([yy * 0.6, xx * 0.6, image[yy, xx]]).astype(np.float64)
+    first = _pixels._stats_task(image, mask, (0, 0), space, False, centers)
+    boxes = first[3]
+    # a round over the boxes
+    counts, sums = _pixels._stats_task(image, mask, (0, 0), space, False, centers, boxes)
+    np.testing.assert_array_equal(counts, first[0])
+    np.testing.assert_array_equal(sums, first[1])
+    whole = boxes.split(centers, space.factor)[2]
+    assert 0 < whole.sum() < len(whole)  # some sub-blocks go whole to one centre, not all
+    # labels, with and without the boxes
+    plain = _pixels._labels_task(image, mask, (0, 0), space, False, centers, np.uint8)
+    with_boxes = _pixels._labels_stats_task(
+        image, mask, (0, 0), space, False, centers, np.uint8, boxes
+    )
+    np.testing.assert_array_equal(with_boxes[0], plain)
+    np.testing.assert_array_equal(with_boxes[1], counts)
+    np.testing.assert_array_equal(with_boxes[2], sums)
+    assert (plain == 0).sum() == (0 if mask is None else (~mask).sum())

@@ -15,7 +15,14 @@ import numpy as np
 
 from . import _lloyd
 from ._lloyd import PointSource
-from ._pixels import NUMPY_CHUNK_PIXELS, FeatureSpace, PixelSource, compute, label_centroids
+from ._pixels import (
+    NUMPY_CHUNK_PIXELS,
+    ColorCodes,
+    FeatureSpace,
+    PixelSource,
+    compute,
+    label_centroids,
+)
 
 __all__ = ["KMeansResult", "KMeansState", "iter_kmeans", "kmeans", "predict", "recolor"]
 
@@ -184,18 +191,6 @@ def _check_spacing(spacing, spatial_ndim: int) -> tuple[float, ...]:
             f"got {spacing!r}."
         )
     return tuple(float(v) for v in values)
-
-
-def _morton(values: np.ndarray) -> np.ndarray:
-    """Z-order (Morton) key of non-negative integer points (n, C), interleaving their bits."""
-    key = np.zeros(len(values), dtype=np.uint64)
-    n_channels = values.shape[1]
-    bits = max(1, int(values.max()).bit_length()) if len(values) else 1
-    for bit in range(min(bits, 64 // n_channels)):
-        for channel in range(n_channels):
-            plane = (values[:, channel].astype(np.uint64) >> np.uint64(bit)) & np.uint64(1)
-            key |= plane << np.uint64(bit * n_channels + channel)
-    return key
 
 
 def full_scale(dtype) -> float:
@@ -573,15 +568,9 @@ class _Run:
         span = vmax.astype(np.int64) - vmin.astype(np.int64) + 1
         if math.prod(int(s) for s in span) > MAX_HISTOGRAM:
             return None
-        vmin = vmin.astype(np.int64)
-        codes, counts, strides = self.pixels.histogram(vmin, vmax.astype(np.int64))
-        counts = counts.astype(np.float64)
-        values = (codes[:, None] // strides) % span + vmin
-        # Z-order: consecutive colours form compact cubes, which lets the kernels leave
-        # far centres out of each sub-block's distance computation.
-        order = np.argsort(_morton(values - vmin), kind="stable")
-        size = math.prod(int(n) for n in span)
-        return values[order], counts[order], (vmin, strides, size, codes[order])
+        coder = ColorCodes.for_range(vmin, vmax)
+        codes, counts = self.pixels.histogram(coder)
+        return coder.decode(codes), counts.astype(np.float64), (coder, codes)
 
     def _sample_indices(self, n_valid: int) -> np.ndarray:
         """Sorted flat indices of a uniform sample of pixels, about ``sample_size`` of them
@@ -741,10 +730,10 @@ class _Run:
         centers = lloyd.centers[_order(lloyd.centers, self.n_channels)]
         dtype = _label_dtype(self.n_clusters)
         if lookup is not None:  # distinct colours: sums from them, labels through a table
-            counts, sums = source.stats(centers, space.factor)
-            vmin, strides, size, codes = lookup
-            ids = (source.labels(centers, space.factor) + 1).astype(dtype)
-            labels = self.pixels.lookup_labels(codes, ids, size, vmin, strides)
+            nearest, counts, sums = source.labels_and_stats(centers, space.factor)
+            coder, codes = lookup
+            ids = (nearest + 1).astype(dtype)
+            labels = self.pixels.lookup_labels(codes, ids, coder)
             labels = labels if self.lazy else compute(labels)[0]
         elif self.lazy:  # final sums now, labels lazily
             counts, sums = source.stats(centers, space.factor)

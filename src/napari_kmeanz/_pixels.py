@@ -11,7 +11,6 @@ active, a ``dask.distributed`` client included.
 from __future__ import annotations
 
 import math
-import mmap
 import sys
 from dataclasses import dataclass
 from itertools import product
@@ -24,10 +23,13 @@ from threadpoolctl import threadpool_limits
 
 from . import _lloyd
 from ._color import lab_to_rgb, rgb_to_lab
+from ._lloyd import zeros
 
 # A chunk's colour histogram is sparse (distinct codes and counts) when the chunk has fewer
 # than 1/SPARSE_HISTOGRAM as many pixels as there are possible codes.
 SPARSE_HISTOGRAM = 8
+# Bits of a colour code in Z-order (the colour histogram has 2**MAX_CODE_BITS entries at most).
+MAX_CODE_BITS = 24
 # Pixels per tile when colour codes are computed.
 CODE_TILE = 1 << 16
 # Pixels per chunk when a numpy image is split for the passes.
@@ -51,22 +53,6 @@ def compute(*collections):
         options["scheduler"] = dask.threaded.get
     with threadpool_limits(limits=1, user_api="blas"):
         return dask.compute(*collections, **options)
-
-
-def zeros(shape, dtype) -> np.ndarray:
-    """A zero-filled array in memory of its own, for large scratch tables.
-
-    The memory is an anonymous map, which the system fills with zeros page by page as it is
-    first written. numpy's allocator asks for transparent huge pages for large arrays, and on
-    systems set to defragment for them on request (``defrag=madvise``, a common default) the
-    first touch can stall: measured here, 0.36 s for 128 MiB against 0.05 s from a plain map.
-    """
-    dtype = np.dtype(dtype)
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    size = math.prod(shape) * dtype.itemsize
-    if size < 1 << 22:
-        return np.zeros(shape, dtype)
-    return np.frombuffer(mmap.mmap(-1, size), dtype=dtype).reshape(shape)
 
 
 @dataclass(frozen=True)
@@ -135,29 +121,37 @@ def _chunk_values(block: np.ndarray, mask_block, alpha: bool):
     return flat, valid
 
 
+def _tile_shape(shape: tuple[int, ...], size: int) -> list[int]:
+    tile = list(shape)
+    while math.prod(tile) > size:
+        largest = int(np.argmax(tile))
+        tile[largest] = -(-tile[largest] // 2)
+    return tile
+
+
 def _sub_blocks(shape: tuple[int, ...], size: int):
     """Slices cutting ``shape`` into compact tiles of at most about ``size`` elements.
 
     Compact tiles keep the pixels of a sub-block close in space (and, in most images, in
     value), which is what lets :func:`_lloyd.candidates` leave far centres out.
     """
-    tile = list(shape)
-    while math.prod(tile) > size:
-        largest = int(np.argmax(tile))
-        tile[largest] = -(-tile[largest] // 2)
+    tile = _tile_shape(shape, size)
     starts = [range(0, n, t) for n, t in zip(shape, tile, strict=True)]
     for corner in product(*starts):
         yield tuple(slice(c, min(c + t, n)) for c, t, n in zip(corner, tile, shape, strict=True))
 
 
-def _iter_rows(block, mask_block, offset, space: FeatureSpace, alpha: bool):
+def _iter_rows(block, mask_block, offset, space: FeatureSpace, alpha: bool, select=None):
     """Raw rows (with a ones column) of a chunk's clustered pixels, a sub-block at a time.
 
-    Yields ``(rows1, slices, valid)``: the rows of the valid pixels of the sub-block
-    ``block[slices]``, and which of its pixels (in C order) they are (None: all of them).
+    Yields ``(index, rows1, slices, valid)``: the sub-block's number, the rows of the valid
+    pixels of the sub-block ``block[slices]``, and which of its pixels (in C order) they are
+    (None: all of them). With ``select`` (a bool per sub-block), only the selected ones.
     """
     shape = block.shape[:-1]
-    for slices in _sub_blocks(shape, _lloyd.SUB_BLOCK):
+    for index, slices in enumerate(_sub_blocks(shape, _lloyd.SUB_BLOCK)):
+        if select is not None and not select[index]:
+            continue
         sub = block[slices]
         sub_shape = sub.shape[:-1]
         sub_mask = None if mask_block is None else mask_block[slices]
@@ -177,7 +171,60 @@ def _iter_rows(block, mask_block, offset, space: FeatureSpace, alpha: bool):
             if not columns.shape[1]:
                 continue
         rows = columns.T
-        yield rows, slices, valid
+        yield index, rows, slices, valid
+
+
+@dataclass(frozen=True, eq=False)
+class TileBoxes:
+    """What a pass needs to know of a chunk's sub-blocks, found once in the first pass.
+
+    Per sub-block: the box of its clustered pixels (raw per-feature minimum and maximum) and
+    their raw sums and count. The pixels do not change during a run, so neither do these. A
+    pass gives every sub-block whose box only one centre can be nearest to (see
+    :func:`_lloyd.box_candidates`) to that centre whole, from its sums, without reading it.
+    """
+
+    lows: np.ndarray  # (n_sub_blocks, d)
+    highs: np.ndarray  # (n_sub_blocks, d)
+    totals: np.ndarray  # (n_sub_blocks, d + 1): raw sums, then the count (0: no pixel)
+
+    @classmethod
+    def empty(cls, n: int, d: int) -> TileBoxes:
+        return cls(np.zeros((n, d)), np.zeros((n, d)), np.zeros((n, d + 1)))
+
+    def record(self, index: int, rows1: np.ndarray) -> None:
+        self.lows[index] = rows1[:, :-1].min(axis=0)
+        self.highs[index] = rows1[:, :-1].max(axis=0)
+        self.totals[index] = rows1.sum(axis=0)
+
+    def split(self, centers: np.ndarray, factor: np.ndarray):
+        """``(keep, owner, whole)``: the candidate centres of every sub-block (bool, (n, k)),
+        and which sub-blocks go whole to one centre (``whole``, bool) and to which one."""
+        keep = _lloyd.box_candidates(self.lows, self.highs, centers, factor)
+        filled = self.totals[:, -1] > 0
+        whole = filled & (keep.sum(axis=1) == 1)
+        return keep, keep[whole].argmax(axis=1), whole
+
+    def add_whole(self, owner, whole, counts, sums) -> None:
+        """Add the sums and counts of the sub-blocks that go whole to one centre."""
+        k = len(counts)
+        totals = self.totals[whole]
+        counts += np.bincount(owner, weights=totals[:, -1], minlength=k)
+        for feature in range(sums.shape[1]):
+            sums[:, feature] += np.bincount(owner, weights=totals[:, feature], minlength=k)
+
+
+def _n_sub_blocks(block) -> int:
+    tile = _tile_shape(block.shape[:-1], _lloyd.SUB_BLOCK)
+    return math.prod(-(-n // t) for n, t in zip(block.shape[:-1], tile, strict=True))
+
+
+def _sub_block(shape, index: int):
+    """The slices of sub-block number ``index`` of :func:`_sub_blocks` (shape, SUB_BLOCK)."""
+    tile = _tile_shape(shape, _lloyd.SUB_BLOCK)
+    counts = [-(-n // t) for n, t in zip(shape, tile, strict=True)]
+    corner = [i * t for i, t in zip(np.unravel_index(index, counts), tile, strict=True)]
+    return tuple(slice(c, min(c + t, n)) for c, t, n in zip(corner, tile, shape, strict=True))
 
 
 def _positions(slices, valid, offset, sub_shape):
@@ -226,21 +273,36 @@ def _sample_task(block, mask_block, local, alpha):
     return values, np.ones(len(values), bool) if valid is None else valid
 
 
-def _stats_task(block, mask_block, offset, space, alpha, centers, want_sq):
+def _stats_task(block, mask_block, offset, space, alpha, centers, boxes=None):
+    """Per-cluster counts and raw sums of a chunk's pixels.
+
+    Without ``boxes`` (the first pass), also the per-feature sums of squares of the raw rows
+    and the chunk's :class:`TileBoxes`: returns ``(counts, sums, squares, boxes)``. With them,
+    sub-blocks that go whole to one centre are not read: returns ``(counts, sums)``.
+    """
     k = len(centers)
     counts, sums = np.zeros(k), np.zeros((k, space.n_features))
-    sq = np.zeros(space.n_features)
-    for rows1, _, _ in _iter_rows(block, mask_block, offset, space, alpha):
-        _lloyd.accumulate(rows1, centers, space.factor, counts, sums)
-        if want_sq:
+    if boxes is None:
+        sq = np.zeros(space.n_features)
+        boxes = TileBoxes.empty(_n_sub_blocks(block), space.n_features)
+        for index, rows1, _, _ in _iter_rows(block, mask_block, offset, space, alpha):
+            _lloyd.accumulate(rows1, centers, space.factor, counts, sums)
             sq += np.einsum("ij,ij->j", rows1[:, :-1], rows1[:, :-1])
-    return counts, sums, sq
+            boxes.record(index, rows1)
+        return counts, sums, sq, boxes
+    keep, owner, whole = boxes.split(centers, space.factor)
+    boxes.add_whole(owner, whole, counts, sums)
+    read = (boxes.totals[:, -1] > 0) & ~whole
+    for index, rows1, _, _ in _iter_rows(block, mask_block, offset, space, alpha, read):
+        candidates = np.flatnonzero(keep[index])
+        _lloyd.accumulate(rows1, centers, space.factor, counts, sums, keep=candidates)
+    return counts, sums
 
 
 def _farthest_task(block, mask_block, offset, space, alpha, centers, m):
     """The ``m`` clustered pixels of a chunk farthest from their nearest centre."""
     found = []
-    for rows1, slices, valid in _iter_rows(block, mask_block, offset, space, alpha):
+    for _, rows1, slices, valid in _iter_rows(block, mask_block, offset, space, alpha):
         dist = _lloyd.nearest_sqdist(rows1, centers, space.factor)
         top = _lloyd.top_farthest(dist, np.arange(len(dist)), m)
         sub_shape = block[slices].shape[:-1]
@@ -259,67 +321,147 @@ def _top_by_position(dist, coords, m):
     return np.lexsort((*coords.T[::-1], -dist))[:m]
 
 
-def _labels_task(block, mask_block, offset, space, alpha, centers, dtype, sums=None):
+def _put(out, slices, labels, valid) -> None:
+    """Write the labels (one or one per pixel) of a sub-block's valid pixels to ``out``."""
+    target = out[slices]
+    if valid is not None:
+        target[valid.reshape(target.shape)] = labels
+    elif np.ndim(labels):
+        target[...] = labels.reshape(target.shape)
+    else:
+        target[...] = labels
+
+
+def _labels_task(block, mask_block, offset, space, alpha, centers, dtype, sums=None, boxes=None):
     """Labels of a chunk (1 + nearest centre, 0 where not clustered); with ``sums=(counts,
-    sums)`` arrays given, the chunk's per-cluster counts and raw sums are added to them."""
+    sums)`` arrays given, the chunk's per-cluster counts and raw sums are added to them. With
+    the chunk's :class:`TileBoxes`, sub-blocks that go whole to one centre take its label
+    without a distance computed."""
     out = np.zeros(block.shape[:-1], dtype=dtype)
-    for rows1, slices, valid in _iter_rows(block, mask_block, offset, space, alpha):
+    keep = select = None
+    if boxes is not None:
+        keep, owner, whole = boxes.split(centers, space.factor)
+        if sums is not None:
+            boxes.add_whole(owner, whole, *sums)
+        label_of = np.zeros(len(whole), dtype=dtype)
+        label_of[whole] = owner + 1
+        for index in np.flatnonzero(whole):
+            slices = _sub_block(out.shape, index)
+            mask = None if mask_block is None else mask_block[slices]
+            _put(out, slices, label_of[index], _chunk_values(block[slices], mask, alpha)[1])
+        select = (boxes.totals[:, -1] > 0) & ~whole
+    for index, rows1, slices, valid in _iter_rows(block, mask_block, offset, space, alpha, select):
+        candidates = None if keep is None else np.flatnonzero(keep[index])
         if sums is None:
-            nearest = _lloyd.assign(rows1, centers, space.factor)
+            nearest = _lloyd.assign(rows1, centers, space.factor, keep=candidates)
         else:
-            nearest = _lloyd.accumulate(rows1, centers, space.factor, *sums)
-        labels = (nearest + 1).astype(dtype)
-        if valid is None:
-            out[slices] = labels.reshape(out[slices].shape)
-        else:
-            target = np.zeros(out[slices].shape, dtype=dtype)
-            target.reshape(-1)[valid] = labels
-            out[slices] = target
+            nearest = _lloyd.accumulate(rows1, centers, space.factor, *sums, keep=candidates)
+        _put(out, slices, (nearest + 1).astype(dtype), valid)
     return out
 
 
-def _labels_stats_task(block, mask_block, offset, space, alpha, centers, dtype):
+def _labels_stats_task(block, mask_block, offset, space, alpha, centers, dtype, boxes=None):
     k = len(centers)
     counts, sums = np.zeros(k), np.zeros((k, space.n_features))
-    labels = _labels_task(block, mask_block, offset, space, alpha, centers, dtype, (counts, sums))
+    labels = _labels_task(
+        block, mask_block, offset, space, alpha, centers, dtype, (counts, sums), boxes
+    )
     return labels, counts, sums
 
 
-def _tile_codes(block, mask_block, alpha, vmin, strides, tile: int = CODE_TILE):
-    """Colour codes of a chunk's pixels (their index in the dense colour histogram), a tile
-    of pixels at a time.
+@dataclass(frozen=True, eq=False)
+class ColorCodes:
+    """Integer colours as codes ``0 .. size - 1``, the indices of a dense colour histogram.
+
+    Each channel's value, less the channel's minimum, maps through a table to its part of the
+    code; a code is the sum of the parts. Where the channels' bits fit in ``MAX_CODE_BITS``
+    together, the parts interleave them (a Z-order or Morton code): colours in the order of
+    their codes then run through compact cubes of colour space, which lets the kernels leave
+    far centres out of a block's distances. Otherwise the code is the colour's index in the
+    box of all colours between the minima and maxima (row-major).
+
+    Build one with :meth:`for_range`.
+    """
+
+    vmin: np.ndarray  # (C,) int64
+    tables: tuple[np.ndarray, ...]  # per channel: value - vmin -> its part of the code (int32)
+    size: int
+    morton: bool
+
+    @classmethod
+    def for_range(cls, vmin: np.ndarray, vmax: np.ndarray) -> ColorCodes:
+        vmin = np.asarray(vmin, dtype=np.int64)
+        span = np.asarray(vmax, dtype=np.int64) - vmin + 1
+        bits = [max(0, int(n - 1).bit_length()) for n in span]
+        if sum(bits) <= MAX_CODE_BITS:
+            tables = [np.zeros(int(n), dtype=np.int32) for n in span]
+            values = [np.arange(int(n), dtype=np.int64) for n in span]
+            position = 0
+            for bit in range(max(bits, default=0)):
+                for channel, n_bits in enumerate(bits):
+                    if bit < n_bits:
+                        plane = (values[channel] >> bit) & 1
+                        tables[channel] |= (plane << position).astype(np.int32)
+                        position += 1
+            return cls(vmin, tuple(tables), 1 << position, True)
+        strides = np.cumprod(np.concatenate([[1], span[::-1][:-1]]))[::-1]
+        tables = [
+            np.arange(int(n), dtype=np.int32) * np.int32(stride)
+            for n, stride in zip(span, strides, strict=True)
+        ]
+        return cls(vmin, tuple(tables), int(np.prod(span)), False)
+
+    def encode(self, values: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> np.ndarray:
+        """Codes of integer colours (n, C) written to ``out`` (int32, n), using ``scratch``."""
+        out[...] = 0
+        for channel, (low, table) in enumerate(zip(self.vmin, self.tables, strict=True)):
+            column = values[:, channel]
+            if low:
+                np.subtract(column, low, out=scratch, casting="unsafe")
+                column = scratch
+            out += table.take(column)
+        return out
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """Colours (n, C), int64, of codes."""
+        codes = np.asarray(codes, dtype=np.int64)
+        values = np.empty((len(codes), len(self.tables)), dtype=np.int64)
+        for channel, table in enumerate(self.tables):
+            if self.morton:  # the channel's bits of the code, found in its (sorted) table
+                mask = np.bitwise_or.reduce(table.astype(np.int64)) if len(table) > 1 else 0
+                values[:, channel] = np.searchsorted(table, codes & mask)
+            else:
+                stride = int(table[1]) if len(table) > 1 else 1
+                values[:, channel] = (codes // stride) % len(table)
+        return values + self.vmin
+
+
+def _tile_codes(block, mask_block, alpha, coder: ColorCodes, tile: int = CODE_TILE):
+    """Colour codes of a chunk's pixels, a tile of pixels at a time.
 
     Yields ``(span, codes, valid)``: the slice of the chunk's pixels (in C order) the tile
-    covers, their codes (int32, as codes < 2**24; a buffer reused from tile to tile) and which
-    of them are clustered (None: all of them). Working in tiles keeps every temporary small.
+    covers, their codes (int32; a buffer reused from tile to tile) and which of them are
+    clustered (None: all of them). Working in tiles keeps every temporary small.
     """
     values, valid = _chunk_values(block, mask_block, alpha)
-    buffer, column = np.empty(tile, dtype=np.int32), np.empty(tile, dtype=np.int32)
+    buffer, scratch = np.empty(tile, dtype=np.int32), np.empty(tile, dtype=np.int64)
     for start in range(0, len(values), tile):
         part = values[start : start + tile]
-        codes, scratch = buffer[: len(part)], column[: len(part)]
-        codes[...] = 0
-        for channel, (low, stride) in enumerate(zip(vmin, strides, strict=True)):
-            np.copyto(scratch, part[:, channel], casting="unsafe")
-            if low:
-                scratch -= np.int32(low)
-            if stride != 1:
-                scratch *= np.int32(stride)
-            codes += scratch
+        codes = coder.encode(part, buffer[: len(part)], scratch[: len(part)])
         span = slice(start, start + len(part))
         yield span, codes, None if valid is None else valid[span]
 
 
-def _histogram_task(block, mask_block, alpha, vmin, strides, size, dtype):
+def _histogram_task(block, mask_block, alpha, coder, dtype):
     """A chunk's colour histogram: dense (counts of every code, ``dtype``) for a chunk with
     many pixels, sparse (its distinct codes and their counts) for a small one, whichever is
     lighter."""
-    tiles = _tile_codes(block, mask_block, alpha, vmin, strides)
-    if math.prod(block.shape[:-1]) * SPARSE_HISTOGRAM < size:
+    tiles = _tile_codes(block, mask_block, alpha, coder)
+    if math.prod(block.shape[:-1]) * SPARSE_HISTOGRAM < coder.size:
         present = [codes.copy() if valid is None else codes[valid] for _, codes, valid in tiles]
         unique, counts = np.unique(np.concatenate(present), return_counts=True)
         return unique, counts.astype(np.int64)
-    counts, one = zeros(size, dtype), np.ones(1, dtype)
+    counts, one = zeros(coder.size, dtype), np.ones(1, dtype)
     for _, codes, valid in tiles:
         np.add.at(counts, codes if valid is None else codes[valid], one)
     return counts
@@ -347,9 +489,9 @@ def _dense_table(codes, labels, size):
     return table
 
 
-def _lookup_task(block, mask_block, offset, lut, alpha, vmin, strides):
+def _lookup_task(block, mask_block, offset, lut, alpha, coder):
     out = np.empty(math.prod(block.shape[:-1]), dtype=lut.dtype)
-    for span, codes, valid in _tile_codes(block, mask_block, alpha, vmin, strides):
+    for span, codes, valid in _tile_codes(block, mask_block, alpha, coder):
         np.take(lut, codes, out=out[span])
         if valid is not None:
             out[span][~valid] = 0
@@ -378,8 +520,20 @@ class PixelSource:
         self.data = data
         self.mask = mask
         self.alpha = alpha
-        self.space: FeatureSpace | None = None
+        self._space: FeatureSpace | None = None
         self._sq: np.ndarray | None = None
+        self._boxes: list[TileBoxes] | None = None
+
+    @property
+    def space(self) -> FeatureSpace | None:
+        """How pixels become points; needed for the assignment passes. Setting it forgets
+        what the passes learnt of the chunks (sums of squares, sub-block boxes)."""
+        return self._space
+
+    @space.setter
+    def space(self, space: FeatureSpace) -> None:
+        self._space = space
+        self._sq = self._boxes = None
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -399,10 +553,12 @@ class PixelSource:
         for idx, offset in zip(self._ids(), self._offsets(), strict=True):
             yield data[(*idx, 0)], None if mask is None else mask[idx], offset
 
-    def _map(self, task, *args, with_offset=True):
+    def _map(self, task, *args, per_chunk=None):
+        """``task(chunk, mask chunk, offset, *args[, per_chunk[i]])`` over the chunks."""
+        extra = [()] * len(self._ids()) if per_chunk is None else [(a,) for a in per_chunk]
         calls = [
-            dask.delayed(task, pure=True)(b, m, *((o,) if with_offset else ()), *args)
-            for b, m, o in self._blocks()
+            dask.delayed(task, pure=True)(b, m, o, *args, *more)
+            for (b, m, o), more in zip(self._blocks(), extra, strict=True)
         ]
         return compute(*calls)
 
@@ -471,15 +627,21 @@ class PixelSource:
         return scanned, self._sample_result(parts[len(scan_calls) :], plan)
 
     def stats(self, centers: np.ndarray, factor: np.ndarray):
-        want_sq = self._sq is None
-        parts = self._map(_stats_task, self.space, self.alpha, centers, want_sq)
-        if want_sq:
+        """Per-cluster counts and raw sums; the first pass also finds the chunks'
+        :class:`TileBoxes` and the sums of squares."""
+        if self._boxes is None:
+            parts = self._map(_stats_task, self.space, self.alpha, centers)
             self._sq = np.sum([p[2] for p in parts], axis=0)
+            self._boxes = [p[3] for p in parts]
+        else:
+            parts = self._map(_stats_task, self.space, self.alpha, centers, per_chunk=self._boxes)
         return np.sum([p[0] for p in parts], axis=0), np.sum([p[1] for p in parts], axis=0)
 
     def labels_and_stats(self, centers: np.ndarray, dtype):
         """Labels as a numpy array, with per-cluster counts and raw sums, in one pass."""
-        parts = self._map(_labels_stats_task, self.space, self.alpha, centers, dtype)
+        parts = self._map(
+            _labels_stats_task, self.space, self.alpha, centers, dtype, per_chunk=self._boxes
+        )
         labels = np.empty(self.spatial_shape, dtype=dtype)
         for offset, (part, _, _) in zip(self._offsets(), parts, strict=True):
             labels[tuple(slice(o, o + n) for o, n in zip(offset, part.shape, strict=True))] = part
@@ -499,18 +661,12 @@ class PixelSource:
         top = _top_by_position(dist, coords, m)
         return dist[top], raw[top]
 
-    def histogram(self, vmin: np.ndarray, vmax: np.ndarray):
-        """The colour codes present and their counts, summed over the chunks two by two.
-
-        Returns ``(codes, counts, strides)``; a code is ``sum((value - vmin) * strides)``.
-        """
-        span = (vmax - vmin + 1).astype(np.int64)
-        strides = np.cumprod(np.concatenate([[1], span[::-1][:-1]]))[::-1].astype(np.int64)
-        size = int(np.prod(span))
+    def histogram(self, coder: ColorCodes):
+        """The colour codes present and their counts, summed over the chunks two by two."""
         # per-code counts fit 32 bits unless the image has 2**32 pixels or more
         dtype = np.uint32 if math.prod(self.spatial_shape) < 1 << 32 else np.int64
         parts = [
-            dask.delayed(_histogram_task, pure=True)(b, m, self.alpha, vmin, strides, size, dtype)
+            dask.delayed(_histogram_task, pure=True)(b, m, self.alpha, coder, dtype)
             for b, m, _ in self._blocks()
         ]
         while len(parts) > 1:
@@ -519,9 +675,9 @@ class PixelSource:
             parts = pairs + parts[len(pairs) * 2 :]
         total = compute(parts[0])[0]
         if isinstance(total, tuple):
-            return total[0].astype(np.int64), total[1], strides
+            return total[0].astype(np.int64), total[1]
         codes = np.flatnonzero(total)
-        return codes, total[codes].astype(np.int64), strides
+        return codes, total[codes].astype(np.int64)
 
     # lazy outputs
 
@@ -548,15 +704,15 @@ class PixelSource:
         """Lazy labels, 1 + the index of the nearest centre, 0 where pixels are not clustered."""
         return self._lazy(_labels_task, dtype, self.space, self.alpha, centers, dtype)
 
-    def lookup_labels(self, codes, labels, size: int, vmin, strides) -> da.Array:
+    def lookup_labels(self, codes, labels, coder: ColorCodes) -> da.Array:
         """Lazy labels through a colour lookup table.
 
         The graph holds the codes present and their labels; one task expands them into the
         dense table (``size`` entries) that every chunk reads, so the graph stays small under
         any scheduler.
         """
-        table = dask.delayed(_dense_table, pure=True)(codes, labels, size)
-        return self._lazy(_lookup_task, labels.dtype, table, self.alpha, vmin, strides)
+        table = dask.delayed(_dense_table, pure=True)(codes, labels, coder.size)
+        return self._lazy(_lookup_task, labels.dtype, table, self.alpha, coder)
 
 
 def _centroid_task(labels, offset, k):

@@ -1,5 +1,6 @@
 """The numpy kernels: pruning is exact, sums are exact, tiles cover a chunk once."""
 
+import dask.array as da
 import numpy as np
 import pytest
 from skimage import data
@@ -119,3 +120,28 @@ def test_passes_with_sub_block_boxes_equal_full_passes(masked, monkeypatch):
     np.testing.assert_array_equal(with_boxes[1], counts)
     np.testing.assert_array_equal(with_boxes[2], sums)
     assert (plain == 0).sum() == (0 if mask is None else (~mask).sum())
+
+
+@pytest.mark.parametrize(
+    ("name", "chunks", "run", "sparse"),
+    [
+        ("camera", 32, 8, 8),  # 256 chunks in runs of 8, dense histograms summed in a tree
+        ("astronaut", (64, 64, 3), 8, 8),  # sparse: each chunk's distinct colours
+        ("astronaut", ((500, 12), 512, 3), 1, 100),  # one dense, one sparse, summed
+    ],
+)
+def test_colour_histogram_counts_every_pixel(name, chunks, run, sparse, monkeypatch):
+    monkeypatch.setattr(_pixels, "HISTOGRAM_RUN", run)
+    monkeypatch.setattr(_pixels, "SPARSE_HISTOGRAM", sparse)
+    image = getattr(data, name)()
+    values = image.reshape(-1, image.shape[-1] if image.ndim == 3 else 1).astype(np.int64)
+    pixels = da.from_array(image if image.ndim == 3 else image[..., None], chunks=chunks)
+    n_channels = values.shape[1]
+    coder = _pixels.ColorCodes.for_range(np.zeros(n_channels), np.full(n_channels, 255))
+    codes, counts = _pixels.PixelSource(pixels, None, False).histogram(coder)
+    expected, expected_counts = np.unique(values, axis=0, return_counts=True)
+    order = np.lexsort(expected.T[::-1])
+    got = coder.decode(codes)
+    got_order = np.lexsort(got.T[::-1])
+    np.testing.assert_array_equal(got[got_order], expected[order])
+    np.testing.assert_array_equal(counts[got_order], expected_counts[order])

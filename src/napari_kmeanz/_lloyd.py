@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import math
 import mmap
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -51,17 +49,6 @@ def zeros(shape, dtype=np.float64) -> np.ndarray:
     if size < 1 << 22:
         return np.zeros(shape, dtype)
     return np.frombuffer(mmap.mmap(-1, size), dtype=dtype).reshape(shape)
-
-
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _pool() -> ThreadPoolExecutor:
-    """Threads for the passes over points held in memory, one per core, made once."""
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="napari-kmeanz")
-    return _POOL
 
 
 class TooFewDistinctPoints(ValueError):
@@ -200,7 +187,6 @@ def accumulate(
     sums: np.ndarray,
     weighted: np.ndarray | None = None,
     block: int = SUB_BLOCK,
-    out: np.ndarray | None = None,
     keep: np.ndarray | None = None,
 ) -> np.ndarray:
     """Assign rows to their nearest centre and add their counts and raw sums in place.
@@ -226,8 +212,6 @@ def accumulate(
         ``rows1`` times each row's multiplicity, for weighted points; ``rows1`` when omitted.
     block : int
         Rows per sub-block.
-    out : ndarray of shape (n,), optional
-        Where to write the labels.
     keep : ndarray of int, optional
         The candidate centres of the rows, when known (then ``rows1`` is one sub-block).
 
@@ -239,7 +223,7 @@ def accumulate(
     k = len(centers)
     weighted = rows1 if weighted is None else weighted
     weights_matrix = distance_weights(centers, factor)
-    labels = np.empty(len(rows1), dtype=np.intp) if out is None else out
+    labels = np.empty(len(rows1), dtype=np.intp)
     known = keep
     for s in range(0, len(rows1), block):
         keep, local = _nearest(rows1[s : s + block], centers, factor, weights_matrix, known)
@@ -311,33 +295,20 @@ class PointSource:
             self._weighted = zeros(self._rows1.shape[::-1]).T
             np.multiply(self._rows1, self.weights[:, None], out=self._weighted)
 
-    def _parts(self):
-        """Ranges of whole sub-blocks, one per core for many points (else one range)."""
-        n = len(self.raw)
-        n_parts = min(os.cpu_count() or 1, n // (16 * POINT_SUB_BLOCK)) or 1
-        per_part = -(-n // (n_parts * POINT_SUB_BLOCK)) * POINT_SUB_BLOCK
-        return [slice(start, start + per_part) for start in range(0, n, per_part)]
-
     def labels_and_stats(self, centers: np.ndarray, factor: np.ndarray):
-        """Index of each point's nearest centre, per-cluster counts and raw sums, in one pass
-        (split between threads for many points; the parts are added in a fixed order)."""
+        """Index of each point's nearest centre, per-cluster counts and raw sums, in one pass.
+
+        One thread: the pass is many small steps on sub-blocks of a few thousand points, and
+        measured here, splitting it between two threads made it slower (the steps hold the
+        interpreter's lock between them).
+        """
         k, d = centers.shape
-        labels = np.empty(len(self.raw), dtype=np.intp)
-
-        def part(span):
-            counts, sums = np.zeros(k), np.zeros((k, d))
-            weighted = None if self._weighted is None else self._weighted[span]
-            rows1 = self._rows1[span]
-            accumulate(
-                rows1, centers, factor, counts, sums, weighted, POINT_SUB_BLOCK, labels[span]
-            )
-            return counts, sums
-
-        spans = self._parts()
+        counts, sums = np.zeros(k), np.zeros((k, d))
         with threadpool_limits(limits=1, user_api="blas"):  # see _pixels.compute
-            parts = [part(spans[0])] if len(spans) == 1 else list(_pool().map(part, spans))
-        counts = np.sum([p[0] for p in parts], axis=0)
-        return labels, counts, np.sum([p[1] for p in parts], axis=0)
+            labels = accumulate(
+                self._rows1, centers, factor, counts, sums, self._weighted, POINT_SUB_BLOCK
+            )
+        return labels, counts, sums
 
     def stats(self, centers: np.ndarray, factor: np.ndarray):
         return self.labels_and_stats(centers, factor)[1:]

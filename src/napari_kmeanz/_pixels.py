@@ -25,11 +25,13 @@ from . import _lloyd
 from ._color import lab_to_rgb, rgb_to_lab
 from ._lloyd import zeros
 
-# A chunk's colour histogram is sparse (distinct codes and counts) when the chunk has fewer
-# than 1/SPARSE_HISTOGRAM as many pixels as there are possible codes.
+# A run of chunks has a sparse colour histogram (each chunk's distinct codes and counts) when
+# it has fewer than 1/SPARSE_HISTOGRAM as many pixels as there are possible codes.
 SPARSE_HISTOGRAM = 8
 # Bits of a colour code in Z-order (the colour histogram has 2**MAX_CODE_BITS entries at most).
 MAX_CODE_BITS = 24
+# Chunks counted one after another into one colour histogram.
+HISTOGRAM_RUN = 8
 # Pixels per tile when colour codes are computed.
 CODE_TILE = 1 << 16
 # Pixels per chunk when a numpy image is split for the passes.
@@ -452,16 +454,17 @@ def _tile_codes(block, mask_block, alpha, coder: ColorCodes, tile: int = CODE_TI
         yield span, codes, None if valid is None else valid[span]
 
 
-def _histogram_task(block, mask_block, alpha, coder, dtype):
-    """A chunk's colour histogram: dense (counts of every code, ``dtype``) for a chunk with
-    many pixels, sparse (its distinct codes and their counts) for a small one, whichever is
-    lighter."""
+def _histogram_task(block, mask_block, alpha, coder, dtype, dense=False, into=None):
+    """A chunk's colour histogram: its distinct codes and their counts (sparse), or with
+    ``dense`` the counts of every code (``dtype``), added to ``into`` when given (the dense
+    histogram of the chunks before it, used once)."""
     tiles = _tile_codes(block, mask_block, alpha, coder)
-    if math.prod(block.shape[:-1]) * SPARSE_HISTOGRAM < coder.size:
+    if not dense:
         present = [codes.copy() if valid is None else codes[valid] for _, codes, valid in tiles]
         unique, counts = np.unique(np.concatenate(present), return_counts=True)
         return unique, counts.astype(np.int64)
-    counts, one = zeros(coder.size, dtype), np.ones(1, dtype)
+    counts = zeros(coder.size, dtype) if into is None else into
+    one = np.ones(1, dtype)
     for _, codes, valid in tiles:
         np.add.at(counts, codes if valid is None else codes[valid], one)
     return counts
@@ -662,13 +665,31 @@ class PixelSource:
         return dist[top], raw[top]
 
     def histogram(self, coder: ColorCodes):
-        """The colour codes present and their counts, summed over the chunks two by two."""
+        """The colour codes present and their counts.
+
+        Chunks are taken in runs of up to ``HISTOGRAM_RUN``: a run with many pixels for the
+        number of codes counts into one dense histogram, chunk after chunk (one table per
+        run, not per chunk; the reading of the next chunk goes on meanwhile), a run with few
+        lists each chunk's distinct codes. The runs' histograms are summed two by two.
+        """
         # per-code counts fit 32 bits unless the image has 2**32 pixels or more
         dtype = np.uint32 if math.prod(self.spatial_shape) < 1 << 32 else np.int64
-        parts = [
-            dask.delayed(_histogram_task, pure=True)(b, m, self.alpha, coder, dtype)
-            for b, m, _ in self._blocks()
-        ]
+        chunks = self.data.chunks[:-1]
+        pixels = [math.prod(c[i] for c, i in zip(chunks, idx, strict=True)) for idx in self._ids()]
+        blocks = list(self._blocks())
+        parts = []
+        for start in range(0, len(blocks), HISTOGRAM_RUN):
+            run = blocks[start : start + HISTOGRAM_RUN]
+            dense = sum(pixels[start : start + HISTOGRAM_RUN]) * SPARSE_HISTOGRAM >= coder.size
+            table = None
+            for b, m, _ in run:
+                task = dask.delayed(_histogram_task, pure=True)
+                if dense:
+                    table = task(b, m, self.alpha, coder, dtype, True, table)
+                else:
+                    parts.append(task(b, m, self.alpha, coder, dtype))
+            if dense:
+                parts.append(table)
         while len(parts) > 1:
             halves = zip(parts[::2], parts[1::2], strict=False)
             pairs = [dask.delayed(_merge_histograms, pure=True)(a, b) for a, b in halves]

@@ -694,9 +694,14 @@ class _Run:
         else:
             source, lookup = self.pixels, None
             rows, weights, exhaustive = self._sample(n_valid, sampled)
-        # A round over the distinct colours costs little: refining the seed on the sample only
-        # pays where a round is a pass over the pixels.
-        centers = self._seed(rows, weights, exhaustive, factor, 1 if lookup else SAMPLE_ROUNDS)
+        # Refining the seed on the sample pays where a round over all points costs many rounds
+        # over the sample: not for the distinct colours (a round over them costs little), and
+        # for a small image only as many sample rounds as about two rounds over its pixels.
+        refine_rounds = 1
+        if lookup is None:
+            per_pass = n_valid / max(len(rows), 1)
+            refine_rounds = int(min(SAMPLE_ROUNDS, max(1, 2 * per_pass)))
+        centers = self._seed(rows, weights, exhaustive, factor, refine_rounds)
 
         lloyd = _lloyd.Lloyd(source, centers, factor, self.max_iter, self.tol)
         for _ in lloyd.rounds():

@@ -145,3 +145,8 @@ def test_colour_histogram_counts_every_pixel(name, chunks, run, sparse, monkeypa
     got_order = np.lexsort(got.T[::-1])
     np.testing.assert_array_equal(got[got_order], expected[order])
     np.testing.assert_array_equal(counts[got_order], expected_counts[order])
+
+
+def test_no_color_codes_beyond_the_largest_histogram():
+    assert _pixels.ColorCodes.for_range(np.zeros(3), [256, 255, 255]) is None  # 2**24 + 2**16
+    assert _pixels.ColorCodes.for_range(np.zeros(3), [255, 255, 255]).size == 1 << 24

@@ -28,8 +28,6 @@ __all__ = ["KMeansResult", "KMeansState", "iter_kmeans", "kmeans", "predict", "r
 
 INITS = ("k-means++", "random")
 COLOR_SPACES = ("rgb", "lab")
-# Largest colour histogram (number of possible colours) for the colour-only fast path.
-MAX_HISTOGRAM = 1 << 24
 # Seeding runs on a subsample of the sample, of this many points per cluster (and at least
 # SEED_POINTS_MIN), with this many Lloyd rounds for each of the n_init candidates; the best is
 # then refined on the whole sample for at most SAMPLE_ROUNDS rounds.
@@ -565,10 +563,9 @@ class _Run:
         """Distinct colours and their counts, when the colour-only fast path applies."""
         if self.spatial_weight > 0 or self.dtype.kind not in "iu":
             return None
-        span = vmax.astype(np.int64) - vmin.astype(np.int64) + 1
-        if math.prod(int(s) for s in span) > MAX_HISTOGRAM:
-            return None
         coder = ColorCodes.for_range(vmin, vmax)
+        if coder is None:
+            return None
         codes, counts = self.pixels.histogram(coder)
         return coder.decode(codes), counts.astype(np.float64), (coder, codes)
 

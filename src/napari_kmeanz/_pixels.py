@@ -28,8 +28,8 @@ from ._lloyd import zeros
 # A run of chunks has a sparse colour histogram (each chunk's distinct codes and counts) when
 # it has fewer than 1/SPARSE_HISTOGRAM as many pixels as there are possible codes.
 SPARSE_HISTOGRAM = 8
-# Bits of a colour code in Z-order (the colour histogram has 2**MAX_CODE_BITS entries at most).
-MAX_CODE_BITS = 24
+# Largest dense colour histogram (number of possible colours) for the colour-only fast path.
+MAX_HISTOGRAM = 1 << 24
 # Chunks counted one after another into one colour histogram.
 HISTOGRAM_RUN = 8
 # Pixels per tile when colour codes are computed.
@@ -376,13 +376,13 @@ class ColorCodes:
     """Integer colours as codes ``0 .. size - 1``, the indices of a dense colour histogram.
 
     Each channel's value, less the channel's minimum, maps through a table to its part of the
-    code; a code is the sum of the parts. Where the channels' bits fit in ``MAX_CODE_BITS``
-    together, the parts interleave them (a Z-order or Morton code): colours in the order of
-    their codes then run through compact cubes of colour space, which lets the kernels leave
-    far centres out of a block's distances. Otherwise the code is the colour's index in the
-    box of all colours between the minima and maxima (row-major).
+    code; a code is the sum of the parts. Where the channels' bits together give at most
+    ``MAX_HISTOGRAM`` codes, the parts interleave them (a Z-order or Morton code): colours in
+    the order of their codes then run through compact cubes of colour space, which lets the
+    kernels leave far centres out of a block's distances. Otherwise the code is the colour's
+    index in the box of all colours between the minima and maxima (row-major).
 
-    Build one with :meth:`for_range`.
+    Build one with :meth:`for_range`; there is none for more than ``MAX_HISTOGRAM`` colours.
     """
 
     vmin: np.ndarray  # (C,) int64
@@ -391,11 +391,15 @@ class ColorCodes:
     morton: bool
 
     @classmethod
-    def for_range(cls, vmin: np.ndarray, vmax: np.ndarray) -> ColorCodes:
+    def for_range(cls, vmin: np.ndarray, vmax: np.ndarray) -> ColorCodes | None:
+        """Codes of the colours between ``vmin`` and ``vmax`` (per channel), or None when they
+        are more than ``MAX_HISTOGRAM``."""
         vmin = np.asarray(vmin, dtype=np.int64)
         span = np.asarray(vmax, dtype=np.int64) - vmin + 1
+        if math.prod(int(n) for n in span) > MAX_HISTOGRAM:
+            return None
         bits = [max(0, int(n - 1).bit_length()) for n in span]
-        if sum(bits) <= MAX_CODE_BITS:
+        if 1 << sum(bits) <= MAX_HISTOGRAM:
             tables = [np.zeros(int(n), dtype=np.int32) for n in span]
             values = [np.arange(int(n), dtype=np.int64) for n in span]
             position = 0

@@ -123,12 +123,14 @@ def _chunk_values(block: np.ndarray, mask_block, alpha: bool):
     return flat, valid
 
 
-def _tile_shape(shape: tuple[int, ...], size: int) -> list[int]:
+def _tile_grid(shape: tuple[int, ...], size: int):
+    """Tile shape cutting ``shape`` into compact tiles of at most about ``size`` elements, and
+    the number of tiles along each axis."""
     tile = list(shape)
     while math.prod(tile) > size:
         largest = int(np.argmax(tile))
         tile[largest] = -(-tile[largest] // 2)
-    return tile
+    return tile, [-(-n // t) for n, t in zip(shape, tile, strict=True)]
 
 
 def _sub_blocks(shape: tuple[int, ...], size: int):
@@ -137,9 +139,8 @@ def _sub_blocks(shape: tuple[int, ...], size: int):
     Compact tiles keep the pixels of a sub-block close in space (and, in most images, in
     value), which is what lets :func:`_lloyd.candidates` leave far centres out.
     """
-    tile = _tile_shape(shape, size)
-    starts = [range(0, n, t) for n, t in zip(shape, tile, strict=True)]
-    for corner in product(*starts):
+    tile, _ = _tile_grid(shape, size)
+    for corner in product(*(range(0, n, t) for n, t in zip(shape, tile, strict=True))):
         yield tuple(slice(c, min(c + t, n)) for c, t, n in zip(corner, tile, shape, strict=True))
 
 
@@ -200,12 +201,14 @@ class TileBoxes:
         self.totals[index] = rows1.sum(axis=0)
 
     def split(self, centers: np.ndarray, factor: np.ndarray):
-        """``(keep, owner, whole)``: the candidate centres of every sub-block (bool, (n, k)),
-        and which sub-blocks go whole to one centre (``whole``, bool) and to which one."""
+        """``(keep, owner, whole, read)``: the candidate centres of every sub-block (bool,
+        (n, k)), which sub-blocks go whole to one centre (``whole``, bool) and to which one,
+        and which are left to read (those with pixels and more than one candidate)."""
         keep = _lloyd.box_candidates(self.lows, self.highs, centers, factor)
         filled = self.totals[:, -1] > 0
-        whole = filled & (keep.sum(axis=1) == 1)
-        return keep, keep[whole].argmax(axis=1), whole
+        single = keep.sum(axis=1) == 1
+        whole = filled & single
+        return keep, keep[whole].argmax(axis=1), whole, filled & ~single
 
     def add_whole(self, owner, whole, counts, sums) -> None:
         """Add the sums and counts of the sub-blocks that go whole to one centre."""
@@ -214,19 +217,6 @@ class TileBoxes:
         counts += np.bincount(owner, weights=totals[:, -1], minlength=k)
         for feature in range(sums.shape[1]):
             sums[:, feature] += np.bincount(owner, weights=totals[:, feature], minlength=k)
-
-
-def _n_sub_blocks(block) -> int:
-    tile = _tile_shape(block.shape[:-1], _lloyd.SUB_BLOCK)
-    return math.prod(-(-n // t) for n, t in zip(block.shape[:-1], tile, strict=True))
-
-
-def _sub_block(shape, index: int):
-    """The slices of sub-block number ``index`` of :func:`_sub_blocks` (shape, SUB_BLOCK)."""
-    tile = _tile_shape(shape, _lloyd.SUB_BLOCK)
-    counts = [-(-n // t) for n, t in zip(shape, tile, strict=True)]
-    corner = [i * t for i, t in zip(np.unravel_index(index, counts), tile, strict=True)]
-    return tuple(slice(c, min(c + t, n)) for c, t, n in zip(corner, tile, shape, strict=True))
 
 
 def _positions(slices, valid, offset, sub_shape):
@@ -286,15 +276,15 @@ def _stats_task(block, mask_block, offset, space, alpha, centers, boxes=None):
     counts, sums = np.zeros(k), np.zeros((k, space.n_features))
     if boxes is None:
         sq = np.zeros(space.n_features)
-        boxes = TileBoxes.empty(_n_sub_blocks(block), space.n_features)
+        n_sub_blocks = math.prod(_tile_grid(block.shape[:-1], _lloyd.SUB_BLOCK)[1])
+        boxes = TileBoxes.empty(n_sub_blocks, space.n_features)
         for index, rows1, _, _ in _iter_rows(block, mask_block, offset, space, alpha):
             _lloyd.accumulate(rows1, centers, space.factor, counts, sums)
             sq += np.einsum("ij,ij->j", rows1[:, :-1], rows1[:, :-1])
             boxes.record(index, rows1)
         return counts, sums, sq, boxes
-    keep, owner, whole = boxes.split(centers, space.factor)
+    keep, owner, whole, read = boxes.split(centers, space.factor)
     boxes.add_whole(owner, whole, counts, sums)
-    read = (boxes.totals[:, -1] > 0) & ~whole
     for index, rows1, _, _ in _iter_rows(block, mask_block, offset, space, alpha, read):
         candidates = np.flatnonzero(keep[index])
         _lloyd.accumulate(rows1, centers, space.factor, counts, sums, keep=candidates)
@@ -342,16 +332,16 @@ def _labels_task(block, mask_block, offset, space, alpha, centers, dtype, sums=N
     out = np.zeros(block.shape[:-1], dtype=dtype)
     keep = select = None
     if boxes is not None:
-        keep, owner, whole = boxes.split(centers, space.factor)
+        keep, owner, whole, select = boxes.split(centers, space.factor)
         if sums is not None:
             boxes.add_whole(owner, whole, *sums)
         label_of = np.zeros(len(whole), dtype=dtype)
         label_of[whole] = owner + 1
-        for index in np.flatnonzero(whole):
-            slices = _sub_block(out.shape, index)
-            mask = None if mask_block is None else mask_block[slices]
-            _put(out, slices, label_of[index], _chunk_values(block[slices], mask, alpha)[1])
-        select = (boxes.totals[:, -1] > 0) & ~whole
+        for index, slices in enumerate(_sub_blocks(out.shape, _lloyd.SUB_BLOCK)):
+            if whole[index]:
+                mask = None if mask_block is None else mask_block[slices]
+                valid = _chunk_values(block[slices], mask, alpha)[1]
+                _put(out, slices, label_of[index], valid)
     for index, rows1, slices, valid in _iter_rows(block, mask_block, offset, space, alpha, select):
         candidates = None if keep is None else np.flatnonzero(keep[index])
         if sums is None:

@@ -323,9 +323,6 @@ class PointSource:
         top = top_farthest(dist, np.arange(len(dist)), m)
         return dist[top], self.raw[top].astype(np.float64)
 
-    def labels(self, centers: np.ndarray, factor: np.ndarray) -> np.ndarray:
-        return assign(self._rows1, centers, factor, POINT_SUB_BLOCK)
-
 
 def kmeans_plusplus(
     x: np.ndarray, weights: np.ndarray, n_clusters: int, rng: np.random.Generator

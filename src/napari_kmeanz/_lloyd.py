@@ -16,12 +16,13 @@ to relocate empty clusters). :class:`PointSource` holds points in memory; the pi
 
 from __future__ import annotations
 
+import functools
 import math
 import mmap
 from dataclasses import dataclass, field
 
 import numpy as np
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController
 
 # Rows per sub-block in the kernels: the (rows x k) distance matrix of a sub-block stays in cache.
 SUB_BLOCK = 1 << 15
@@ -32,6 +33,21 @@ POINT_SUB_BLOCK = 1 << 12
 ONE_HOT_MAX = 8
 # Up to this many candidate centres, the nearest one is found by a running minimum.
 LOOP_ARGMIN_MAX = 16
+
+
+@functools.cache
+def _blas_controller() -> ThreadpoolController:
+    return ThreadpoolController()
+
+
+def one_blas_thread():
+    """A context in which BLAS runs on one thread in this process (see ``_pixels.compute``).
+
+    The thread pools are looked up once, when first needed: a lookup reads the process's map
+    of loaded libraries, which took milliseconds each time, and a run enters this context
+    once per pass.
+    """
+    return _blas_controller().limit(limits=1, user_api="blas")
 
 
 def zeros(shape, dtype=np.float64) -> np.ndarray:
@@ -304,7 +320,7 @@ class PointSource:
         """
         k, d = centers.shape
         counts, sums = np.zeros(k), np.zeros((k, d))
-        with threadpool_limits(limits=1, user_api="blas"):  # see _pixels.compute
+        with one_blas_thread():
             labels = accumulate(
                 self._rows1, centers, factor, counts, sums, self._weighted, POINT_SUB_BLOCK
             )

@@ -19,7 +19,6 @@ import dask
 import dask.array as da
 import dask.threaded
 import numpy as np
-from threadpoolctl import threadpool_limits
 
 from . import _lloyd
 from ._color import lab_to_rgb, rgb_to_lab
@@ -53,7 +52,7 @@ def compute(*collections):
     options = {}
     if "distributed" not in sys.modules and not dask.config.get("scheduler", None):
         options["scheduler"] = dask.threaded.get
-    with threadpool_limits(limits=1, user_api="blas"):
+    with _lloyd.one_blas_thread():
         return dask.compute(*collections, **options)
 
 
@@ -420,16 +419,36 @@ class ColorCodes:
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """Colours (n, C), int64, of codes."""
-        codes = np.asarray(codes, dtype=np.int64)
-        values = np.empty((len(codes), len(self.tables)), dtype=np.int64)
-        for channel, table in enumerate(self.tables):
-            if self.morton:  # the channel's bits of the code, found in its (sorted) table
-                mask = np.bitwise_or.reduce(table.astype(np.int64)) if len(table) > 1 else 0
-                values[:, channel] = np.searchsorted(table, codes & mask)
-            else:
+        codes = np.asarray(codes)
+        values = np.zeros((len(codes), len(self.tables)), dtype=np.int64)
+        if self.morton:  # a byte of the code at a time, through each channel's table of it
+            byte = np.empty(len(codes), dtype=np.intp)
+            for shift, tables in zip(range(0, 32, 8), self._byte_tables(), strict=False):
+                np.bitwise_and(np.right_shift(codes, shift), 255, out=byte, casting="unsafe")
+                for channel, table in enumerate(tables):
+                    values[:, channel] += table.take(byte)
+        else:
+            for channel, table in enumerate(self.tables):
                 stride = int(table[1]) if len(table) > 1 else 1
                 values[:, channel] = (codes // stride) % len(table)
         return values + self.vmin
+
+    def _byte_tables(self) -> list[list[np.ndarray]]:
+        """Per byte of a Morton code, per channel: byte value -> the channel's bits in it."""
+        owner = {}  # bit of the code -> (channel, bit of the channel's value)
+        for channel, table in enumerate(self.tables):
+            for bit in range(max(0, len(table) - 1).bit_length()):
+                owner[int(table[1 << bit]).bit_length() - 1] = (channel, bit)
+        byte = np.arange(256)
+        found = []
+        for shift in range(0, max(1, self.size.bit_length() - 1), 8):
+            tables = [np.zeros(256, dtype=np.int64) for _ in self.tables]
+            for i in range(8):
+                if shift + i in owner:
+                    channel, bit = owner[shift + i]
+                    tables[channel] += ((byte >> i) & 1) << bit
+            found.append(tables)
+        return found
 
 
 def _tile_codes(block, mask_block, alpha, coder: ColorCodes, tile: int = CODE_TILE):

@@ -150,3 +150,31 @@ def test_colour_histogram_counts_every_pixel(name, chunks, run, sparse, monkeypa
 def test_no_color_codes_beyond_the_largest_histogram():
     assert _pixels.ColorCodes.for_range(np.zeros(3), [256, 255, 255]) is None  # 2**24 + 2**16
     assert _pixels.ColorCodes.for_range(np.zeros(3), [255, 255, 255]).size == 1 << 24
+
+
+@pytest.mark.parametrize("k", [3, 16])
+def test_passes_over_colour_cells_equal_full_passes(k):
+    """Distinct colours in Z-order cells, given whole to one centre: the same labels and sums."""
+    image = data.chelsea()
+    coder = _pixels.ColorCodes.for_range(np.zeros(3), np.full(3, 255))
+    flat = image.reshape(-1, 3)
+    codes = coder.encode(flat, np.empty(len(flat), np.int32), np.empty(len(flat), np.int64))
+    counts = np.bincount(codes, minlength=coder.size)
+    keys = np.flatnonzero(counts)
+    colours, weights = coder.decode(keys).astype(np.float64), counts[keys].astype(np.float64)
+    rng = np.random.default_rng(k)
+    centers = colours[rng.choice(len(colours), k, replace=False)] + rng.normal(0, 2, (k, 3))
+    factor = np.ones(3)
+    plain = _lloyd.PointSource(colours, weights)
+    celled = _lloyd.PointSource(colours, weights, keys, (12, 9, 6))
+    expected = plain.labels_and_stats(centers, factor)
+    got = celled.labels_and_stats(centers, factor)
+    for a, b in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(celled.stats(centers, factor)[0], expected[1])
+    # some cells went whole to one centre (at more than one level), not all
+    open_cells, owner_of = celled._cells.split(
+        centers, factor, np.zeros(k), np.zeros((k, 3)), True
+    )
+    assert 0 < len(open_cells) < len(owner_of)
+    assert len(celled._cells.starts[0]) < (owner_of >= 0).sum()

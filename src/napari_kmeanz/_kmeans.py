@@ -686,7 +686,11 @@ class _Run:
             if len(values) < self.n_clusters:
                 raise _lloyd.TooFewDistinctPoints(len(values), self.n_clusters)
             features = space.values(values)
-            source = PointSource(features, counts)
+            coder, codes = lookup
+            # Z-order codes: the colours sharing all but their last 2, 3 or 4 bits per channel
+            # lie in cubes of side 4, 8 or 16 (see PointCells)
+            shifts = tuple(bits * self.n_channels for bits in (4, 3, 2)) if coder.morton else ()
+            source = PointSource(features, counts, codes, shifts)
             rows, weights, exhaustive = self._weighted_sample(features, counts)
         else:
             source, lookup = self.pixels, None

@@ -234,7 +234,8 @@ def accumulate(
     weighted: np.ndarray | None = None,
     block: int = SUB_BLOCK,
     keep: np.ndarray | None = None,
-) -> np.ndarray:
+    want_labels: bool = True,
+) -> np.ndarray | None:
     """Assign rows to their nearest centre and add their counts and raw sums in place.
 
     Per sub-block, the sums over a few candidate centres are one small matrix product (one-hot
@@ -260,31 +261,39 @@ def accumulate(
         Rows per sub-block.
     keep : ndarray of int, optional
         The candidate centres of every row, when known.
+    want_labels : bool
+        Whether to return the labels (a pass that needs only the sums does not).
 
     Returns
     -------
-    ndarray of shape (n,)
+    ndarray of shape (n,) or None
         The index of each row's nearest centre.
     """
     k = len(centers)
-    weighted = rows1 if weighted is None else weighted
+    unweighted = weighted is None
+    weighted = rows1 if unweighted else weighted
     weights_matrix = distance_weights(centers, factor)
-    labels = np.empty(len(rows1), dtype=np.intp)
+    labels = np.empty(len(rows1), dtype=np.intp) if want_labels else None
     known = keep
     for s in range(0, len(rows1), block):
         keep, local = _nearest(rows1[s : s + block], centers, factor, weights_matrix, known)
         part = weighted[s : s + block]
         m = k if keep is None else len(keep)
+        target = slice(None) if keep is None else keep
         if m <= ONE_HOT_MAX:
             partial = (local[:, None] == np.arange(m)).astype(np.float64).T @ part
+            sums[target] += partial[:, :-1]
+            counts[target] += partial[:, -1]
         else:
-            partial = np.stack(
-                [np.bincount(local, weights=c, minlength=m) for c in part.T], axis=1
-            )
-        target = slice(None) if keep is None else keep
-        sums[target] += partial[:, :-1]
-        counts[target] += partial[:, -1]
-        labels[s : s + block] = local if keep is None else keep[local]
+            columns = part.T[:-1]
+            for feature, column in enumerate(columns):
+                sums[target, feature] += np.bincount(local, weights=column, minlength=m)
+            if unweighted:  # the counts without weights: a faster count
+                counts[target] += np.bincount(local, minlength=m)
+            else:
+                counts[target] += np.bincount(local, weights=part[:, -1], minlength=m)
+        if want_labels:
+            labels[s : s + block] = local if keep is None else keep[local]
     return labels
 
 

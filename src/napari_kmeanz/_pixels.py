@@ -278,7 +278,7 @@ def _stats_task(block, mask_block, offset, space, alpha, centers, boxes=None):
         n_sub_blocks = math.prod(_tile_grid(block.shape[:-1], _lloyd.SUB_BLOCK)[1])
         boxes = TileBoxes.empty(n_sub_blocks, space.n_features)
         for index, rows1, _, _ in _iter_rows(block, mask_block, offset, space, alpha):
-            _lloyd.accumulate(rows1, centers, space.factor, counts, sums)
+            _lloyd.accumulate(rows1, centers, space.factor, counts, sums, want_labels=False)
             sq += np.einsum("ij,ij->j", rows1[:, :-1], rows1[:, :-1])
             boxes.record(index, rows1)
         return counts, sums, sq, boxes
@@ -286,7 +286,9 @@ def _stats_task(block, mask_block, offset, space, alpha, centers, boxes=None):
     boxes.add_whole(owner, whole, counts, sums)
     for index, rows1, _, _ in _iter_rows(block, mask_block, offset, space, alpha, read):
         candidates = np.flatnonzero(keep[index])
-        _lloyd.accumulate(rows1, centers, space.factor, counts, sums, keep=candidates)
+        _lloyd.accumulate(
+            rows1, centers, space.factor, counts, sums, keep=candidates, want_labels=False
+        )
     return counts, sums
 
 

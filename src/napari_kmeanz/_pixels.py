@@ -420,20 +420,25 @@ class ColorCodes:
         return out
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
-        """Colours (n, C), int64, of codes."""
+        """Colours (n, C), int64 (each channel contiguous), of codes."""
         codes = np.asarray(codes)
-        values = np.zeros((len(codes), len(self.tables)), dtype=np.int64)
+        values = np.empty((len(self.tables), len(codes)), dtype=np.int64)
         if self.morton:  # a byte of the code at a time, through each channel's table of it
-            byte = np.empty(len(codes), dtype=np.intp)
-            for shift, tables in zip(range(0, 32, 8), self._byte_tables(), strict=False):
-                np.bitwise_and(np.right_shift(codes, shift), 255, out=byte, casting="unsafe")
+            byte, part = np.empty(len(codes), dtype=np.intp), np.empty(len(codes), np.int64)
+            for shift, tables in enumerate(self._byte_tables()):
+                np.right_shift(codes, 8 * shift, out=byte, casting="unsafe")
+                np.bitwise_and(byte, 255, out=byte)
                 for channel, table in enumerate(tables):
-                    values[:, channel] += table.take(byte)
+                    np.take(table, byte, out=values[channel] if shift == 0 else part)
+                    if shift:
+                        values[channel] += part
         else:
             for channel, table in enumerate(self.tables):
                 stride = int(table[1]) if len(table) > 1 else 1
-                values[:, channel] = (codes // stride) % len(table)
-        return values + self.vmin
+                np.floor_divide(codes, stride, out=values[channel], casting="unsafe")
+                values[channel] %= len(table)
+        values += self.vmin[:, None]
+        return values.T
 
     def _byte_tables(self) -> list[list[np.ndarray]]:
         """Per byte of a Morton code, per channel: byte value -> the channel's bits in it."""

@@ -328,6 +328,15 @@ def with_ones(raw: np.ndarray) -> np.ndarray:
     return columns.T
 
 
+def add_owned(owner: np.ndarray, totals: np.ndarray, counts: np.ndarray, sums: np.ndarray):
+    """Add the raw sums and counts ``totals`` (m, d + 1) of groups of points that go whole to
+    one centre each (``owner``, (m,)) to ``counts`` (k,) and ``sums`` (k, d), in place."""
+    k = len(counts)
+    counts += np.bincount(owner, weights=totals[:, -1], minlength=k)
+    for feature in range(sums.shape[1]):
+        sums[:, feature] += np.bincount(owner, weights=totals[:, feature], minlength=k)
+
+
 def ranges(starts: np.ndarray, stops: np.ndarray) -> np.ndarray:
     """The integers of the ranges ``starts[i] .. stops[i] - 1``, one range after another."""
     sizes = stops - starts
@@ -378,7 +387,6 @@ class PointCells:
         """Give every cell that only one centre can be nearest to whole to it, adding its
         sums to ``counts`` and ``sums``; return the finest cells left open (their indices)
         and, with ``want_labels``, every finest cell's centre (-1: left open)."""
-        k = len(centers)
         is_open = owner_of = None
         levels = zip(self.lows, self.highs, self.totals, strict=True)
         for level, (lows, highs, totals) in enumerate(levels):
@@ -392,9 +400,7 @@ class PointCells:
             single = np.count_nonzero(keep, axis=1) == 1
             whole = tested[single]
             owner = keep[single].argmax(axis=1)
-            counts += np.bincount(owner, weights=totals[whole, -1], minlength=k)
-            for feature in range(sums.shape[1]):
-                sums[:, feature] += np.bincount(owner, weights=totals[whole, feature], minlength=k)
+            add_owned(owner, totals[whole], counts, sums)
             if want_labels:
                 if owner_of is None:
                     owner_of = np.full(len(lows), -1, dtype=np.intp)
@@ -466,7 +472,7 @@ class PointSource:
             nearest = accumulate(rows1, centers, factor, counts, sums, weighted, SUB_BLOCK, every)
         if not want_labels:
             return None, counts, sums
-        labels = np.repeat(owner_of, np.diff(np.append(finest, len(self.raw))))
+        labels = np.repeat(owner_of, stops - finest)
         labels[read] = nearest
         return labels, counts, sums
 

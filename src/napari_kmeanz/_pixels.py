@@ -211,11 +211,7 @@ class TileBoxes:
 
     def add_whole(self, owner, whole, counts, sums) -> None:
         """Add the sums and counts of the sub-blocks that go whole to one centre."""
-        k = len(counts)
-        totals = self.totals[whole]
-        counts += np.bincount(owner, weights=totals[:, -1], minlength=k)
-        for feature in range(sums.shape[1]):
-            sums[:, feature] += np.bincount(owner, weights=totals[:, feature], minlength=k)
+        _lloyd.add_owned(owner, self.totals[whole], counts, sums)
 
 
 def _positions(slices, valid, offset, sub_shape):

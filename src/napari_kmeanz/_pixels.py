@@ -122,6 +122,16 @@ def _chunk_values(block: np.ndarray, mask_block, alpha: bool):
     return flat, valid
 
 
+def _chunk_grid(chunks: tuple[tuple[int, ...], ...]):
+    """``(index, offset)`` of every chunk of a dask array with these ``chunks`` (per axis, the
+    chunk sizes), in C order: the chunk's index in the grid and the index of its first pixel."""
+    starts = [np.cumsum((0, *c[:-1])) for c in chunks]
+    return [
+        (idx, tuple(int(s[i]) for s, i in zip(starts, idx, strict=True)))
+        for idx in product(*(range(len(c)) for c in chunks))
+    ]
+
+
 def _tile_grid(shape: tuple[int, ...], size: int):
     """Tile shape cutting ``shape`` into compact tiles of at most about ``size`` elements, and
     the number of tiles along each axis."""
@@ -559,11 +569,10 @@ class PixelSource:
         return self.data.shape[:-1]
 
     def _offsets(self):
-        starts = [np.cumsum((0, *c[:-1])) for c in self.data.chunks[:-1]]
-        return [tuple(int(s[i]) for s, i in zip(starts, idx, strict=True)) for idx in self._ids()]
+        return [offset for _, offset in _chunk_grid(self.data.chunks[:-1])]
 
     def _ids(self):
-        return list(product(*(range(len(c)) for c in self.data.chunks[:-1])))
+        return [idx for idx, _ in _chunk_grid(self.data.chunks[:-1])]
 
     def _blocks(self):
         """``(chunk, mask chunk, offset)`` for every chunk, as delayed objects."""
@@ -768,12 +777,11 @@ def label_centroids(labels, k: int) -> np.ndarray:
     """Mean position (pixel indices) of labels 1..k, chunk by chunk; NaN for an absent label."""
     if not isinstance(labels, da.Array):
         labels = da.from_array(np.asarray(labels), chunks="auto", name=False)
-    starts = [np.cumsum((0, *c[:-1])) for c in labels.chunks]
     blocks = labels.to_delayed()
-    calls = []
-    for idx in product(*(range(len(c)) for c in labels.chunks)):
-        offset = tuple(int(s[i]) for s, i in zip(starts, idx, strict=True))
-        calls.append(dask.delayed(_centroid_task, pure=True)(blocks[idx], offset, k))
+    calls = [
+        dask.delayed(_centroid_task, pure=True)(blocks[idx], offset, k)
+        for idx, offset in _chunk_grid(labels.chunks)
+    ]
     parts = compute(*calls)
     counts = np.sum([p[0] for p in parts], axis=0)[1:]
     sums = np.sum([p[1] for p in parts], axis=0)[1:]

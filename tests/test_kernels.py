@@ -38,17 +38,47 @@ def test_ties_and_duplicate_centres():
     np.testing.assert_array_equal(labels, [0, 0, 0, 2])  # ties go to the lowest index
 
 
-def test_accumulate_sums_are_exact_for_integer_data():
+@pytest.mark.parametrize("k", [2, 12, 50])  # one-hot products (k <= ONE_HOT_MAX) and bincount
+def test_accumulate_sums_are_exact_for_integer_data(k):
+    assert 12 <= _lloyd.ONE_HOT_MAX < 50
     rng = np.random.default_rng(0)
     raw = rng.integers(0, 4096, size=(200_000, 4)).astype(np.float64)
-    centers = raw[:12].copy()
-    counts, sums = np.zeros(12), np.zeros((12, 4))
+    centers = raw[:k].copy()
+    counts, sums = np.zeros(k), np.zeros((k, 4))
     labels = _lloyd.accumulate(_lloyd.with_ones(raw), centers, np.ones(4), counts, sums)
-    np.testing.assert_array_equal(counts, np.bincount(labels, minlength=12))
+    np.testing.assert_array_equal(labels, brute_force(raw, centers, np.ones(4))[0])
+    np.testing.assert_array_equal(counts, np.bincount(labels, minlength=k))
     for f in range(4):
-        exact = np.zeros(12, dtype=np.int64)
+        exact = np.zeros(k, dtype=np.int64)
         np.add.at(exact, labels, raw[:, f].astype(np.int64))
         np.testing.assert_array_equal(sums[:, f], exact)
+    # without labels (the minimum found with no argmin), the same sums
+    counts_only, sums_only = np.zeros(k), np.zeros((k, 4))
+    kept = _lloyd.accumulate(
+        _lloyd.with_ones(raw), centers, np.ones(4), counts_only, sums_only, want_labels=False
+    )
+    assert kept is None
+    np.testing.assert_array_equal(counts_only, counts)
+    np.testing.assert_array_equal(sums_only, sums)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_sums_without_labels_give_a_tie_to_the_first_centre(weighted):
+    # integer points halfway between two integer centres: exact ties, in some sub-blocks only
+    raw = np.repeat(np.arange(9.0), 1000)[:, None]
+    raw[raw[:, 0] == 4.0] = 3.0  # the sub-blocks of this value have no tie
+    centers = np.array([[1.0], [3.0], [5.0], [7.0]])  # 2, 4 (none left) and 6 are ties
+    rows1 = _lloyd.with_ones(raw)
+    multiplicity = np.arange(len(raw)) % 3 + 1.0
+    weighted_rows = rows1 * multiplicity[:, None] if weighted else None
+    counts, sums = np.zeros(4), np.zeros((4, 1))
+    _lloyd.accumulate(
+        rows1, centers, np.ones(1), counts, sums, weighted_rows, block=500, want_labels=False
+    )
+    labels = np.digitize(raw[:, 0], [2.5, 4.5, 6.5])  # 2 -> 0, 6 -> 2: the lower index
+    w = multiplicity if weighted else np.ones(len(raw))
+    np.testing.assert_array_equal(counts, np.bincount(labels, weights=w, minlength=4))
+    np.testing.assert_array_equal(sums[:, 0], np.bincount(labels, weights=w * raw[:, 0]))
 
 
 @pytest.mark.parametrize("shape", [(1000, 777), (3, 300, 200), (50_000,), (7, 5)])

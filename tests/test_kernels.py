@@ -91,33 +91,57 @@ def test_tiles_cover_each_pixel_once(shape):
 
 
 @pytest.mark.parametrize(
-    ("low", "high", "morton"),
+    ("low", "high"),
     [
-        ([0, 0, 0], [255, 255, 255], True),  # 8-bit RGB: 24 bits, Z-order
-        ([-128], [127], True),  # signed grey
-        ([3, 5], [300, 17], True),
-        ([0, 0, 0], [299, 299, 149], False),  # 13.5 M colours, but 26 bits: row-major
+        ([0, 0, 0], [255, 255, 255]),  # 8-bit RGB: 2**24 codes
+        ([-128], [127]),  # signed grey
+        ([3, 5], [300, 17]),
+        ([0, 0, 0], [299, 299, 149]),  # 13.5 M colours (26 bits)
     ],
 )
-def test_color_codes_round_trip(low, high, morton):
+def test_color_codes_round_trip(low, high):
     coder = _pixels.ColorCodes.for_range(np.array(low), np.array(high))
-    assert coder.morton is morton
     values = np.random.default_rng(0).integers(low, np.array(high) + 1, size=(5000, len(low)))
     codes = coder.encode(values, np.empty(len(values), np.int32), np.empty(len(values), np.int64))
     assert codes.min() >= 0 and codes.max() < coder.size
     np.testing.assert_array_equal(coder.decode(codes), values)
-    distinct = np.unique(values, axis=0)
-    out = np.empty(len(distinct), np.int32)
-    assert len(np.unique(coder.encode(distinct, out, np.empty(len(distinct), np.int64)))) == len(
-        distinct
-    )
+    distinct, where = np.unique(codes, return_index=True)
+    assert len(distinct) == len(np.unique(values, axis=0))
+    # Z-order: sorted keys, the same colours, and distinct colours have distinct keys
+    colours, keys, order = coder.z_ordered(distinct)
+    assert np.all(np.diff(keys) > 0)
+    np.testing.assert_array_equal(colours, values[where][order])
+    np.testing.assert_array_equal(keys, coder.morton_keys(colours))
 
 
-def test_morton_codes_run_through_compact_cubes():
+def test_rgb_bytes_read_as_codes_equal_the_arithmetic():
     coder = _pixels.ColorCodes.for_range(np.zeros(3), np.full(3, 255))
-    cube = coder.decode(np.arange(4096))  # the first 4096 codes: a 16x16x16 cube
-    np.testing.assert_array_equal(cube.min(axis=0), [0, 0, 0])
-    np.testing.assert_array_equal(cube.max(axis=0), [15, 15, 15])
+    rgb = data.astronaut().reshape(-1, 3)
+    rgba = np.concatenate([rgb, np.full((len(rgb), 1), 7, np.uint8)], axis=1)
+    wide = rgb.astype(np.int64)
+    expected = wide[:, 0] + 256 * wide[:, 1] + 65536 * wide[:, 2]
+    layouts = {
+        "rgb": (rgb, expected),  # 3 bytes apart: the last pixel's 4th byte is past the array
+        "rgba": (rgba[:, :3], expected),  # 4 bytes apart, alpha masked off
+        "every other": (rgb[::2], expected[::2]),  # 6 bytes apart: by arithmetic
+        "one pixel": (rgb[-1:], expected[-1:]),
+    }
+    for name, (values, codes) in layouts.items():
+        out = np.empty(len(values), np.int32)
+        got = coder.encode(values, out, np.empty(len(values), np.int64))
+        np.testing.assert_array_equal(got, codes, err_msg=name)
+    assert _pixels._bytes_as_codes(rgb, np.empty(len(rgb), np.int32))
+    assert not _pixels._bytes_as_codes(rgb[::2], np.empty(len(rgb[::2]), np.int32))
+
+
+def test_morton_keys_run_through_compact_cubes():
+    coder = _pixels.ColorCodes.for_range(np.zeros(3), np.full(3, 255))
+    grid = np.stack(np.meshgrid(*[np.arange(32)] * 3, indexing="ij"), axis=-1).reshape(-1, 3)
+    keys = coder.morton_keys(grid)
+    order = np.argsort(keys)
+    for cube in np.split(grid[order], 8):  # the keys sharing key >> 12: cubes of side 16
+        assert np.all(cube.max(axis=0) - cube.min(axis=0) == 15)
+        assert np.all(cube.min(axis=0) % 16 == 0)
 
 
 @pytest.mark.parametrize("masked", [False, True])
@@ -190,8 +214,9 @@ def test_passes_over_colour_cells_equal_full_passes(k):
     flat = image.reshape(-1, 3)
     codes = coder.encode(flat, np.empty(len(flat), np.int32), np.empty(len(flat), np.int64))
     counts = np.bincount(codes, minlength=coder.size)
-    keys = np.flatnonzero(counts)
-    colours, weights = coder.decode(keys).astype(np.float64), counts[keys].astype(np.float64)
+    present = np.flatnonzero(counts)
+    colours, keys, order = coder.z_ordered(present)
+    colours, weights = colours.astype(np.float64), counts[present[order]].astype(np.float64)
     rng = np.random.default_rng(k)
     centers = colours[rng.choice(len(colours), k, replace=False)] + rng.normal(0, 2, (k, 3))
     factor = np.ones(3)

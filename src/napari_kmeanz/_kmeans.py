@@ -567,7 +567,8 @@ class _Run:
         if coder is None:
             return None
         codes, counts = self.pixels.histogram(coder)
-        return coder.decode(codes), counts.astype(np.float64), (coder, codes)
+        values, keys, order = coder.z_ordered(codes)
+        return values, counts[order].astype(np.float64), (coder, codes[order]), keys
 
     def _sample_indices(self, n_valid: int) -> np.ndarray:
         """Sorted flat indices of a uniform sample of pixels, about ``sample_size`` of them
@@ -682,15 +683,14 @@ class _Run:
         space = self.pixels.space = self._space(vmin, vmax)
         factor = space.factor
         if colors_found is not None:
-            values, counts, lookup = colors_found
+            values, counts, lookup, keys = colors_found
             if len(values) < self.n_clusters:
                 raise _lloyd.TooFewDistinctPoints(len(values), self.n_clusters)
             features = space.values(values)
-            coder, codes = lookup
-            # Z-order codes: the colours sharing all but their last 2, 3 or 4 bits per channel
+            # Z-order keys: the colours sharing all but their last 2, 3 or 4 bits per channel
             # lie in cubes of side 4, 8 or 16 (see PointCells)
-            shifts = tuple(bits * self.n_channels for bits in (4, 3, 2)) if coder.morton else ()
-            source = PointSource(features, counts, codes, shifts)
+            shifts = tuple(bits * self.n_channels for bits in (4, 3, 2))
+            source = PointSource(features, counts, keys, shifts)
             rows, weights, exhaustive = self._weighted_sample(features, counts)
         else:
             source, lookup = self.pixels, None

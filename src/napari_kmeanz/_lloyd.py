@@ -525,8 +525,9 @@ class PointSource:
         return self._pass(centers, factor, want_labels=False)[1:]
 
     def sq_total(self, factor: np.ndarray) -> float:
-        sq = self.raw.astype(np.float64) ** 2
-        per_feature = sq.sum(axis=0) if self.weights is None else self.weights @ sq
+        rows = self._rows1.T[:-1]  # each feature's column, contiguous
+        weighted = rows if self._weighted is None else self._weighted.T[:-1]
+        per_feature = np.array([np.dot(w, r) for w, r in zip(weighted, rows, strict=True)])
         return float(per_feature @ (factor * factor))
 
     def farthest(self, centers: np.ndarray, factor: np.ndarray, m: int):

@@ -372,20 +372,24 @@ def _labels_stats_task(block, mask_block, offset, space, alpha, centers, dtype, 
 class ColorCodes:
     """Integer colours as codes ``0 .. size - 1``, the indices of a dense colour histogram.
 
-    Each channel's value, less the channel's minimum, maps through a table to its part of the
-    code; a code is the sum of the parts. Where the channels' bits together give at most
-    ``MAX_HISTOGRAM`` codes, the parts interleave them (a Z-order or Morton code): colours in
-    the order of their codes then run through compact cubes of colour space, which lets the
-    kernels leave far centres out of a block's distances. Otherwise the code is the colour's
-    index in the box of all colours between the minima and maxima (row-major).
+    A colour's code is its index in the box of all colours between the per-channel minima and
+    maxima, the first channel varying fastest: ``sum((v_c - vmin_c) * stride_c)``. For 8-bit
+    RGB over the whole range, that is the pixel's three bytes read as one little-endian
+    integer, and pixels are encoded that way, without arithmetic per channel.
+
+    The order of codes runs along the first channel; :meth:`morton_keys` gives, for a few
+    colours, keys whose order runs through compact cubes of colour space (a Z-order or Morton
+    code, the channels' bits interleaved), which is what lets the kernels leave far centres
+    out of a block of colours.
 
     Build one with :meth:`for_range`; there is none for more than ``MAX_HISTOGRAM`` colours.
     """
 
     vmin: np.ndarray  # (C,) int64
-    tables: tuple[np.ndarray, ...]  # per channel: value - vmin -> its part of the code (int32)
+    span: np.ndarray  # (C,) int64: the number of values of each channel
+    strides: np.ndarray  # (C,) int64
     size: int
-    morton: bool
+    spread: tuple[tuple[np.ndarray, ...], ...]  # see _spread_tables
 
     @classmethod
     def for_range(cls, vmin: np.ndarray, vmax: np.ndarray) -> ColorCodes | None:
@@ -393,75 +397,128 @@ class ColorCodes:
         are more than ``MAX_HISTOGRAM``."""
         vmin = np.asarray(vmin, dtype=np.int64)
         span = np.asarray(vmax, dtype=np.int64) - vmin + 1
-        if math.prod(int(n) for n in span) > MAX_HISTOGRAM:
+        size = math.prod(int(n) for n in span)
+        if size > MAX_HISTOGRAM:
             return None
-        bits = [max(0, int(n - 1).bit_length()) for n in span]
-        if 1 << sum(bits) <= MAX_HISTOGRAM:
-            tables = [np.zeros(int(n), dtype=np.int32) for n in span]
-            values = [np.arange(int(n), dtype=np.int64) for n in span]
-            position = 0
-            for bit in range(max(bits, default=0)):
-                for channel, n_bits in enumerate(bits):
-                    if bit < n_bits:
-                        plane = (values[channel] >> bit) & 1
-                        tables[channel] |= (plane << position).astype(np.int32)
-                        position += 1
-            return cls(vmin, tuple(tables), 1 << position, True)
-        strides = np.cumprod(np.concatenate([[1], span[::-1][:-1]]))[::-1]
-        tables = [
-            np.arange(int(n), dtype=np.int32) * np.int32(stride)
-            for n, stride in zip(span, strides, strict=True)
-        ]
-        return cls(vmin, tuple(tables), int(np.prod(span)), False)
+        strides = np.cumprod(np.concatenate([[1], span[:-1]])).astype(np.int64)
+        return cls(vmin, span, strides, size, _spread_tables(span))
+
+    @property
+    def _rgb_bytes(self) -> bool:
+        """Whether a code is the colour's three bytes (8-bit RGB over the whole range)."""
+        return len(self.span) == 3 and not self.vmin.any() and bool((self.span == 256).all())
 
     def encode(self, values: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> np.ndarray:
-        """Codes of integer colours (n, C) written to ``out`` (int32, n), using ``scratch``."""
+        """Codes of integer colours (n, C) written to ``out`` (int32, n), using ``scratch``
+        (int64, n)."""
+        if self._rgb_bytes and values.dtype == np.uint8 and _bytes_as_codes(values, out):
+            return out
         out[...] = 0
-        for channel, (low, table) in enumerate(zip(self.vmin, self.tables, strict=True)):
-            column = values[:, channel]
-            if low:
-                np.subtract(column, low, out=scratch, casting="unsafe")
-                column = scratch
-            out += table.take(column)
+        for channel, (low, stride) in enumerate(zip(self.vmin, self.strides, strict=True)):
+            np.subtract(values[:, channel], low, out=scratch, casting="unsafe")
+            if stride > 1:
+                scratch *= stride
+            out += scratch
         return out
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """Colours (n, C), int64 (each channel contiguous), of codes."""
-        codes = np.asarray(codes)
-        values = np.empty((len(self.tables), len(codes)), dtype=np.int64)
-        if self.morton:  # a byte of the code at a time, through each channel's table of it
-            byte, part = np.empty(len(codes), dtype=np.intp), np.empty(len(codes), np.int64)
-            for shift, tables in enumerate(self._byte_tables()):
-                np.right_shift(codes, 8 * shift, out=byte, casting="unsafe")
-                np.bitwise_and(byte, 255, out=byte)
-                for channel, table in enumerate(tables):
-                    np.take(table, byte, out=values[channel] if shift == 0 else part)
-                    if shift:
-                        values[channel] += part
-        else:
-            for channel, table in enumerate(self.tables):
-                stride = int(table[1]) if len(table) > 1 else 1
-                np.floor_divide(codes, stride, out=values[channel], casting="unsafe")
-                values[channel] %= len(table)
+        codes = np.asarray(codes, dtype=np.int64)
+        values = np.empty((len(self.span), len(codes)), dtype=np.int64)
+        for channel, (span, stride) in enumerate(zip(self.span, self.strides, strict=True)):
+            np.floor_divide(codes, stride, out=values[channel])
+            values[channel] %= span
         values += self.vmin[:, None]
         return values.T
 
-    def _byte_tables(self) -> list[list[np.ndarray]]:
-        """Per byte of a Morton code, per channel: byte value -> the channel's bits in it."""
-        owner = {}  # bit of the code -> (channel, bit of the channel's value)
-        for channel, table in enumerate(self.tables):
-            for bit in range(max(0, len(table) - 1).bit_length()):
-                owner[int(table[1 << bit]).bit_length() - 1] = (channel, bit)
-        byte = np.arange(256)
-        found = []
-        for shift in range(0, max(1, self.size.bit_length() - 1), 8):
-            tables = [np.zeros(256, dtype=np.int64) for _ in self.tables]
-            for i in range(8):
-                if shift + i in owner:
-                    channel, bit = owner[shift + i]
-                    tables[channel] += ((byte >> i) & 1) << bit
-            found.append(tables)
-        return found
+    def z_ordered(self, codes: np.ndarray):
+        """The colours of distinct ``codes``, sorted by their :meth:`morton_keys`.
+
+        Returns ``(values, keys, order)``: the colours (n, C), their sorted keys, and the
+        positions in ``codes`` of the colours in that order.
+        """
+        values = self.decode(codes)
+        keys = self.morton_keys(values)
+        n_bits = max(1, (len(codes) - 1).bit_length())
+        if int(keys.max(initial=0)) < 1 << (63 - n_bits):  # key and position in one int64
+            packed = np.sort((keys << n_bits) | np.arange(len(keys)))
+            order, keys = packed & ((1 << n_bits) - 1), packed >> n_bits
+        else:
+            order = np.argsort(keys, kind="stable")
+            keys = keys[order]
+        return np.take(values.T, order, axis=1).T, keys, order
+
+    def morton_keys(self, values: np.ndarray) -> np.ndarray:
+        """Z-order keys (int64) of colours (n, C): the bits of each channel's ``v - vmin``,
+        interleaved from the lowest, so that the colours sharing ``key >> (b * C)`` lie in a
+        cube of side ``2**b`` (for channels of at least ``b`` bits)."""
+        keys = np.zeros(len(values), dtype=np.int64)
+        part = np.empty(len(values), dtype=np.intp)
+        for channel, tables in enumerate(self.spread):
+            for byte, table in enumerate(tables):
+                np.subtract(values[:, channel], self.vmin[channel], out=part)
+                part >>= 8 * byte
+                part &= 255
+                keys += table[part]
+        return keys
+
+
+def _spread_tables(span: np.ndarray) -> tuple[tuple[np.ndarray, ...], ...]:
+    """For Z-order keys of colours with ``span`` values per channel: per channel, per byte of
+    the channel's value, the table from the byte to its bits at their places in the key."""
+    bits = [max(0, int(n - 1).bit_length()) for n in span]
+    place, position = {}, 0
+    for bit in range(max(bits, default=0)):
+        for channel, n_bits in enumerate(bits):
+            if bit < n_bits:
+                place[channel, bit] = position
+                position += 1
+    byte = np.arange(256, dtype=np.int64)
+    tables = []
+    for n_bits in bits:
+        per_byte = []
+        for first in range(0, max(n_bits, 1), 8):
+            table = np.zeros(256, dtype=np.int64)
+            for bit in range(first, min(first + 8, n_bits)):
+                table |= ((byte >> (bit - first)) & 1) << place[len(tables), bit]
+            per_byte.append(table)
+        tables.append(tuple(per_byte))
+    return tuple(tables)
+
+
+def _bytes_as_codes(values: np.ndarray, out: np.ndarray) -> bool:
+    """Write the code ``R | G << 8 | B << 16`` of 8-bit RGB values (n, 3) to ``out``, reading
+    each pixel's bytes as one little-endian integer; False where their layout does not allow
+    it (each pixel's three bytes contiguous, pixels 3 or 4 bytes apart: RGB or RGBA).
+
+    Measured on 8.4 M pixels: 5 ms, against 36 ms through per-channel arithmetic.
+    """
+    step = values.strides[0]
+    if values.strides[1] != 1 or step not in (3, 4) or len(values) < 2:
+        return False
+    # the 4 bytes from each pixel's first: past the end for the last pixel, 3 bytes apart
+    n = len(values) - (step == 3)
+    interface = {
+        "data": (values.__array_interface__["data"][0], True),
+        "shape": (n,),
+        "strides": (step,),
+        "typestr": "<u4",
+        "version": 3,
+    }
+    words = np.asarray(_Interface(interface, values))
+    np.bitwise_and(words, 0xFFFFFF, out=out[:n], casting="unsafe")
+    if n < len(values):
+        r, g, b = (int(v) for v in values[-1])
+        out[-1] = r | g << 8 | b << 16
+    return True
+
+
+class _Interface:
+    """An array interface over memory that ``owner`` holds (and keeps alive)."""
+
+    def __init__(self, interface: dict, owner: np.ndarray):
+        self.__array_interface__ = interface
+        self.owner = owner
 
 
 def _tile_codes(block, mask_block, alpha, coder: ColorCodes, tile: int = CODE_TILE):

@@ -20,8 +20,8 @@ from ._pixels import (
     ColorCodes,
     FeatureSpace,
     PixelSource,
-    compute,
     label_centroids,
+    to_numpy,
 )
 
 __all__ = ["KMeansResult", "KMeansState", "iter_kmeans", "kmeans", "predict", "recolor"]
@@ -729,7 +729,7 @@ class _Run:
 
     def _labels(self, centers):
         labels = self.pixels.labels(centers, _label_dtype(len(centers)))
-        return labels if self.lazy else compute(labels)[0]
+        return labels if self.lazy else to_numpy(labels)
 
     def _finish(self, lloyd: _lloyd.Lloyd, source, lookup) -> KMeansResult:
         space = self.pixels.space
@@ -740,7 +740,7 @@ class _Run:
             coder, codes = lookup
             ids = (nearest + 1).astype(dtype)
             labels = self.pixels.lookup_labels(codes, ids, coder)
-            labels = labels if self.lazy else compute(labels)[0]
+            labels = labels if self.lazy else to_numpy(labels)
         elif self.lazy:  # final sums now, labels lazily
             counts, sums = source.stats(centers, space.factor)
             labels = self._labels(centers)
@@ -831,7 +831,7 @@ def predict(image, model: KMeansResult, *, mask=None, spacing=None):
         spacing = _check_spacing(spacing, layout.spatial_ndim)
         source.space = replace(model.feature_space, spacing=spacing)
     labels = source.labels(model.centers, _label_dtype(model.n_clusters))
-    return labels if isinstance(array, da.Array) else compute(labels)[0]
+    return labels if isinstance(array, da.Array) else to_numpy(labels)
 
 
 def recolor(labels, colors, *, dtype=None, alpha=False):

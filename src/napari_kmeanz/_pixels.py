@@ -56,6 +56,20 @@ def compute(*collections):
         return dask.compute(*collections, **options)
 
 
+def to_numpy(array: da.Array) -> np.ndarray:
+    """A dask array computed into one numpy array, each chunk written to its place.
+
+    The array's memory is a fresh map of its own (see :func:`_lloyd.zeros`), not numpy's
+    allocation, which on systems that defragment for huge pages on request can stall at the
+    first touch (measured on a 4096x4096 label image: about 30 ms of a 0.55 s run).
+    """
+    out = zeros(array.shape, array.dtype)
+    parts = compute(*array.to_delayed().ravel())
+    for (_, offset), part in zip(_chunk_grid(array.chunks), parts, strict=True):
+        out[tuple(slice(o, o + n) for o, n in zip(offset, part.shape, strict=True))] = part
+    return out
+
+
 @dataclass(frozen=True)
 class FeatureSpace:
     """How a pixel becomes a point.
@@ -336,7 +350,7 @@ def _labels_task(block, mask_block, offset, space, alpha, centers, dtype, sums=N
     sums)`` arrays given, the chunk's per-cluster counts and raw sums are added to them. With
     the chunk's :class:`TileBoxes`, sub-blocks that go whole to one centre take its label
     without a distance computed."""
-    out = np.zeros(block.shape[:-1], dtype=dtype)
+    out = zeros(block.shape[:-1], dtype=dtype)
     keep = select = None
     if boxes is not None:
         keep, owner, whole, select = boxes.split(centers, space.factor)
@@ -576,7 +590,7 @@ def _dense_table(codes, labels, size):
 
 
 def _lookup_task(block, mask_block, offset, lut, alpha, coder):
-    out = np.empty(math.prod(block.shape[:-1]), dtype=lut.dtype)
+    out = zeros(math.prod(block.shape[:-1]), dtype=lut.dtype)
     for span, codes, valid in _tile_codes(block, mask_block, alpha, coder):
         np.take(lut, codes, out=out[span])
         if valid is not None:
@@ -727,7 +741,7 @@ class PixelSource:
         parts = self._map(
             _labels_stats_task, self.space, self.alpha, centers, dtype, per_chunk=self._boxes
         )
-        labels = np.empty(self.spatial_shape, dtype=dtype)
+        labels = zeros(self.spatial_shape, dtype=dtype)
         for offset, (part, _, _) in zip(self._offsets(), parts, strict=True):
             labels[tuple(slice(o, o + n) for o, n in zip(offset, part.shape, strict=True))] = part
         counts = np.sum([p[1] for p in parts], axis=0)

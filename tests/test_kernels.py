@@ -63,7 +63,7 @@ def test_accumulate_sums_are_exact_for_integer_data(k):
 
 
 @pytest.mark.parametrize("weighted", [False, True])
-def test_sums_without_labels_give_a_tie_to_the_first_centre(weighted):
+def test_one_hot_sums_give_a_tie_to_the_first_centre(weighted):
     # integer points halfway between two integer centres: exact ties, in some sub-blocks only
     raw = np.repeat(np.arange(9.0), 1000)[:, None]
     raw[raw[:, 0] == 4.0] = 3.0  # the sub-blocks of this value have no tie
@@ -71,14 +71,17 @@ def test_sums_without_labels_give_a_tie_to_the_first_centre(weighted):
     rows1 = _lloyd.with_ones(raw)
     multiplicity = np.arange(len(raw)) % 3 + 1.0
     weighted_rows = rows1 * multiplicity[:, None] if weighted else None
-    counts, sums = np.zeros(4), np.zeros((4, 1))
-    _lloyd.accumulate(
-        rows1, centers, np.ones(1), counts, sums, weighted_rows, block=500, want_labels=False
-    )
     labels = np.digitize(raw[:, 0], [2.5, 4.5, 6.5])  # 2 -> 0, 6 -> 2: the lower index
     w = multiplicity if weighted else np.ones(len(raw))
-    np.testing.assert_array_equal(counts, np.bincount(labels, weights=w, minlength=4))
-    np.testing.assert_array_equal(sums[:, 0], np.bincount(labels, weights=w * raw[:, 0]))
+    for want_labels in (False, True):
+        counts, sums = np.zeros(4), np.zeros((4, 1))
+        got = _lloyd.accumulate(
+            rows1, centers, np.ones(1), counts, sums, weighted_rows, 500, None, want_labels
+        )
+        if want_labels:
+            np.testing.assert_array_equal(got, labels)
+        np.testing.assert_array_equal(counts, np.bincount(labels, weights=w, minlength=4))
+        np.testing.assert_array_equal(sums[:, 0], np.bincount(labels, weights=w * raw[:, 0]))
 
 
 @pytest.mark.parametrize("shape", [(1000, 777), (3, 300, 200), (50_000,), (7, 5)])

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from napari_kmeanz import _lloyd, _pixels
+from napari_kmeanz import _lloyd, _pixels, _tiles
 
 
 def brute_force(raw, centers, factor):
@@ -147,36 +147,112 @@ def test_morton_keys_run_through_compact_cubes():
         assert np.all(cube.min(axis=0) % 16 == 0)
 
 
-@pytest.mark.parametrize("masked", [False, True])
-def test_passes_with_sub_block_boxes_equal_full_passes(masked, monkeypatch):
-    """Sub-blocks given whole to one centre from their boxes: the same labels and sums."""
-    monkeypatch.setattr(_lloyd, "SUB_BLOCK", 1024)  # many small sub-blocks
-    image = data.coffee()[:300, :400]
-    space = _pixels.FeatureSpace((1.0, 1.0), 0.6, 3)
-    mask = None
-    if masked:
-        yy, xx = np.indices(image.shape[:2])
-        mask = (yy - 150) ** 2 + (xx - 200) ** 2 < 120**2
-    rng = np.random.default_rng(1)
-    yy, xx = rng.integers(0, 300, 12), rng.integers(0, 400, 12)
-    centers = np.column_stack([yy * 0.6, xx * 0.6, image[yy, xx]]).astype(np.float64)
-    first = _pixels._stats_task(image, mask, (0, 0), space, False, centers)
-    boxes = first[3]
-    # a round over the boxes
-    counts, sums = _pixels._stats_task(image, mask, (0, 0), space, False, centers, boxes)
-    np.testing.assert_array_equal(counts, first[0])
-    np.testing.assert_array_equal(sums, first[1])
-    whole = boxes.split(centers, space.factor)[2]
-    assert 0 < whole.sum() < len(whole)  # some sub-blocks go whole to one centre, not all
-    # labels, with and without the boxes
-    plain = _pixels._labels_task(image, mask, (0, 0), space, False, centers, np.uint8)
-    with_boxes = _pixels._labels_stats_task(
-        image, mask, (0, 0), space, False, centers, np.uint8, boxes
-    )
-    np.testing.assert_array_equal(with_boxes[0], plain)
-    np.testing.assert_array_equal(with_boxes[1], counts)
-    np.testing.assert_array_equal(with_boxes[2], sums)
-    assert (plain == 0).sum() == (0 if mask is None else (~mask).sum())
+def _plain_pass(block, mask, offset, space, alpha, centers):
+    """Labels (1 + nearest centre, 0 where not clustered), counts and raw sums, from every
+    pixel's distance to every centre (the first nearest one on ties)."""
+    values, valid = _tiles.chunk_values(block, mask, alpha)
+    shape = block.shape[:-1]
+    coords = np.indices(shape).reshape(len(shape), -1).T + np.array(offset)
+    raw = np.column_stack([coords[:, : space.n_spatial], values]).astype(np.float64)
+    valid = np.ones(len(raw), bool) if valid is None else valid
+    labels = np.zeros(len(raw), np.intp)
+    nearest = _lloyd.assign(_lloyd.with_ones(raw[valid]), centers, space.factor, block=len(raw))
+    labels[valid] = nearest + 1
+    k = len(centers)
+    counts = np.bincount(nearest, minlength=k).astype(np.float64)
+    sums = np.stack([np.bincount(nearest, raw[valid, f], k) for f in range(raw.shape[1])], 1)
+    return labels.reshape(shape), counts, sums
+
+
+def _tile_cases():
+    coffee = data.coffee()[:300, :407]  # edges: 407 is not a whole number of tiles
+    yy, xx = np.indices(coffee.shape[:2])
+    disc = (yy - 150) ** 2 + (xx - 200) ** 2 < 120**2
+    rgba = np.concatenate([coffee, np.where(disc, 255, 0).astype(np.uint8)[..., None]], 2)
+    grey = data.camera()[::4, ::4].astype(np.float64)
+    grey[40:60, 10:90] = np.nan
+    stack = np.stack([np.roll(data.camera()[:90, :130], 3 * z, 1) for z in range(20)])
+    return {
+        "rgb": (coffee, None, (0, 0), (1.0, 1.0), 0.6, False),
+        "rgb masked, offset": (coffee, disc, (512, 64), (1.0, 1.0), 0.6, False),
+        "rgba": (rgba, None, (0, 0), (1.0, 1.0), 0.6, True),
+        "colour only": (coffee, None, (0, 0), (1.0, 1.0), 0.0, False),
+        "float with NaN": (grey[..., None], None, (0, 0), (1.0, 1.0), 0.3, False),
+        "3-D, anisotropic": (stack[..., None], None, (40, 0, 0), (3.0, 1.0, 1.0), 0.5, False),
+    }
+
+
+@pytest.mark.parametrize("case", list(_tile_cases()))
+@pytest.mark.parametrize("k", [12, 50])
+def test_tiled_passes_equal_plain_passes(case, k):
+    """Tiles and blocks given whole to one centre from their boxes, the rest read in padded
+    batches: the same labels, counts and raw sums as every pixel against every centre."""
+    block, mask, offset, spacing, scale, alpha = _tile_cases()[case]
+    n_channels = block.shape[-1] - alpha
+    space = _pixels.FeatureSpace(spacing, scale, n_channels)
+    rng = np.random.default_rng(k)
+    values, valid = _tiles.chunk_values(block, mask, alpha)
+    n = len(values)
+    picks = rng.choice(np.arange(n) if valid is None else np.flatnonzero(valid), k, replace=False)
+    coords = np.array(np.unravel_index(picks, block.shape[:-1])).T + np.array(offset)
+    centers = np.column_stack([coords[:, : space.n_spatial], values[picks]]) * space.factor
+    expected_labels, counts, sums = _plain_pass(block, mask, offset, space, alpha, centers)
+    tiles = _tiles.record(block, mask, offset, space, alpha)
+    got = _tiles.chunk_pass(block, mask, offset, space, alpha, centers, tiles)
+    np.testing.assert_array_equal(got[0], counts)
+    np.testing.assert_array_equal(got[1], sums)
+    labelled = _tiles.chunk_pass(block, mask, offset, space, alpha, centers, tiles, np.uint8)
+    np.testing.assert_array_equal(labelled[2], expected_labels)
+    np.testing.assert_array_equal(labelled[0], counts)
+    np.testing.assert_array_equal(labelled[1], sums)
+    # the tiles' sums of squares: those of the clustered pixels' raw rows
+    raw = np.column_stack([np.indices(block.shape[:-1]).reshape(block.ndim - 1, -1).T
+                           + np.array(offset), values])[:, -space.n_features :]  # fmt: skip
+    raw = raw if valid is None else raw[valid]
+    np.testing.assert_allclose(tiles.squares, (raw.astype(np.float64) ** 2).sum(0), rtol=1e-12)
+    if k == 12 and case != "float with NaN":  # some tiles (and blocks) whole, others read
+        blocks = (level[:1] for level in tiles.levels[:3])
+        d = space.n_features
+        split = (centers, space.factor, np.zeros(k), np.zeros((k, d)), False)
+        open_blocks = _lloyd.split_cells(*blocks, (), *split)[0]
+        open_tiles = _lloyd.split_cells(*tiles.levels, *split)[0]
+        assert 0 < len(open_tiles) < len(tiles.tiles)
+        if case in ("rgb masked, offset", "3-D, anisotropic"):
+            assert 0 < len(open_blocks) < len(tiles.levels[0][0])
+
+
+def test_tiled_pass_gives_a_tie_to_the_first_centre():
+    """Pixels halfway between two centres (exact in floating point) take the first one."""
+    image = np.tile(np.arange(0, 40, 2, dtype=np.uint8), (32, 3))[..., None]  # 32 x 60
+    space = _pixels.FeatureSpace((1.0, 1.0), 0.0, 1)
+    centers = np.array([[9.0], [11.0], [29.0], [31.0]])  # 10 and 30 are ties
+    tiles = _tiles.record(image, None, (0, 0), space, False)
+    expected = _plain_pass(image, None, (0, 0), space, False, centers)
+    assert np.isin([10, 30], image).all()
+    for dtype in (None, np.uint8):
+        got = _tiles.chunk_pass(image, None, (0, 0), space, False, centers, tiles, dtype)
+        np.testing.assert_array_equal(got[0], expected[1])
+        np.testing.assert_array_equal(got[1], expected[2])
+        if dtype is not None:
+            np.testing.assert_array_equal(got[2], expected[0])
+
+
+@pytest.mark.parametrize("shape", [(300, 407), (20, 90, 130), (5000,), (7, 5), (1, 1000)])
+def test_tile_grid_covers_each_pixel_once(shape):
+    grid = _tiles.TileGrid.for_shape(shape)
+    covered = np.zeros(shape, dtype=int)
+    _, in_chunk = grid._pixel_coords(np.arange(grid.n_tiles))
+    coords, _ = grid._pixel_coords(np.arange(grid.n_tiles))
+    np.add.at(covered, tuple(c[in_chunk] for c in coords), 1)
+    assert np.all(covered == 1)
+    assert grid.pixels <= _tiles.TILE_PIXELS
+    # tile numbers run block by block: a block's tiles are consecutive
+    out = np.zeros(shape, dtype=np.int64)
+    grid.paint_tiles(out, np.arange(grid.n_tiles) // grid.per_block)
+    for block in np.unique(out):
+        where = np.argwhere(out == block)
+        extent = where.max(0) - where.min(0) + 1
+        assert np.prod(extent) == len(where) <= _tiles.BLOCK_PIXELS
 
 
 @pytest.mark.parametrize(

@@ -429,30 +429,52 @@ class PointCells:
         return cls(*map(tuple, (starts, lows, highs, totals, parents)))
 
     def split(self, centers, factor, counts, sums, want_labels: bool):
-        """Give every cell that only one centre can be nearest to whole to it, adding its
-        sums to ``counts`` and ``sums``; return the finest cells left open (their indices)
-        and, with ``want_labels``, every finest cell's centre (-1: left open)."""
-        is_open = owner_of = None
-        levels = zip(self.lows, self.highs, self.totals, strict=True)
-        for level, (lows, highs, totals) in enumerate(levels):
-            if is_open is None:
-                tested = np.arange(len(lows))
-            else:
-                tested = np.flatnonzero(is_open[self.parents[level - 1]])
-                if want_labels:
-                    owner_of = owner_of[self.parents[level - 1]]
-            keep = box_candidates(lows[tested], highs[tested], centers, factor)
-            single = np.count_nonzero(keep, axis=1) == 1
-            whole = tested[single]
-            owner = keep[single].argmax(axis=1)
-            add_owned(owner, totals[whole], counts, sums)
+        """Give every cell that only one centre can be nearest to whole to it (see
+        :func:`split_cells`); return the finest cells left open and, with ``want_labels``,
+        every finest cell's centre (-1: left open)."""
+        levels = (self.lows, self.highs, self.totals, self.parents)
+        open_cells, owner_of, _ = split_cells(*levels, centers, factor, counts, sums, want_labels)
+        return open_cells, owner_of
+
+
+def split_cells(lows, highs, totals, parents, centers, factor, counts, sums, want_labels):
+    """Nested cells of points, each cell given whole to a centre where only one can be nearest.
+
+    Level by level from the coarsest (per level: the cells' boxes ``lows`` and ``highs``
+    (cells, d), their raw sums and weight ``totals`` (cells, d + 1); per level but the
+    first: ``parents``, each cell's cell one level up), the cells inside cells left open are
+    tested against the centres (:func:`box_candidates`). A cell only one centre can be
+    nearest to goes whole to it: its totals are added to ``counts`` and ``sums``.
+
+    Returns
+    -------
+    open_cells : ndarray of int
+        The finest cells left open, in order.
+    owner_of : ndarray of int or None
+        With ``want_labels``, each finest cell's centre (-1: left open).
+    keep : ndarray of bool, shape (len(open_cells), k)
+        The candidate centres of each open cell.
+    """
+    is_open = owner_of = keep = None
+    for level, (low, high, total) in enumerate(zip(lows, highs, totals, strict=True)):
+        if is_open is None:
+            tested = np.arange(len(low))
+        else:
+            tested = np.flatnonzero(is_open[parents[level - 1]])
             if want_labels:
-                if owner_of is None:
-                    owner_of = np.full(len(lows), -1, dtype=np.intp)
-                owner_of[whole] = owner
-            is_open = np.zeros(len(lows), dtype=bool)
-            is_open[tested[~single]] = True
-        return np.flatnonzero(is_open), owner_of
+                owner_of = owner_of[parents[level - 1]]
+        keep = box_candidates(low[tested], high[tested], centers, factor)
+        single = np.count_nonzero(keep, axis=1) == 1
+        whole = tested[single]
+        owner = keep[single].argmax(axis=1)
+        add_owned(owner, total[whole], counts, sums)
+        if want_labels:
+            if owner_of is None:
+                owner_of = np.full(len(low), -1, dtype=np.intp)
+            owner_of[whole] = owner
+        is_open = np.zeros(len(low), dtype=bool)
+        is_open[tested[~single]] = True
+    return np.flatnonzero(is_open), owner_of, keep[~single]
 
 
 @dataclass

@@ -20,9 +20,10 @@ import dask.array as da
 import dask.threaded
 import numpy as np
 
-from . import _lloyd
+from . import _lloyd, _tiles
 from ._color import lab_to_rgb, rgb_to_lab
 from ._lloyd import zeros
+from ._tiles import chunk_values
 
 # A run of chunks has a sparse colour histogram (each chunk's distinct codes and counts) when
 # it has fewer than 1/SPARSE_HISTOGRAM as many pixels as there are possible codes.
@@ -126,21 +127,6 @@ class FeatureSpace:
         return np.concatenate([spatial * self.spatial_scale, np.ones(self.n_channels)])
 
 
-def _chunk_values(block: np.ndarray, mask_block, alpha: bool):
-    """Channel values (n, C) of a chunk and which pixels are clustered (None: all of them)."""
-    flat = block.reshape(-1, block.shape[-1])
-    valid = None if mask_block is None else mask_block.reshape(-1).astype(bool, copy=False)
-    if alpha:
-        opaque = flat[:, -1] > 0
-        valid = opaque if valid is None else valid & opaque
-        flat = flat[:, :-1]
-    if flat.dtype.kind == "f":
-        finite = np.isfinite(flat).all(axis=1)
-        if not finite.all():
-            valid = finite if valid is None else valid & finite
-    return flat, valid
-
-
 def _chunk_grid(chunks: tuple[tuple[int, ...], ...]):
     """``(index, offset)`` of every chunk of a dask array with these ``chunks`` (per axis, the
     chunk sizes), in C order: the chunk's index in the grid and the index of its first pixel."""
@@ -186,7 +172,7 @@ def _iter_rows(block, mask_block, offset, space: FeatureSpace, alpha: bool, sele
         sub = block[slices]
         sub_shape = sub.shape[:-1]
         sub_mask = None if mask_block is None else mask_block[slices]
-        values, valid = _chunk_values(sub, sub_mask, alpha)
+        values, valid = chunk_values(sub, sub_mask, alpha)
         # Column-major rows: each feature contiguous, for the per-feature reductions.
         columns = np.empty((space.n_features + 1, len(values)))
         for axis in range(space.n_spatial):
@@ -203,44 +189,6 @@ def _iter_rows(block, mask_block, offset, space: FeatureSpace, alpha: bool, sele
                 continue
         rows = columns.T
         yield index, rows, slices, valid
-
-
-@dataclass(frozen=True, eq=False)
-class TileBoxes:
-    """What a pass needs to know of a chunk's sub-blocks, found once in the first pass.
-
-    Per sub-block: the box of its clustered pixels (raw per-feature minimum and maximum) and
-    their raw sums and count. The pixels do not change during a run, so neither do these. A
-    pass gives every sub-block whose box only one centre can be nearest to (see
-    :func:`_lloyd.box_candidates`) to that centre whole, from its sums, without reading it.
-    """
-
-    lows: np.ndarray  # (n_sub_blocks, d)
-    highs: np.ndarray  # (n_sub_blocks, d)
-    totals: np.ndarray  # (n_sub_blocks, d + 1): raw sums, then the count (0: no pixel)
-
-    @classmethod
-    def empty(cls, n: int, d: int) -> TileBoxes:
-        return cls(np.zeros((n, d)), np.zeros((n, d)), np.zeros((n, d + 1)))
-
-    def record(self, index: int, rows1: np.ndarray) -> None:
-        self.lows[index] = rows1[:, :-1].min(axis=0)
-        self.highs[index] = rows1[:, :-1].max(axis=0)
-        self.totals[index] = rows1.sum(axis=0)
-
-    def split(self, centers: np.ndarray, factor: np.ndarray):
-        """``(keep, owner, whole, read)``: the candidate centres of every sub-block (bool,
-        (n, k)), which sub-blocks go whole to one centre (``whole``, bool) and to which one,
-        and which are left to read (those with pixels and more than one candidate)."""
-        keep = _lloyd.box_candidates(self.lows, self.highs, centers, factor)
-        filled = self.totals[:, -1] > 0
-        single = keep.sum(axis=1) == 1
-        whole = filled & single
-        return keep, keep[whole].argmax(axis=1), whole, filled & ~single
-
-    def add_whole(self, owner, whole, counts, sums) -> None:
-        """Add the sums and counts of the sub-blocks that go whole to one centre."""
-        _lloyd.add_owned(owner, self.totals[whole], counts, sums)
 
 
 def _positions(slices, valid, offset, sub_shape):
@@ -273,7 +221,7 @@ def _channel_extrema(values: np.ndarray):
 
 def _scan_task(block, mask_block, alpha):
     """Number of clustered pixels, and per-channel minimum and maximum over them."""
-    values, valid = _chunk_values(block, mask_block, alpha)
+    values, valid = chunk_values(block, mask_block, alpha)
     if valid is not None:
         values = values[valid]
     if len(values) == 0:
@@ -285,36 +233,19 @@ def _sample_task(block, mask_block, local, alpha):
     """Values of the pixels at the given local coordinates, and whether each is clustered."""
     picked = block[local]
     mask_picked = None if mask_block is None else mask_block[local][:, None]
-    values, valid = _chunk_values(picked[:, None, :], mask_picked, alpha)
+    values, valid = chunk_values(picked[:, None, :], mask_picked, alpha)
     return values, np.ones(len(values), bool) if valid is None else valid
 
 
-def _stats_task(block, mask_block, offset, space, alpha, centers, boxes=None):
-    """Per-cluster counts and raw sums of a chunk's pixels.
-
-    Without ``boxes`` (the first pass), also the per-feature sums of squares of the raw rows
-    and the chunk's :class:`TileBoxes`: returns ``(counts, sums, squares, boxes)``. With them,
-    sub-blocks that go whole to one centre are not read: returns ``(counts, sums)``.
-    """
-    k = len(centers)
-    counts, sums = np.zeros(k), np.zeros((k, space.n_features))
-    if boxes is None:
-        sq = np.zeros(space.n_features)
-        n_sub_blocks = math.prod(_tile_grid(block.shape[:-1], _lloyd.SUB_BLOCK)[1])
-        boxes = TileBoxes.empty(n_sub_blocks, space.n_features)
-        for index, rows1, _, _ in _iter_rows(block, mask_block, offset, space, alpha):
-            _lloyd.accumulate(rows1, centers, space.factor, counts, sums, want_labels=False)
-            sq += np.einsum("ij,ij->j", rows1[:, :-1], rows1[:, :-1])
-            boxes.record(index, rows1)
-        return counts, sums, sq, boxes
-    keep, owner, whole, read = boxes.split(centers, space.factor)
-    boxes.add_whole(owner, whole, counts, sums)
-    for index, rows1, _, _ in _iter_rows(block, mask_block, offset, space, alpha, read):
-        candidates = np.flatnonzero(keep[index])
-        _lloyd.accumulate(
-            rows1, centers, space.factor, counts, sums, keep=candidates, want_labels=False
-        )
-    return counts, sums
+def _stats_task(block, mask_block, offset, space, alpha, centers, tiles=None):
+    """Per-cluster counts and raw sums of a chunk's pixels. Without the chunk's
+    :class:`_tiles.ChunkTiles` (the first pass), they are found first and returned too:
+    ``(counts, sums, tiles)``; with them, ``(counts, sums)``."""
+    first = tiles is None
+    if first:
+        tiles = _tiles.record(block, mask_block, offset, space, alpha)
+    counts, sums, _ = _tiles.chunk_pass(block, mask_block, offset, space, alpha, centers, tiles)
+    return (counts, sums, tiles) if first else (counts, sums)
 
 
 def _farthest_task(block, mask_block, offset, space, alpha, centers, m):
@@ -339,52 +270,20 @@ def _top_by_position(dist, coords, m):
     return np.lexsort((*coords.T[::-1], -dist))[:m]
 
 
-def _put(out, slices, labels, valid) -> None:
-    """Write the labels (one or one per pixel) of a sub-block's valid pixels to ``out``."""
-    target = out[slices]
-    if valid is not None:
-        target[valid.reshape(target.shape)] = labels
-    elif np.ndim(labels):
-        target[...] = labels.reshape(target.shape)
-    else:
-        target[...] = labels
-
-
-def _labels_task(block, mask_block, offset, space, alpha, centers, dtype, sums=None, boxes=None):
-    """Labels of a chunk (1 + nearest centre, 0 where not clustered); with ``sums=(counts,
-    sums)`` arrays given, the chunk's per-cluster counts and raw sums are added to them. With
-    the chunk's :class:`TileBoxes`, sub-blocks that go whole to one centre take its label
-    without a distance computed."""
-    out = zeros(block.shape[:-1], dtype=dtype)
-    keep = select = None
-    if boxes is not None:
-        keep, owner, whole, select = boxes.split(centers, space.factor)
-        if sums is not None:
-            boxes.add_whole(owner, whole, *sums)
-        label_of = np.zeros(len(whole), dtype=dtype)
-        label_of[whole] = owner + 1
-        for index, slices in enumerate(_sub_blocks(out.shape, _lloyd.SUB_BLOCK)):
-            if whole[index]:
-                mask = None if mask_block is None else mask_block[slices]
-                valid = _chunk_values(block[slices], mask, alpha)[1]
-                _put(out, slices, label_of[index], valid)
-    for index, rows1, slices, valid in _iter_rows(block, mask_block, offset, space, alpha, select):
-        candidates = None if keep is None else np.flatnonzero(keep[index])
-        if sums is None:
-            nearest = _lloyd.assign(rows1, centers, space.factor, keep=candidates)
-        else:
-            nearest = _lloyd.accumulate(rows1, centers, space.factor, *sums, keep=candidates)
-        _put(out, slices, (nearest + 1).astype(dtype), valid)
-    return out
-
-
-def _labels_stats_task(block, mask_block, offset, space, alpha, centers, dtype, boxes=None):
-    k = len(centers)
-    counts, sums = np.zeros(k), np.zeros((k, space.n_features))
-    labels = _labels_task(
-        block, mask_block, offset, space, alpha, centers, dtype, (counts, sums), boxes
+def _labels_stats_task(block, mask_block, offset, space, alpha, centers, dtype, tiles=None):
+    """Labels of a chunk (1 + the nearest centre, 0 where pixels are not clustered) and its
+    per-cluster counts and raw sums; the chunk's :class:`_tiles.ChunkTiles` are found first
+    when not given."""
+    if tiles is None:
+        tiles = _tiles.record(block, mask_block, offset, space, alpha)
+    counts, sums, labels = _tiles.chunk_pass(
+        block, mask_block, offset, space, alpha, centers, tiles, dtype
     )
     return labels, counts, sums
+
+
+def _labels_task(block, mask_block, offset, space, alpha, centers, dtype):
+    return _labels_stats_task(block, mask_block, offset, space, alpha, centers, dtype)[0]
 
 
 @dataclass(frozen=True, eq=False)
@@ -547,7 +446,7 @@ def _tile_codes(block, mask_block, alpha, coder: ColorCodes, tile: int = CODE_TI
     covers, their codes (int32; a buffer reused from tile to tile) and which of them are
     clustered (None: all of them). Working in tiles keeps every temporary small.
     """
-    values, valid = _chunk_values(block, mask_block, alpha)
+    values, valid = chunk_values(block, mask_block, alpha)
     buffer, scratch = np.empty(tile, dtype=np.int32), np.empty(tile, dtype=np.int64)
     for start in range(0, len(values), tile):
         part = values[start : start + tile]
@@ -627,18 +526,18 @@ class PixelSource:
         self.alpha = alpha
         self._space: FeatureSpace | None = None
         self._sq: np.ndarray | None = None
-        self._boxes: list[TileBoxes] | None = None
+        self._tiles: list[_tiles.ChunkTiles] | None = None
 
     @property
     def space(self) -> FeatureSpace | None:
         """How pixels become points; needed for the assignment passes. Setting it forgets
-        what the passes learnt of the chunks (sums of squares, sub-block boxes)."""
+        what the passes learnt of the chunks (sums of squares, tile boxes)."""
         return self._space
 
     @space.setter
     def space(self, space: FeatureSpace) -> None:
         self._space = space
-        self._sq = self._boxes = None
+        self._sq = self._tiles = None
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -732,19 +631,19 @@ class PixelSource:
 
     def stats(self, centers: np.ndarray, factor: np.ndarray):
         """Per-cluster counts and raw sums; the first pass also finds the chunks'
-        :class:`TileBoxes` and the sums of squares."""
-        if self._boxes is None:
+        :class:`_tiles.ChunkTiles` and the sums of squares."""
+        if self._tiles is None:
             parts = self._map(_stats_task, self.space, self.alpha, centers)
-            self._sq = np.sum([p[2] for p in parts], axis=0)
-            self._boxes = [p[3] for p in parts]
+            self._tiles = [p[2] for p in parts]
+            self._sq = np.sum([t.squares for t in self._tiles], axis=0)
         else:
-            parts = self._map(_stats_task, self.space, self.alpha, centers, per_chunk=self._boxes)
+            parts = self._map(_stats_task, self.space, self.alpha, centers, per_chunk=self._tiles)
         return np.sum([p[0] for p in parts], axis=0), np.sum([p[1] for p in parts], axis=0)
 
     def labels_and_stats(self, centers: np.ndarray, dtype):
         """Labels as a numpy array, with per-cluster counts and raw sums, in one pass."""
         parts = self._map(
-            _labels_stats_task, self.space, self.alpha, centers, dtype, per_chunk=self._boxes
+            _labels_stats_task, self.space, self.alpha, centers, dtype, per_chunk=self._tiles
         )
         labels = _assemble(self.spatial_shape, dtype, self._offsets(), [p[0] for p in parts])
         counts = np.sum([p[1] for p in parts], axis=0)

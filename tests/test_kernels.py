@@ -111,8 +111,10 @@ def test_color_codes_round_trip(low, high):
     distinct, where = np.unique(codes, return_index=True)
     assert len(distinct) == len(np.unique(values, axis=0))
     # Z-order: sorted keys, the same colours, and distinct colours have distinct keys
-    colours, keys, order = coder.z_ordered(distinct)
+    ordered, keys, order = coder.z_ordered(distinct)
     assert np.all(np.diff(keys) > 0)
+    np.testing.assert_array_equal(ordered, distinct[order])
+    colours = coder.decode(ordered)
     np.testing.assert_array_equal(colours, values[where][order])
     np.testing.assert_array_equal(keys, coder.morton_keys(colours))
 
@@ -294,7 +296,8 @@ def test_passes_over_colour_cells_equal_full_passes(k):
     codes = coder.encode(flat, np.empty(len(flat), np.int32), np.empty(len(flat), np.int64))
     counts = np.bincount(codes, minlength=coder.size)
     present = np.flatnonzero(counts)
-    colours, keys, order = coder.z_ordered(present)
+    ordered, keys, order = coder.z_ordered(present)
+    colours = coder.decode(ordered)
     colours, weights = colours.astype(np.float64), counts[present[order]].astype(np.float64)
     rng = np.random.default_rng(k)
     centers = colours[rng.choice(len(colours), k, replace=False)] + rng.normal(0, 2, (k, 3))

@@ -567,8 +567,8 @@ class _Run:
         if coder is None:
             return None
         codes, counts = self.pixels.histogram(coder)
-        values, keys, order = coder.z_ordered(codes)
-        return values, counts[order].astype(np.float64), (coder, codes[order]), keys
+        codes, keys, order = coder.z_ordered(codes)
+        return coder.decode(codes), counts[order].astype(np.float64), (coder, codes), keys
 
     def _sample_indices(self, n_valid: int) -> np.ndarray:
         """Sorted flat indices of a uniform sample of pixels, about ``sample_size`` of them
@@ -602,8 +602,14 @@ class _Run:
     def _weighted_sample(self, values, counts):
         if len(values) <= self.sample_size:
             return values.astype(np.float64), counts, True
-        picks = self.rng.choice(len(values), size=self.sample_size, p=counts / counts.sum())
-        picks, weights = np.unique(picks, return_counts=True)
+        # rng.choice(len(values), size, p=counts / counts.sum()), the same draws, with the
+        # uniform numbers sorted first so that the search runs through the table in order
+        # (measured on 1.1 M colours: 11 ms against 26 ms)
+        cdf = np.cumsum(counts / counts.sum())
+        cdf /= cdf[-1]
+        uniform = self.rng.random(self.sample_size)
+        uniform.sort()
+        picks, weights = np.unique(cdf.searchsorted(uniform, side="right"), return_counts=True)
         return values[picks].astype(np.float64), weights.astype(np.float64), False
 
     def _seed(self, rows, weights, exhaustive, factor, refine_rounds=SAMPLE_ROUNDS):

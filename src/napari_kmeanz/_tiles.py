@@ -341,7 +341,7 @@ def chunk_pass(block, mask_block, offset, space, alpha, centers, tiles, label_dt
     weights_k = np.zeros((d + 1, k + 1))
     weights_k[:, :k] = _lloyd.distance_weights(centers, space.factor)
     weights_k[-1, k] = 1e300
-    acc = np.zeros((k + 1, d + 1))
+    found = []
     m = np.count_nonzero(keep, axis=1)
     padded = _bucket(m, k)
     # each tile's candidates in increasing order, then padding (k)
@@ -359,10 +359,14 @@ def chunk_pass(block, mask_block, offset, space, alpha, centers, tiles, label_dt
             rows, valid = builder.build(batch)
             weights = weights_k[:, chosen].transpose(1, 2, 0).copy()
             partial, local = _batch_sums(rows, weights, want_labels)
-            np.add.at(acc, chosen, partial)
+            found.append((chosen, partial))
             if want_labels:
                 labels = np.take_along_axis(chosen, local, axis=1) + 1
                 grid.paint(out, batch, labels.astype(label_dtype), valid)
-    counts += acc[:k, -1]
-    sums += acc[:k, :-1]
+    # the batches' per-candidate sums added to their clusters at once (padding: cluster k)
+    ids = np.concatenate([chosen.ravel() for chosen, _ in found])
+    partial = np.concatenate([p.reshape(-1, d + 1) for _, p in found])
+    counts += np.bincount(ids, weights=partial[:, -1], minlength=k + 1)[:k]
+    for feature in range(d):
+        sums[:, feature] += np.bincount(ids, weights=partial[:, feature], minlength=k + 1)[:k]
     return counts, sums, out

@@ -42,9 +42,9 @@ NUMPY_CHUNK_PIXELS = 1 << 22
 def compute(*collections):
     """``dask.compute`` with BLAS held to one thread in this process.
 
-    The passes run many small matrix products, one per sub-block, in several dask threads at
-    once; a multi-threaded BLAS inside each of them only oversubscribes the cores (measured: a
-    pass over 16.7 M pixels took 1.08 s with it, 0.44 s without, on 2 cores). Worker processes
+    The passes run many small matrix products, one per batch of tiles, in several dask threads
+    at once; a multi-threaded BLAS inside each of them only oversubscribes the cores (measured:
+    a pass over 16.7 M pixels took 1.08 s with it, 0.44 s without, on 2 cores). Worker processes
     of a ``dask.distributed`` cluster already run with one BLAS thread.
 
     Without a scheduler set in dask's config, dask looks for a ``dask.distributed`` client by
@@ -138,38 +138,28 @@ def _chunk_grid(chunks: tuple[tuple[int, ...], ...]):
     ]
 
 
-def _tile_grid(shape: tuple[int, ...], size: int):
-    """Tile shape cutting ``shape`` into compact tiles of at most about ``size`` elements, and
-    the number of tiles along each axis."""
-    tile = list(shape)
-    while math.prod(tile) > size:
-        largest = int(np.argmax(tile))
-        tile[largest] = -(-tile[largest] // 2)
-    return tile, [-(-n // t) for n, t in zip(shape, tile, strict=True)]
-
-
 def _sub_blocks(shape: tuple[int, ...], size: int):
     """Slices cutting ``shape`` into compact tiles of at most about ``size`` elements.
 
     Compact tiles keep the pixels of a sub-block close in space (and, in most images, in
     value), which is what lets :func:`_lloyd.candidates` leave far centres out.
     """
-    tile, _ = _tile_grid(shape, size)
+    tile = list(shape)
+    while math.prod(tile) > size:
+        largest = int(np.argmax(tile))
+        tile[largest] = -(-tile[largest] // 2)
     for corner in product(*(range(0, n, t) for n, t in zip(shape, tile, strict=True))):
         yield tuple(slice(c, min(c + t, n)) for c, t, n in zip(corner, tile, shape, strict=True))
 
 
-def _iter_rows(block, mask_block, offset, space: FeatureSpace, alpha: bool, select=None):
+def _iter_rows(block, mask_block, offset, space: FeatureSpace, alpha: bool):
     """Raw rows (with a ones column) of a chunk's clustered pixels, a sub-block at a time.
 
-    Yields ``(index, rows1, slices, valid)``: the sub-block's number, the rows of the valid
-    pixels of the sub-block ``block[slices]``, and which of its pixels (in C order) they are
-    (None: all of them). With ``select`` (a bool per sub-block), only the selected ones.
+    Yields ``(rows1, slices, valid)``: the rows of the valid pixels of the sub-block
+    ``block[slices]``, and which of its pixels (in C order) they are (None: all of them).
     """
     shape = block.shape[:-1]
-    for index, slices in enumerate(_sub_blocks(shape, _lloyd.SUB_BLOCK)):
-        if select is not None and not select[index]:
-            continue
+    for slices in _sub_blocks(shape, _lloyd.SUB_BLOCK):
         sub = block[slices]
         sub_shape = sub.shape[:-1]
         sub_mask = None if mask_block is None else mask_block[slices]
@@ -188,8 +178,7 @@ def _iter_rows(block, mask_block, offset, space: FeatureSpace, alpha: bool, sele
             columns = columns[:, valid]
             if not columns.shape[1]:
                 continue
-        rows = columns.T
-        yield index, rows, slices, valid
+        yield columns.T, slices, valid
 
 
 def _positions(slices, valid, offset, sub_shape):
@@ -252,7 +241,7 @@ def _stats_task(block, mask_block, offset, space, alpha, centers, tiles=None):
 def _farthest_task(block, mask_block, offset, space, alpha, centers, m):
     """The ``m`` clustered pixels of a chunk farthest from their nearest centre."""
     found = []
-    for _, rows1, slices, valid in _iter_rows(block, mask_block, offset, space, alpha):
+    for rows1, slices, valid in _iter_rows(block, mask_block, offset, space, alpha):
         dist = _lloyd.nearest_sqdist(rows1, centers, space.factor)
         top = _lloyd.top_farthest(dist, np.arange(len(dist)), m)
         sub_shape = block[slices].shape[:-1]
@@ -283,8 +272,8 @@ def _labels_stats_task(block, mask_block, offset, space, alpha, centers, dtype, 
     return labels, counts, sums
 
 
-def _labels_task(block, mask_block, offset, space, alpha, centers, dtype):
-    return _labels_stats_task(block, mask_block, offset, space, alpha, centers, dtype)[0]
+def _labels_task(block, mask_block, offset, space, alpha, centers, dtype, tiles=None):
+    return _labels_stats_task(block, mask_block, offset, space, alpha, centers, dtype, tiles)[0]
 
 
 @dataclass(frozen=True, eq=False)
@@ -728,12 +717,18 @@ class PixelSource:
 
     # lazy outputs
 
-    def _lazy(self, task, dtype, *args):
-        """Map ``task(chunk, mask chunk, offset, *args)`` lazily to a spatial array."""
+    def _lazy(self, task, dtype, *args, per_chunk=None):
+        """Map ``task(chunk, mask chunk, offset, *args[, per_chunk[i]])`` lazily to a spatial
+        array; ``per_chunk`` (delayed) holds one object per chunk, in C order."""
 
         def run(block, mask_block, *task_args, block_info=None):
-            location = block_info[0]["array-location"][:-1]
+            info = block_info[0]
+            location = info["array-location"][:-1]
             mask_block = None if mask_block is None else mask_block[..., 0]
+            if per_chunk is not None:
+                *task_args, objects = task_args
+                index = np.ravel_multi_index(info["chunk-location"][:-1], info["num-chunks"][:-1])
+                task_args.append(objects[index])
             return task(block, mask_block, tuple(lo for lo, _ in location), *task_args)
 
         mask = None if self.mask is None else self.mask[..., None]
@@ -742,14 +737,24 @@ class PixelSource:
             self.data,
             mask,
             *args,
+            *(() if per_chunk is None else (per_chunk,)),
             drop_axis=self.data.ndim - 1,
             dtype=dtype,
             meta=np.empty((0,) * (self.data.ndim - 1), dtype=dtype),
         )
 
     def labels(self, centers: np.ndarray, dtype) -> da.Array:
-        """Lazy labels, 1 + the index of the nearest centre, 0 where pixels are not clustered."""
-        return self._lazy(_labels_task, dtype, self.space, self.alpha, centers, dtype)
+        """Lazy labels, 1 + the index of the nearest centre, 0 where pixels are not clustered.
+
+        After a pass, each chunk's task starts from the chunk's :class:`_tiles.ChunkTiles`
+        (held by the graph as one object for all its tasks) instead of finding them again.
+        """
+        args = (_labels_task, dtype, self.space, self.alpha, centers, dtype)
+        if self._tiles is None:
+            return self._lazy(*args)
+        known = np.empty(len(self._tiles), dtype=object)
+        known[:] = self._tiles
+        return self._lazy(*args, per_chunk=dask.delayed(known, pure=False))
 
     def lookup_labels(self, codes, labels, coder: ColorCodes) -> da.Array:
         """Lazy labels through a colour lookup table.

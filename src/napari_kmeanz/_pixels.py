@@ -317,7 +317,7 @@ class ColorCodes:
         return len(self.span) == 3 and not self.vmin.any() and bool((self.span == 256).all())
 
     def encode(self, values: np.ndarray, out: np.ndarray, scratch: np.ndarray) -> np.ndarray:
-        """Codes of integer colours (n, C) written to ``out`` (int32, n), using ``scratch``
+        """Codes of integer colours (n, C) written to ``out`` (integers, n), using ``scratch``
         (int64, n)."""
         if self._rgb_bytes and values.dtype == np.uint8 and _bytes_as_codes(values, out):
             return out
@@ -457,11 +457,12 @@ def _tile_codes(block, mask_block, alpha, coder: ColorCodes, tile: int = CODE_TI
     """Colour codes of a chunk's pixels, a tile of pixels at a time.
 
     Yields ``(span, codes, valid)``: the slice of the chunk's pixels (in C order) the tile
-    covers, their codes (int32; a buffer reused from tile to tile) and which of them are
-    clustered (None: all of them). Working in tiles keeps every temporary small.
+    covers, their codes (intp, as indices need them: a buffer reused from tile to tile) and
+    which of them are clustered (None: all of them). Working in tiles keeps every temporary
+    small.
     """
     values, valid = chunk_values(block, mask_block, alpha)
-    buffer, scratch = np.empty(tile, dtype=np.int32), np.empty(tile, dtype=np.int64)
+    buffer, scratch = np.empty(tile, dtype=np.intp), np.empty(tile, dtype=np.int64)
     for start in range(0, len(values), tile):
         part = values[start : start + tile]
         codes = coder.encode(part, buffer[: len(part)], scratch[: len(part)])

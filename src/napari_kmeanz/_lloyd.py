@@ -531,10 +531,8 @@ class PointSource:
         weighted = self._rows1 if self._weighted is None else self._weighted
         with one_blas_thread():
             if self.keys is None or not self.shifts or k > CELL_MAX_CLUSTERS:
-                labels = accumulate(
-                    self._rows1, centers, factor, counts, sums, weighted, POINT_SUB_BLOCK
-                )
-                return labels, counts, sums
+                rows = (self._rows1, centers, factor, counts, sums, weighted, POINT_SUB_BLOCK)
+                return accumulate(*rows, want_labels=want_labels), counts, sums
             if self._cells is None:
                 self._cells = PointCells.build(self.keys, self.shifts, self._rows1.T, weighted.T)
             cells = self._cells
@@ -544,7 +542,9 @@ class PointSource:
             read = ranges(finest[open_cells], stops[open_cells])
             rows1, weighted = (np.take(a.T, read, axis=1).T for a in (self._rows1, weighted))
             every = np.arange(k)  # the open cells' points, with every centre a candidate
-            nearest = accumulate(rows1, centers, factor, counts, sums, weighted, SUB_BLOCK, every)
+            nearest = accumulate(
+                rows1, centers, factor, counts, sums, weighted, SUB_BLOCK, every, want_labels
+            )
         if not want_labels:
             return None, counts, sums
         labels = np.repeat(owner_of, stops - finest)

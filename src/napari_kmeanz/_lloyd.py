@@ -540,7 +540,9 @@ class PointSource:
             finest = cells.starts[-1]
             stops = np.append(finest[1:], len(self.raw))
             read = ranges(finest[open_cells], stops[open_cells])
-            rows1, weighted = (np.take(a.T, read, axis=1).T for a in (self._rows1, weighted))
+            rows1 = np.take(self._rows1.T, read, axis=1).T
+            # the same products as in _weighted, from fewer reads
+            weighted = rows1 if self._weighted is None else rows1 * self.weights[read, None]
             every = np.arange(k)  # the open cells' points, with every centre a candidate
             nearest = accumulate(
                 rows1, centers, factor, counts, sums, weighted, SUB_BLOCK, every, want_labels

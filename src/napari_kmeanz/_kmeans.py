@@ -30,11 +30,16 @@ INITS = ("k-means++", "random")
 COLOR_SPACES = ("rgb", "lab")
 # Seeding runs on a subsample of the sample, of this many points per cluster (and at least
 # SEED_POINTS_MIN), with this many Lloyd rounds for each of the n_init candidates; the best is
-# then refined on the whole sample for at most SAMPLE_ROUNDS rounds.
+# then refined on the whole sample for at most SAMPLE_ROUNDS rounds, until a round gains less
+# than SAMPLE_TOL of the inertia (whatever ``tol`` is: it governs the rounds over all pixels).
+# Measured on the 4096x4096 photo, 5-D k=16: with tol=0 the refinement took 35 rounds and
+# 0.18 s to the sample's strict convergence, against 12 rounds and 0.09 s, and the inertia
+# after 10 rounds over all pixels differed by 3e-5.
 SEED_POINTS_PER_CLUSTER = 256
 SEED_POINTS_MIN = 8192
 SEED_ROUNDS = 10
 SAMPLE_ROUNDS = 100
+SAMPLE_TOL = 1e-5
 
 
 # -- validation ---------------------------------------------------------------------------------
@@ -644,7 +649,7 @@ class _Run:
             inertia = trial.inertia(trial.centers, *subsample.stats(trial.centers, factor))
             if best is None or inertia < best[0]:
                 best = (inertia, trial.centers)
-        refine = _lloyd.Lloyd(sample, best[1], factor, refine_rounds, min(self.tol, 1e-5))
+        refine = _lloyd.Lloyd(sample, best[1], factor, refine_rounds, SAMPLE_TOL)
         for _ in refine.rounds():
             pass
         if exhaustive and np.unique(refine.centers, axis=0).shape[0] < self.n_clusters:

@@ -260,8 +260,9 @@ def test_tile_grid_covers_each_pixel_once(shape):
 @pytest.mark.parametrize(
     ("name", "chunks", "masked"),
     [
-        ("camera", 32, False),  # 256 chunks, their histograms summed in a tree
-        ("astronaut", (64, 64, 3), True),  # some chunks all masked out
+        ("camera", 32, False),  # 256 chunks, each counted into a table, summed in a tree
+        ("camera", ((500, 12), (510, 2), 1), False),  # tables, and sorted codes in small chunks
+        ("astronaut", (64, 64, 3), True),  # sorted codes; some chunks all masked out
         ("astronaut", ((500, 12), 512, 3), False),  # chunks of different sizes
     ],
 )

@@ -28,6 +28,10 @@ from ._tiles import chunk_values
 # Most possible colours (codes) for the colour-only fast path: its labels come through a table
 # with an entry for each.
 MAX_HISTOGRAM = 1 << 24
+# Up to this many possible colours (and no more than 4 per pixel of a chunk), a chunk's colours
+# are counted into a table (np.add.at), not sorted: for a chunk of 4 M pixels of 16-bit grey,
+# 4 ms against 25 ms.
+DENSE_HISTOGRAM = 1 << 20
 # Pixels per tile when colour codes are computed.
 CODE_TILE = 1 << 16
 # Pixels per chunk when a numpy image is split for the passes.
@@ -466,14 +470,21 @@ def _tile_codes(block, mask_block, alpha, coder: ColorCodes, tile: int = CODE_TI
 
 
 def _histogram_task(block, mask_block, alpha, coder):
-    """A chunk's colour histogram: its distinct codes (sorted) and their counts.
+    """A chunk's colour histogram: its distinct codes (sorted) and their counts, or for few
+    possible codes the counts of every code.
 
     The chunk's codes are sorted and counted run by run. Measured on the 4096x4096 photo in
     two chunks: 58 ms on two threads, against 144 ms for counting into a table of every code
     with ``np.add.at`` (two 64 MiB tables, which gained nothing from the second thread; and
-    they needed a merge and a search for the codes present).
+    they needed a merge and a search for the codes present). Where there are few possible
+    codes (up to ``DENSE_HISTOGRAM``, as for 16-bit grey), they are counted into a table.
     """
     values, valid = chunk_values(block, mask_block, alpha)
+    if coder.size <= min(DENSE_HISTOGRAM, 4 * len(values)):  # a small table, in cache
+        counts, one = np.zeros(coder.size, dtype=np.int64), np.ones(1, dtype=np.int64)
+        for _, codes, clustered in _tile_codes(block, mask_block, alpha, coder):
+            np.add.at(counts, codes if clustered is None else codes[clustered], one)
+        return counts
     codes = np.empty(len(values), dtype=np.int32)  # codes < MAX_HISTOGRAM
     scratch = np.empty(min(len(values), CODE_TILE), dtype=np.int64)
     for start in range(0, len(values), CODE_TILE):
@@ -498,7 +509,16 @@ def _runs(codes: np.ndarray, counts: np.ndarray | None = None):
 
 
 def _merge_histograms(first, second):
-    """The sum of two histograms (sorted distinct codes and their counts)."""
+    """The sum of two histograms: each the counts of every code (an array, used once), or the
+    codes present (sorted) and their counts (a tuple)."""
+    if not isinstance(first, tuple) or not isinstance(second, tuple):
+        if isinstance(first, tuple):
+            first, second = second, first
+        if isinstance(second, tuple):
+            first[second[0]] += second[1]  # a tuple's codes are distinct
+        else:
+            first += second
+        return first
     codes = np.concatenate([first[0], second[0]])
     order = np.argsort(codes, kind="stable")  # two sorted runs: a merge
     return _runs(codes[order], np.concatenate([first[1], second[1]])[order])
@@ -680,7 +700,7 @@ class PixelSource:
         return dist[top], raw[top]
 
     def histogram(self, coder: ColorCodes):
-        """The colour codes present (sorted) and their counts: each chunk's histogram
+        """The colour codes present (sorted) and their counts: the chunks' histograms
         (:func:`_histogram_task`), summed two by two."""
         parts = [
             dask.delayed(_histogram_task, pure=True)(b, m, self.alpha, coder)
@@ -690,8 +710,11 @@ class PixelSource:
             halves = zip(parts[::2], parts[1::2], strict=False)
             pairs = [dask.delayed(_merge_histograms, pure=True)(a, b) for a, b in halves]
             parts = pairs + parts[len(pairs) * 2 :]
-        codes, counts = compute(parts[0])[0]
-        return codes.astype(np.int64), counts.astype(np.int64)
+        total = compute(parts[0])[0]
+        if not isinstance(total, tuple):
+            codes = np.flatnonzero(total)
+            return codes, total[codes]
+        return total[0].astype(np.int64), total[1].astype(np.int64)
 
     # lazy outputs
 

@@ -200,13 +200,15 @@ def test_tiled_passes_equal_plain_passes(case, k):
     centers = np.column_stack([coords[:, : space.n_spatial], values[picks]]) * space.factor
     expected_labels, counts, sums = _plain_pass(block, mask, offset, space, alpha, centers)
     tiles = _tiles.record(block, mask, offset, space, alpha)
-    got = _tiles.chunk_pass(block, mask, offset, space, alpha, centers, tiles)
-    np.testing.assert_array_equal(got[0], counts)
-    np.testing.assert_array_equal(got[1], sums)
-    labelled = _tiles.chunk_pass(block, mask, offset, space, alpha, centers, tiles, np.uint8)
-    np.testing.assert_array_equal(labelled[2], expected_labels)
-    np.testing.assert_array_equal(labelled[0], counts)
-    np.testing.assert_array_equal(labelled[1], sums)
+    # with the tiles' boxes kept, and with the blocks' only (the tiles found in each pass)
+    for kept in (tiles, _tiles.record(block, mask, offset, space, alpha, keep_tiles=False)):
+        got = _tiles.chunk_pass(block, mask, offset, space, alpha, centers, kept)
+        np.testing.assert_array_equal(got[0], counts)
+        np.testing.assert_array_equal(got[1], sums)
+        labelled = _tiles.chunk_pass(block, mask, offset, space, alpha, centers, kept, np.uint8)
+        np.testing.assert_array_equal(labelled[2], expected_labels)
+        np.testing.assert_array_equal(labelled[0], counts)
+        np.testing.assert_array_equal(labelled[1], sums)
     # the tiles' sums of squares: those of the clustered pixels' raw rows
     raw = np.column_stack([np.indices(block.shape[:-1]).reshape(block.ndim - 1, -1).T
                            + np.array(offset), values])[:, -space.n_features :]  # fmt: skip

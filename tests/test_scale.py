@@ -9,7 +9,7 @@ import pytest
 import zarr
 from skimage import data
 
-from napari_kmeanz import kmeans, predict
+from napari_kmeanz import _tiles, kmeans, predict
 
 
 @pytest.fixture
@@ -33,6 +33,26 @@ def test_zarr_backed_image_equals_in_memory(zarr_astronaut, tmp_path, spatial_we
     written = zarr.open_array(tmp_path / "labels.zarr", mode="r")[:]
     np.testing.assert_array_equal(written, eager.labels)
     np.testing.assert_allclose(lazy.colors, eager.colors, rtol=1e-12)
+
+
+def test_large_images_keep_only_the_blocks_boxes_with_the_same_result(zarr_astronaut, monkeypatch):
+    """Beyond CACHED_PIXELS a run keeps the boxes of blocks, not of every tile, between passes;
+    the tiles of the blocks a pass leaves open are found again: the same result."""
+    image = da.from_zarr(zarr_astronaut)
+    full = kmeans(image, 6, spatial_weight=1.0, random_state=1)
+    kept, record = [], _tiles.record
+
+    def spy(block, mask_block, offset, space, alpha, keep_tiles=True):
+        kept.append(keep_tiles)
+        return record(block, mask_block, offset, space, alpha, keep_tiles)
+
+    monkeypatch.setattr(_tiles, "CACHED_PIXELS", 0)
+    monkeypatch.setattr(_tiles, "record", spy)
+    lean = kmeans(image, 6, spatial_weight=1.0, random_state=1)
+    assert kept and not any(kept)  # every chunk's first pass kept its blocks' boxes only
+    np.testing.assert_array_equal(lean.labels.compute(), full.labels.compute())
+    assert lean.inertia == full.inertia
+    np.testing.assert_array_equal(lean.centers, full.centers)
 
 
 def test_a_zarr_array_is_read_lazily(zarr_astronaut):

@@ -226,13 +226,14 @@ def _sample_task(block, mask_block, local, alpha):
     return values, np.ones(len(values), bool) if valid is None else valid
 
 
-def _stats_task(block, mask_block, offset, space, alpha, centers, tiles=None):
+def _stats_task(block, mask_block, offset, space, alpha, centers, tiles=None, keep_tiles=True):
     """Per-cluster counts and raw sums of a chunk's pixels. Without the chunk's
-    :class:`_tiles.ChunkTiles` (the first pass), they are found first and returned too:
-    ``(counts, sums, tiles)``; with them, ``(counts, sums)``."""
+    :class:`_tiles.ChunkTiles` (the first pass), they are found first (every tile's box kept
+    with ``keep_tiles``) and returned too: ``(counts, sums, tiles)``; with them,
+    ``(counts, sums)``."""
     first = tiles is None
     if first:
-        tiles = _tiles.record(block, mask_block, offset, space, alpha)
+        tiles = _tiles.record(block, mask_block, offset, space, alpha, keep_tiles)
     counts, sums, _ = _tiles.chunk_pass(block, mask_block, offset, space, alpha, centers, tiles)
     return (counts, sums, tiles) if first else (counts, sums)
 
@@ -670,7 +671,8 @@ class PixelSource:
         """Per-cluster counts and raw sums; the first pass also finds the chunks'
         :class:`_tiles.ChunkTiles` and the sums of squares."""
         if self._tiles is None:
-            parts = self._map(_stats_task, self.space, self.alpha, centers)
+            keep = math.prod(self.spatial_shape) <= _tiles.CACHED_PIXELS
+            parts = self._map(_stats_task, self.space, self.alpha, centers, None, keep)
             self._tiles = [p[2] for p in parts]
             self._sq = np.sum([t.squares for t in self._tiles], axis=0)
         else:

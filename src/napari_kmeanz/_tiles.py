@@ -36,6 +36,10 @@ BLOCK_PIXELS = 1 << 12
 BATCH_PIXELS = 1 << 15
 # Distances computed per batch of open tiles (tiles x candidates x pixels): 1 MiB of float64.
 BATCH_DISTANCES = 1 << 17
+# Largest image (in pixels) whose runs keep every tile's box between passes: with position
+# features, about half a byte per pixel (a box and sums per 256 pixels). Beyond, they keep the
+# blocks' (1/16 of that), and each pass finds again the tiles of the blocks it leaves open.
+CACHED_PIXELS = 1 << 28
 # A padded candidate list holds one of these many candidates (or k); padding is a centre that
 # no pixel is near to.
 _BUCKETS = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
@@ -172,12 +176,16 @@ class TileGrid:
 class ChunkTiles:
     """What the passes need to know of a chunk's tiles, found once in the first pass.
 
-    ``tiles`` are the tiles (numbers in the chunk's :class:`TileGrid`) holding clustered
-    pixels; ``levels`` their blocks then themselves, as :func:`_lloyd.split_cells` takes them
-    (lows, highs, totals, parents); ``squares`` the per-feature sums of squares of the raw rows.
+    ``blocks`` and ``tiles`` are the blocks and tiles holding clustered pixels (numbers in
+    the chunk's :class:`TileGrid`: a block ``b`` holds tiles ``b * per_block`` onwards);
+    ``levels`` their boxes and sums as :func:`_lloyd.split_cells` takes them (lows, highs,
+    totals, parents), blocks then tiles; ``squares`` the per-feature sums of squares of the
+    raw rows. Kept for blocks only (``tiles`` None), the tiles inside the blocks a pass leaves
+    open are found again in that pass (see ``CACHED_PIXELS``).
     """
 
-    tiles: np.ndarray
+    blocks: np.ndarray
+    tiles: np.ndarray | None
     levels: tuple
     squares: np.ndarray
 
@@ -231,42 +239,90 @@ class _Rows:
         return rows, valid
 
 
-def record(block, mask_block, offset, space, alpha: bool) -> ChunkTiles:
-    """A chunk's :class:`ChunkTiles`: each tile's box, raw sums and count, and its blocks'
-    (``offset``: the chunk's first pixel in the image)."""
-    grid = TileGrid.for_shape(block.shape[:-1])
-    d = space.n_features
-    per_batch = max(1, BATCH_PIXELS // grid.pixels)
-    builder = _Rows(grid, block, mask_block, offset, space, alpha, per_batch)
-    n = grid.n_tiles
-    lows, highs, totals = np.empty((n, d)), np.empty((n, d)), np.empty((n, d + 1))
-    squares = np.zeros(d)
-    for start in range(0, n, per_batch):
-        tiles = slice(start, min(start + per_batch, n))
-        rows, valid = builder.build(np.arange(tiles.start, tiles.stop))
+def _tile_boxes(builder: _Rows, tiles: np.ndarray, d: int):
+    """Box, raw sums and count of each of the tiles, and the per-feature sums of squares of
+    their clustered pixels' raw rows."""
+    per_batch = builder.buffer.shape[0]
+    lows, highs = np.empty((len(tiles), d)), np.empty((len(tiles), d))
+    totals, squares = np.empty((len(tiles), d + 1)), np.zeros(d)
+    for start in range(0, len(tiles), per_batch):
+        batch = slice(start, start + per_batch)
+        rows, valid = builder.build(tiles[batch])
         raw = rows[:, :-1]
         if valid is None:
-            lows[tiles], highs[tiles] = raw.min(axis=2), raw.max(axis=2)
+            lows[batch], highs[batch] = raw.min(axis=2), raw.max(axis=2)
         else:
             hidden = ~valid[:, None, :]
-            lows[tiles] = np.where(hidden, np.inf, raw).min(axis=2)
-            highs[tiles] = np.where(hidden, -np.inf, raw).max(axis=2)
-        totals[tiles] = rows.sum(axis=2)
+            lows[batch] = np.where(hidden, np.inf, raw).min(axis=2)
+            highs[batch] = np.where(hidden, -np.inf, raw).max(axis=2)
+        totals[batch] = rows.sum(axis=2)
         squares += np.einsum("tfp,tfp->f", raw, raw)
+    return lows, highs, totals, squares
+
+
+def _box_builder(grid, block, mask_block, offset, space, alpha) -> _Rows:
+    per_batch = max(1, BATCH_PIXELS // grid.pixels)
+    return _Rows(grid, block, mask_block, offset, space, alpha, per_batch)
+
+
+def record(block, mask_block, offset, space, alpha: bool, keep_tiles: bool = True) -> ChunkTiles:
+    """A chunk's :class:`ChunkTiles`: each tile's box, raw sums and count, and its blocks'
+    (``offset``: the chunk's first pixel in the image); the tiles' are kept with
+    ``keep_tiles``."""
+    grid = TileGrid.for_shape(block.shape[:-1])
+    builder = _box_builder(grid, block, mask_block, offset, space, alpha)
+    every = np.arange(grid.n_tiles)
+    lows, highs, totals, squares = _tile_boxes(builder, every, space.n_features)
     filled = np.flatnonzero(totals[:, -1] > 0)
     lows, highs, totals = lows[filled], highs[filled], totals[filled]
     new_block = np.diff(filled // grid.per_block, prepend=-1) != 0  # the first tile of a block
     first = np.flatnonzero(new_block)
     parents = np.cumsum(new_block) - 1
+    blocks = filled[first] // grid.per_block
     if not len(filled):  # nothing clustered in the chunk
-        return ChunkTiles(filled, ((lows,) * 2, (highs,) * 2, (totals,) * 2, (parents,)), squares)
-    levels = (
-        (np.minimum.reduceat(lows, first), lows),
-        (np.maximum.reduceat(highs, first), highs),
-        (np.add.reduceat(totals, first), totals),
-        (parents,),
-    )
-    return ChunkTiles(filled, levels, squares)
+        block_level = (lows, highs, totals)
+    else:
+        block_level = (
+            np.minimum.reduceat(lows, first),
+            np.maximum.reduceat(highs, first),
+            np.add.reduceat(totals, first),
+        )
+    if not keep_tiles:
+        return ChunkTiles(blocks, None, (*((a,) for a in block_level), ()), squares)
+    tile_level = (lows, highs, totals)
+    levels = (*((a, b) for a, b in zip(block_level, tile_level, strict=True)), (parents,))
+    return ChunkTiles(blocks, filled, levels, squares)
+
+
+def _open_tiles(grid, block, mask_block, offset, space, alpha, centers, tiles, counts, sums,
+                want_labels):  # fmt: skip
+    """Give blocks and tiles that only one centre can be nearest to whole to it; return the
+    tiles left open (numbers in ``grid``), their candidate centres, and with ``want_labels``
+    each tile's label (1 + its centre; 0: left open or empty)."""
+    label_of = np.zeros(grid.n_tiles, dtype=np.intp) if want_labels else None
+    split = (centers, space.factor, counts, sums, want_labels)
+    if tiles.tiles is not None:
+        open_tiles, owner_of, keep = _lloyd.split_cells(*tiles.levels, *split)
+        if want_labels:
+            label_of[tiles.tiles] = owner_of + 1
+        return tiles.tiles[open_tiles], keep, label_of
+    # blocks only: the tiles of the blocks left open are found again
+    open_blocks, owner_of, _ = _lloyd.split_cells(*tiles.levels, *split)
+    in_block = np.arange(grid.per_block)
+    if want_labels:
+        label_of[(tiles.blocks[:, None] * grid.per_block + in_block).ravel()] = np.repeat(
+            owner_of + 1, grid.per_block
+        )
+    inside = (tiles.blocks[open_blocks, None] * grid.per_block + in_block).ravel()
+    builder = _box_builder(grid, block, mask_block, offset, space, alpha)
+    lows, highs, totals, _ = _tile_boxes(builder, inside, space.n_features)
+    filled = totals[:, -1] > 0
+    inside = inside[filled]
+    level = ((lows[filled],), (highs[filled],), (totals[filled],), ())
+    open_tiles, owner_of, keep = _lloyd.split_cells(*level, *split)
+    if want_labels:
+        label_of[inside] = owner_of + 1
+    return inside[open_tiles], keep, label_of
 
 
 def _bucket(m: np.ndarray, k: int) -> np.ndarray:
@@ -321,15 +377,13 @@ def chunk_pass(block, mask_block, offset, space, alpha, centers, tiles, label_dt
     k, d = centers.shape
     want_labels = label_dtype is not None
     counts, sums = np.zeros(k), np.zeros((k, d))
-    open_tiles, owner_of, keep = _lloyd.split_cells(
-        *tiles.levels, centers, space.factor, counts, sums, want_labels
+    open_tiles, keep, label_of = _open_tiles(
+        grid, block, mask_block, offset, space, alpha, centers, tiles, counts, sums, want_labels
     )
     out = None
-    if want_labels:
+    if want_labels:  # the tiles given whole to a centre; the open ones are labelled below
         out = zeros(grid.shape, label_dtype)
-        label_of = np.zeros(grid.n_tiles, dtype=label_dtype)
-        label_of[tiles.tiles] = owner_of + 1  # 0 for the open tiles, labelled below
-        grid.paint_tiles(out, label_of)
+        grid.paint_tiles(out, label_of.astype(label_dtype))
         if mask_block is not None or alpha or block.dtype.kind == "f":
             clustered = chunk_values(block, mask_block, alpha)[1]
             if clustered is not None:
@@ -353,7 +407,7 @@ def chunk_pass(block, mask_block, offset, space, alpha, centers, tiles, label_dt
         candidates = np.where(np.arange(size) < m[group, None], candidates, k)
         per_batch = max(1, BATCH_DISTANCES // (size * grid.pixels))
         for start in range(0, len(group), per_batch):
-            batch = tiles.tiles[open_tiles[group[start : start + per_batch]]]
+            batch = open_tiles[group[start : start + per_batch]]
             chosen = candidates[start : start + per_batch]
             rows, valid = builder.build(batch)
             weights = weights_k[:, chosen].transpose(1, 2, 0).copy()

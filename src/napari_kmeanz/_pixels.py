@@ -766,7 +766,8 @@ class PixelSource:
         dense table (``size`` entries) that every chunk reads, so the graph stays small under
         any scheduler.
         """
-        table = dask.delayed(_dense_table, pure=True)(codes, labels, coder.size)
+        # not named from its arguments: hashing the 1 M codes of a photo took 8 ms
+        table = dask.delayed(_dense_table, pure=False)(codes, labels, coder.size)
         return self._lazy(_lookup_task, labels.dtype, table, self.alpha, coder)
 
 

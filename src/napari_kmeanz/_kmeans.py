@@ -565,7 +565,12 @@ class _Run:
         return FeatureSpace(self.spacing, scale, self.n_channels, self.color_space, self.value_top)
 
     def _unique_colors(self, vmin, vmax):
-        """Distinct colours and their counts, when the colour-only fast path applies."""
+        """Distinct colours and their counts, when the colour-only fast path applies.
+
+        Returns ``(rows1, counts, (coder, codes), keys)``: the colours in Z-order, decoded
+        straight into the rows the passes read (a column of ones after them, column-major),
+        their counts, codes and Z-order keys.
+        """
         if self.spatial_weight > 0 or self.dtype.kind not in "iu":
             return None
         coder = ColorCodes.for_range(vmin, vmax)
@@ -573,7 +578,10 @@ class _Run:
             return None
         codes, counts = self.pixels.histogram(coder)
         codes, keys, order = coder.z_ordered(codes)
-        return coder.decode(codes), counts[order].astype(np.float64), (coder, codes), keys
+        columns = _lloyd.zeros((self.n_channels + 1, len(codes)))
+        coder.decode(codes, out=columns[:-1])
+        columns[-1] = 1.0
+        return columns.T, counts[order].astype(np.float64), (coder, codes), keys
 
     def _sample_indices(self, n_valid: int) -> np.ndarray:
         """Sorted flat indices of a uniform sample of pixels, about ``sample_size`` of them
@@ -690,18 +698,20 @@ class _Run:
             colors_found = self._unique_colors(vmin, vmax)
         else:
             self._check_count(int(colors_found[1].sum()))
-            vmin = vmax = colors_found[0][0]
+            vmin = vmax = colors_found[0][0, :-1]
         space = self.pixels.space = self._space(vmin, vmax)
         factor = space.factor
         if colors_found is not None:
-            values, counts, lookup, keys = colors_found
+            rows1, counts, lookup, keys = colors_found
+            values = rows1[:, :-1]
             if len(values) < self.n_clusters:
                 raise _lloyd.TooFewDistinctPoints(len(values), self.n_clusters)
             features = space.values(values)
             # Z-order keys: the colours sharing all but their last 2, 3 or 4 bits per channel
             # lie in cubes of side 4, 8 or 16 (see PointCells)
             shifts = tuple(bits * self.n_channels for bits in (4, 3, 2))
-            source = PointSource(features, counts, keys, shifts)
+            as_rows = rows1 if features is values else None  # RGB: the features are the values
+            source = PointSource(features, counts, keys, shifts, as_rows)
             rows, weights, exhaustive = self._weighted_sample(features, counts)
         else:
             source, lookup = self.pixels, None

@@ -340,13 +340,15 @@ class ColorCodes:
             out %= span
         return out
 
-    def decode(self, codes: np.ndarray) -> np.ndarray:
-        """Colours (n, C), int64 (each channel contiguous), of codes."""
+    def decode(self, codes: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Colours (n, C) of codes: int64 (each channel contiguous), or written to ``out``
+        ((C, n), any numeric dtype) and returned as its transpose."""
         codes = np.asarray(codes, dtype=np.int64)
-        values = np.empty((len(self.span), len(codes)), dtype=np.int64)
+        values = np.empty((len(self.span), len(codes)), dtype=np.int64) if out is None else out
+        part = np.empty(len(codes), dtype=np.int64)
         for channel in range(len(self.span)):
-            self._channel(codes, channel, values[channel])
-        values += self.vmin[:, None]
+            self._channel(codes, channel, part)
+            np.add(part, self.vmin[channel], out=values[channel])
         return values.T
 
     def z_ordered(self, codes: np.ndarray):

@@ -172,15 +172,15 @@ def candidates(raw: np.ndarray, centers: np.ndarray, factor: np.ndarray) -> np.n
     return np.flatnonzero(keep[0])
 
 
-def _argmin_columns(columns: np.ndarray) -> np.ndarray:
-    """Index of the minimum of each column of a (m, n) array, the first one on ties.
+def argmin_columns(columns: np.ndarray) -> np.ndarray:
+    """Index of the minimum along the first axis of a (m, ...) array, the first one on ties.
 
-    For few rows, a running minimum over them (each a long contiguous array) beats
-    ``argmin(axis=0)``, which walks short strided columns.
+    For few rows, a running minimum over them (each a long array) beats ``argmin(axis=0)``,
+    which walks short strided columns.
     """
     best = columns[0].copy()
-    index = np.zeros(columns.shape[1], dtype=np.intp)
-    better = np.empty(columns.shape[1], dtype=bool)
+    index = np.zeros(columns.shape[1:], dtype=np.intp)
+    better = np.empty(columns.shape[1:], dtype=bool)
     for j in range(1, len(columns)):
         np.less(columns[j], best, out=better)
         np.minimum(best, columns[j], out=best)
@@ -202,7 +202,7 @@ def _nearest(part, centers, factor, weights_matrix, keep=None):
     every = len(keep) == len(centers)
     weights = weights_matrix if every else weights_matrix[:, keep]
     if len(keep) <= LOOP_ARGMIN_MAX:
-        local = _argmin_columns(np.ascontiguousarray(weights.T) @ part.T)
+        local = argmin_columns(np.ascontiguousarray(weights.T) @ part.T)
     else:
         local = (part @ weights).argmin(axis=1)
     return (None if every else keep), local
@@ -319,11 +319,11 @@ def accumulate(
             )
             distances = np.dot(weights_t, part.T)
             if want_labels:
-                local = _argmin_columns(distances)
+                local = argmin_columns(distances)
             partial = _one_hot_sums(distances, weighted_part, local)
             if partial is None:  # a tie: the first nearest candidate takes the row
                 distances = np.dot(weights_t, part.T)
-                local = _argmin_columns(distances)
+                local = argmin_columns(distances)
                 partial = _one_hot_sums(distances, weighted_part, local)
         else:
             _, local = _nearest(part, centers, factor, weights_matrix, here)

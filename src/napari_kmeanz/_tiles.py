@@ -338,19 +338,6 @@ def _bucket(m: np.ndarray, k: int) -> np.ndarray:
     return sizes[np.searchsorted(sizes, m)]
 
 
-def _first_nearest(distances: np.ndarray) -> np.ndarray:
-    """Index along axis 1 of the minimum of (T, M, P) distances, the first one on ties: a
-    running minimum over the M rows (``argmin`` along a short strided axis is slow)."""
-    best = distances[:, 0].copy()
-    index = np.zeros(best.shape, dtype=np.intp)
-    better = np.empty(best.shape, dtype=bool)
-    for j in range(1, distances.shape[1]):
-        np.less(distances[:, j], best, out=better)
-        np.minimum(best, distances[:, j], out=best)
-        np.copyto(index, j, where=better)
-    return index
-
-
 def _batch_sums(rows, weights, want_labels):
     """Per-candidate raw sums (T, M, d + 1) of a batch of tiles, and with ``want_labels`` each
     pixel's nearest candidate (T, pixels; its position in the tile's list).
@@ -361,7 +348,8 @@ def _batch_sums(rows, weights, want_labels):
     distances = np.matmul(weights, rows)
     local = None
     if want_labels:
-        local = _first_nearest(distances)
+        # each pixel's first nearest candidate: a running minimum over the M rows
+        local = _lloyd.argmin_columns(distances.transpose(1, 0, 2))
         one_hot = np.equal(local[:, None, :], np.arange(weights.shape[1])[:, None])
         partial = np.matmul(one_hot.astype(np.float64), rows.transpose(0, 2, 1))
     else:

@@ -23,7 +23,7 @@ def test_pruned_assignment_equals_brute_force(k):
     centers = (raw[rng.choice(len(raw), k, replace=False)] * factor) + rng.normal(0, 3, (k, 5))
     rows1 = _lloyd.with_ones(raw)
     expected, d2 = brute_force(raw, centers, factor)
-    got = _lloyd.assign(rows1, centers, factor)
+    got = _lloyd.accumulate(rows1, centers, factor, np.zeros(k), np.zeros((k, 5)))
     # identical, except where two centres are equally near up to rounding
     best = d2[np.arange(len(d2)), expected]
     differs = got != expected
@@ -34,7 +34,9 @@ def test_pruned_assignment_equals_brute_force(k):
 def test_ties_and_duplicate_centres():
     raw = np.array([[0.0], [1.0], [2.0], [3.0]])
     centers = np.array([[1.0], [1.0], [3.0]])  # a duplicate, and pixel 2 halfway to two centres
-    labels = _lloyd.assign(_lloyd.with_ones(raw), centers, np.ones(1))
+    labels = _lloyd.accumulate(
+        _lloyd.with_ones(raw), centers, np.ones(1), np.zeros(3), np.zeros((3, 1))
+    )
     np.testing.assert_array_equal(labels, [0, 0, 0, 2])  # ties go to the lowest index
 
 
@@ -158,9 +160,18 @@ def _plain_pass(block, mask, offset, space, alpha, centers):
     raw = np.column_stack([coords[:, : space.n_spatial], values]).astype(np.float64)
     valid = np.ones(len(raw), bool) if valid is None else valid
     labels = np.zeros(len(raw), np.intp)
-    nearest = _lloyd.assign(_lloyd.with_ones(raw[valid]), centers, space.factor, block=len(raw))
-    labels[valid] = nearest + 1
     k = len(centers)
+    rows1 = _lloyd.with_ones(raw[valid])
+    nearest = _lloyd.accumulate(
+        rows1,
+        centers,
+        space.factor,
+        np.zeros(k),
+        np.zeros((k, len(raw[0]))),
+        block=len(raw),
+        keep=np.arange(k),
+    )
+    labels[valid] = nearest + 1
     counts = np.bincount(nearest, minlength=k).astype(np.float64)
     sums = np.stack([np.bincount(nearest, raw[valid, f], k) for f in range(raw.shape[1])], 1)
     return labels.reshape(shape), counts, sums

@@ -35,8 +35,6 @@ POINT_SUB_BLOCK = 1 << 12
 # 5.5 against 4.8 for 50. The product also runs without the interpreter's lock, where
 # ``bincount`` holds it, so two dask threads gain more from it.
 ONE_HOT_MAX = 32
-# Up to this many candidate centres, the nearest one is found by a running minimum.
-LOOP_ARGMIN_MAX = 16
 # Up to this many clusters, points held in nested cells are pruned cell by cell (see
 # PointCells). Measured on the 1.1 M colours of a 4096x4096 photo: a round over them took
 # 12 ms against 30 ms for k=16, and 56 ms against 41 ms for k=50, where fewer cells go whole
@@ -188,47 +186,6 @@ def argmin_columns(columns: np.ndarray) -> np.ndarray:
     return index
 
 
-def _nearest(part, centers, factor, weights_matrix, keep=None):
-    """Nearest centre of each row of a sub-block, among :func:`candidates` (``keep``, found
-    here when not given).
-
-    Returns ``(keep, local)``: the candidate centres (None: all of them) and, for each row,
-    the position of its nearest centre in ``keep``.
-    """
-    if keep is None:
-        keep = candidates(part[:, :-1], centers, factor)
-    if len(keep) == 1:
-        return keep, np.zeros(len(part), dtype=np.intp)
-    every = len(keep) == len(centers)
-    weights = weights_matrix if every else weights_matrix[:, keep]
-    if len(keep) <= LOOP_ARGMIN_MAX:
-        local = argmin_columns(np.ascontiguousarray(weights.T) @ part.T)
-    else:
-        local = (part @ weights).argmin(axis=1)
-    return (None if every else keep), local
-
-
-def assign(
-    rows1: np.ndarray,
-    centers: np.ndarray,
-    factor: np.ndarray,
-    block: int = SUB_BLOCK,
-    keep: np.ndarray | None = None,
-) -> np.ndarray:
-    """Index of the nearest centre for each row of ``rows1`` (raw rows with a ones column).
-
-    Works a sub-block of rows at a time and, in each, only on the centres that can be nearest
-    to some of its rows (:func:`candidates`; ``keep`` when known, for one sub-block).
-    """
-    weights_matrix = distance_weights(centers, factor)
-    labels = np.empty(len(rows1), dtype=np.intp)
-    known = keep
-    for s in range(0, len(rows1), block):
-        keep, local = _nearest(rows1[s : s + block], centers, factor, weights_matrix, known)
-        labels[s : s + block] = local if keep is None else keep[local]
-    return labels
-
-
 def _one_hot_sums(distances, weighted_part, local=None):
     """Per-candidate raw sums and weights (m, d + 1) of a sub-block's rows, as one product of
     the one-hot assignment (m, n) with ``weighted_part`` (n, d + 1).
@@ -326,7 +283,8 @@ def accumulate(
                 local = argmin_columns(distances)
                 partial = _one_hot_sums(distances, weighted_part, local)
         else:
-            _, local = _nearest(part, centers, factor, weights_matrix, here)
+            # many candidates: the nearest by argmin along each row, the sums by bincount
+            local = (part @ (weights_matrix if every else weights_matrix[:, here])).argmin(axis=1)
             columns = weighted_part.T[:-1]
             for feature, column in enumerate(columns):
                 sums[target, feature] += np.bincount(local, weights=column, minlength=m)

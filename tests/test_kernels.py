@@ -86,15 +86,6 @@ def test_one_hot_sums_give_a_tie_to_the_first_centre(weighted):
         np.testing.assert_array_equal(sums[:, 0], np.bincount(labels, weights=w * raw[:, 0]))
 
 
-@pytest.mark.parametrize("shape", [(1000, 777), (3, 300, 200), (50_000,), (7, 5)])
-def test_tiles_cover_each_pixel_once(shape):
-    covered = np.zeros(shape, dtype=int)
-    for slices in _pixels._sub_blocks(shape, 4096):
-        covered[slices] += 1
-        assert np.prod([s.stop - s.start for s in slices]) <= 4096
-    assert np.all(covered == 1)
-
-
 @pytest.mark.parametrize(
     ("low", "high"),
     [
@@ -234,6 +225,37 @@ def test_tiled_passes_equal_plain_passes(case, k):
         assert 0 < len(open_tiles) < len(tiles.tiles)
         if case in ("rgb masked, offset", "3-D, anisotropic"):
             assert 0 < len(open_blocks) < len(tiles.levels[0][0])
+
+
+@pytest.mark.parametrize("case", ["rgb masked, offset", "3-D, anisotropic", "rgba", "grey"])
+def test_farthest_pixels_of_a_chunk(case):
+    """The pixels farthest from their nearest centre (for empty clusters), read tile by tile:
+    those of every pixel's distance, ties to the first position."""
+    if case == "grey":  # colour only, few grey levels: many pixels equally far, at the cut too
+        block, mask, offset, spacing, scale, alpha = (
+            data.camera()[:150, :170, None] // 64,
+            None,
+            (30, 0),
+            (1.0, 1.0),
+            0.0,
+            False,
+        )
+    else:
+        block, mask, offset, spacing, scale, alpha = _tile_cases()[case]
+    space = _pixels.FeatureSpace(spacing, scale, block.shape[-1] - alpha)
+    values, valid = _tiles.chunk_values(block, mask, alpha)
+    shape = block.shape[:-1]
+    coords = np.indices(shape).reshape(len(shape), -1).T + np.array(offset)
+    raw = np.column_stack([coords[:, : space.n_spatial], values]).astype(np.float64)
+    if valid is not None:
+        coords, raw = coords[valid], raw[valid]
+    centers = raw[:: len(raw) // 7][:7] * space.factor
+    dist = _lloyd.nearest_sqdist(_lloyd.with_ones(raw), centers, space.factor)
+    top = np.lexsort((*coords.T[::-1], -dist))[:40]
+    got = _pixels._farthest_task(block, mask, offset, space, alpha, centers, 40)
+    np.testing.assert_allclose(got[0], dist[top], rtol=1e-12)
+    np.testing.assert_array_equal(got[1], coords[top])
+    np.testing.assert_array_equal(got[2], raw[top])
 
 
 def test_tiled_pass_gives_a_tie_to_the_first_centre():

@@ -137,57 +137,6 @@ def _chunk_grid(chunks: tuple[tuple[int, ...], ...]):
     ]
 
 
-def _sub_blocks(shape: tuple[int, ...], size: int):
-    """Slices cutting ``shape`` into compact tiles of at most about ``size`` elements.
-
-    Compact tiles keep the pixels of a sub-block close in space (and, in most images, in
-    value), which is what lets :func:`_lloyd.candidates` leave far centres out.
-    """
-    tile = list(shape)
-    while math.prod(tile) > size:
-        largest = int(np.argmax(tile))
-        tile[largest] = -(-tile[largest] // 2)
-    for corner in product(*(range(0, n, t) for n, t in zip(shape, tile, strict=True))):
-        yield tuple(slice(c, min(c + t, n)) for c, t, n in zip(corner, tile, shape, strict=True))
-
-
-def _iter_rows(block, mask_block, offset, space: FeatureSpace, alpha: bool):
-    """Raw rows (with a ones column) of a chunk's clustered pixels, a sub-block at a time.
-
-    Yields ``(rows1, slices, valid)``: the rows of the valid pixels of the sub-block
-    ``block[slices]``, and which of its pixels (in C order) they are (None: all of them).
-    """
-    shape = block.shape[:-1]
-    for slices in _sub_blocks(shape, _lloyd.SUB_BLOCK):
-        sub = block[slices]
-        sub_shape = sub.shape[:-1]
-        sub_mask = None if mask_block is None else mask_block[slices]
-        values, valid = chunk_values(sub, sub_mask, alpha)
-        # Column-major rows: each feature contiguous, for the per-feature reductions.
-        columns = np.empty((space.n_features + 1, len(values)))
-        for axis in range(space.n_spatial):
-            start = offset[axis] + slices[axis].start
-            coordinate = np.arange(start, start + sub_shape[axis], dtype=np.float64)
-            along = [1] * len(sub_shape)
-            along[axis] = -1
-            columns[axis].reshape(sub_shape)[...] = coordinate.reshape(along)
-        columns[space.n_spatial : -1] = space.values(values).T
-        columns[-1] = 1.0
-        if valid is not None:
-            columns = columns[:, valid]
-            if not columns.shape[1]:
-                continue
-        yield columns.T, slices, valid
-
-
-def _positions(slices, valid, offset, sub_shape):
-    """Global coordinates (n, ndim) of the valid pixels of a sub-block."""
-    flat = np.arange(math.prod(sub_shape)) if valid is None else np.flatnonzero(valid)
-    local = np.unravel_index(flat, sub_shape)
-    starts = [o + s.start for o, s in zip(offset, slices, strict=True)]
-    return np.stack([c + s for c, s in zip(local, starts, strict=True)], axis=-1)
-
-
 # -- the tasks: each runs on one chunk --------------------------------------------------------
 
 
@@ -240,13 +189,12 @@ def _stats_task(block, mask_block, offset, space, alpha, centers, tiles=None, ke
 
 def _farthest_task(block, mask_block, offset, space, alpha, centers, m):
     """The ``m`` clustered pixels of a chunk farthest from their nearest centre."""
-    found = []
-    for rows1, slices, valid in _iter_rows(block, mask_block, offset, space, alpha):
+    found, shape = [], block.shape[:-1]
+    for rows1, coords in _tiles.pixel_rows(block, mask_block, offset, space, alpha):
         dist = _lloyd.nearest_sqdist(rows1, centers, space.factor)
-        top = _lloyd.top_farthest(dist, np.arange(len(dist)), m)
-        sub_shape = block[slices].shape[:-1]
-        coords = _positions(slices, valid, offset, sub_shape)[top]
-        found.append((dist[top], coords, rows1[top, :-1]))
+        # ties broken by the position in the chunk (C order), as _top_by_position does
+        top = _lloyd.top_farthest(dist, np.ravel_multi_index(coords.T, shape), m)
+        found.append((dist[top], coords[top] + np.array(offset), rows1[top, :-1]))
     if not found:
         ndim = block.ndim - 1
         return np.empty(0), np.empty((0, ndim), np.int64), np.empty((0, space.n_features))

@@ -272,6 +272,23 @@ def _box_builder(grid, block, mask_block, offset, space, alpha) -> _Rows:
     return _Rows(grid, block, mask_block, offset, space, alpha, per_batch)
 
 
+def pixel_rows(block, mask_block, offset, space, alpha: bool):
+    """The raw rows of a chunk's clustered pixels with a ones column, (n, d + 1), a batch of
+    tiles at a time, each with the pixels' coordinates in the chunk, (n, ndim)."""
+    grid = TileGrid.for_shape(block.shape[:-1])
+    builder = _box_builder(grid, block, mask_block, offset, space, alpha)
+    per_batch = builder.buffer.shape[0]
+    for start in range(0, grid.n_tiles, per_batch):
+        tiles = np.arange(start, min(start + per_batch, grid.n_tiles))
+        rows, valid = builder.build(tiles)
+        rows1 = rows.transpose(0, 2, 1).reshape(-1, rows.shape[1])
+        coords = np.stack([c.ravel() for c in grid._pixel_coords(tiles)[0]], axis=1)
+        if valid is not None:  # (the pixels outside the chunk are not valid either)
+            rows1, coords = rows1[valid.ravel()], coords[valid.ravel()]
+        if len(rows1):
+            yield rows1, coords
+
+
 def record(block, mask_block, offset, space, alpha: bool, keep_tiles: bool = True) -> ChunkTiles:
     """A chunk's :class:`ChunkTiles`: each tile's box, raw sums and count, and its blocks'
     (``offset``: the chunk's first pixel in the image); the tiles' are kept with

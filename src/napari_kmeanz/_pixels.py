@@ -403,20 +403,22 @@ class _Interface:
         self.owner = owner
 
 
-def _tile_codes(block, mask_block, alpha, coder: ColorCodes, tile: int = CODE_TILE):
+def _tile_codes(block, mask_block, alpha, coder: ColorCodes, tile: int = CODE_TILE, out=None):
     """Colour codes of a chunk's pixels, a tile of pixels at a time.
 
     Yields ``(span, codes, valid)``: the slice of the chunk's pixels (in C order) the tile
-    covers, their codes (intp, as indices need them: a buffer reused from tile to tile) and
-    which of them are clustered (None: all of them). Working in tiles keeps every temporary
-    small.
+    covers, their codes (intp, as indices need them: a buffer reused from tile to tile; with
+    ``out``, an array for every pixel's code, written there) and which of them are clustered
+    (None: all of them). Working in tiles keeps every temporary small.
     """
     values, valid = chunk_values(block, mask_block, alpha)
-    buffer, scratch = np.empty(tile, dtype=np.intp), np.empty(tile, dtype=np.int64)
+    buffer = np.empty(tile, dtype=np.intp) if out is None else None
+    scratch = np.empty(min(tile, len(values)), dtype=np.int64)
     for start in range(0, len(values), tile):
         part = values[start : start + tile]
-        codes = coder.encode(part, buffer[: len(part)], scratch[: len(part)])
         span = slice(start, start + len(part))
+        target = buffer[: len(part)] if out is None else out[span]
+        codes = coder.encode(part, target, scratch[: len(part)])
         yield span, codes, None if valid is None else valid[span]
 
 
@@ -430,19 +432,16 @@ def _histogram_task(block, mask_block, alpha, coder):
     they needed a merge and a search for the codes present). Where there are few possible
     codes (up to ``DENSE_HISTOGRAM``, as for 16-bit grey), they are counted into a table.
     """
-    values, valid = chunk_values(block, mask_block, alpha)
-    if coder.size <= min(DENSE_HISTOGRAM, 4 * len(values)):  # a small table, in cache
+    n = math.prod(block.shape[:-1])
+    if coder.size <= min(DENSE_HISTOGRAM, 4 * n):  # a small table, in cache
         counts, one = np.zeros(coder.size, dtype=np.int64), np.ones(1, dtype=np.int64)
         for _, codes, clustered in _tile_codes(block, mask_block, alpha, coder):
             np.add.at(counts, codes if clustered is None else codes[clustered], one)
         return counts
-    codes = np.empty(len(values), dtype=np.int32)  # codes < MAX_HISTOGRAM
-    scratch = np.empty(min(len(values), CODE_TILE), dtype=np.int64)
-    for start in range(0, len(values), CODE_TILE):
-        part = values[start : start + CODE_TILE]
-        coder.encode(part, codes[start : start + len(part)], scratch[: len(part)])
-    if valid is not None:
-        codes = codes[valid]
+    codes = np.empty(n, dtype=np.int32)  # codes < MAX_HISTOGRAM
+    clustered = [c for _, _, c in _tile_codes(block, mask_block, alpha, coder, out=codes)]
+    if clustered[0] is not None:
+        codes = codes[np.concatenate(clustered)]
     codes.sort()
     return _runs(codes)
 

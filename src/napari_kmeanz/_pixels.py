@@ -310,7 +310,8 @@ class ColorCodes:
         """
         codes = np.asarray(codes, dtype=np.int64)
         offset = np.empty(len(codes), dtype=np.int64)
-        keys = self._spread(self._channel(codes, c, offset) for c in range(len(self.span)))
+        channels = (self._channel(codes, c, offset) for c in range(len(self.span)))
+        keys = self._spread(channels, len(codes))
         n_bits = max(1, (len(codes) - 1).bit_length())
         if int(keys.max(initial=0)) < 1 << (63 - n_bits):  # key and position in one int64
             keys <<= n_bits
@@ -328,16 +329,16 @@ class ColorCodes:
         interleaved from the lowest, so that the colours sharing ``key >> (b * C)`` lie in a
         cube of side ``2**b`` (for channels of at least ``b`` bits)."""
         offset = np.empty(len(values), dtype=np.int64)
-        return self._spread(
+        channels = (
             np.subtract(values[:, c], self.vmin[c], out=offset) for c in range(len(self.span))
         )
+        return self._spread(channels, len(values))
 
-    def _spread(self, offsets) -> np.ndarray:
-        """Z-order keys from each channel's ``v - vmin`` in turn (an array reused or not)."""
-        keys, part = None, None
+    def _spread(self, offsets, n: int) -> np.ndarray:
+        """Z-order keys of ``n`` colours from each channel's ``v - vmin`` in turn (int64
+        arrays, which may be one array reused)."""
+        keys, part = np.zeros(n, dtype=np.int64), np.empty(n, dtype=np.int64)
         for tables, offset in zip(self.spread, offsets, strict=True):
-            if keys is None:
-                keys, part = np.zeros(len(offset), dtype=np.int64), np.empty_like(offset)
             for byte, table in enumerate(tables):
                 np.right_shift(offset, 8 * byte, out=part)
                 part &= 255

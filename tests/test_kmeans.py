@@ -317,3 +317,78 @@ def test_lab_colour_space(astronaut):
     np.testing.assert_array_equal(predict(astronaut, spatial), spatial.labels)
     with pytest.raises(ValueError, match=r"color_space='lab' needs an RGB image"):
         kmeans(data.camera(), 3, color_space="lab")
+
+
+# -- every input, clustered like any other -------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.uint64, np.int32, np.uint32, np.int8])
+@pytest.mark.parametrize("spatial_weight", [0.0, 1.0])
+def test_integer_images_of_every_width_cluster_alike(dtype, spatial_weight):
+    values = np.repeat(np.array([3, 40, 90, 120], dtype=np.int64), 16).reshape(8, 8)
+    expected = kmeans(values.astype(np.uint8), 4, spatial_weight=spatial_weight, random_state=0)
+    # values far from zero too (as float64, integers are exact up to 2**53)
+    for offset in (0, min(np.iinfo(dtype).max - 127, 2**40)):
+        image = (values + offset).astype(dtype) if offset else values.astype(dtype)
+        result = kmeans(image, 4, spatial_weight=spatial_weight, random_state=0)
+        np.testing.assert_array_equal(result.labels, expected.labels)
+        np.testing.assert_allclose(result.colors[:, 0] - offset, expected.colors[:, 0])
+
+
+def test_python_lists_and_aranges_cluster():
+    labels = kmeans(np.arange(64).reshape(8, 8), 2, random_state=0).labels
+    np.testing.assert_array_equal(labels, np.repeat([1, 2], 32).reshape(8, 8))
+    np.testing.assert_array_equal(kmeans([[0, 1], [50, 51]], 2).labels, [[1, 1], [2, 2]])
+    with pytest.warns(PendingDeprecationWarning):  # numpy's own, for making a matrix
+        matrix = np.matrix(np.arange(64.0).reshape(8, 8))
+    np.testing.assert_array_equal(kmeans(matrix, 2, random_state=0).labels, labels)
+
+
+def test_a_masked_array_leaves_its_masked_pixels_out():
+    image = np.arange(64.0).reshape(8, 8)
+    hidden = image < 32
+    masked = np.ma.masked_array(image, mask=hidden)
+    result = kmeans(masked, 2, random_state=0)
+    assert np.all(result.labels[hidden] == 0) and np.all(result.labels[~hidden] > 0)
+    np.testing.assert_array_equal(result.labels, kmeans(image, 2, mask=~hidden).labels)
+    # with a mask given too, both apply; a channel masked masks its pixel
+    rgb = np.ma.masked_array(np.dstack([image] * 3), mask=False)
+    rgb.mask[0, 0, 1] = True
+    both = kmeans(rgb, 2, mask=image >= 8, channel_axis=-1)
+    assert both.labels[0, 0] == 0 and np.all(both.labels[:1] == 0) and both.labels[1, 0] > 0
+    np.testing.assert_array_equal(predict(masked, result), np.where(hidden, 0, result.labels))
+    with pytest.raises(ValueError, match="masked array whose mask covers every pixel"):
+        kmeans(np.ma.masked_all((4, 4)), 2)
+
+
+def test_nan_in_a_float_mask_selects_nothing():
+    image = np.arange(64.0).reshape(8, 8)
+    mask = np.ones((8, 8))
+    mask[:2] = np.nan
+    for m in (mask, da.from_array(mask, chunks=4)):
+        result = kmeans(image, 2, mask=m, random_state=0)
+        assert np.all(result.labels[:2] == 0) and np.all(result.labels[2:] > 0)
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (1024, 1024)])
+def test_more_clusters_than_distinct_values_raises_at_every_size(shape):
+    image = np.random.default_rng(0).integers(0, 3, shape).astype(np.float64)
+    with pytest.raises(ValueError, match=r"n_clusters=5 is larger than the number of distinct"):
+        kmeans(image, 5, random_state=0)
+    with pytest.raises(ValueError, match=r"n_clusters=5 is larger than the number of distinct"):
+        kmeans(da.from_array(image, chunks=256), 5, random_state=0)
+    assert kmeans(image, 3, random_state=0).counts.min() > 0
+
+
+def test_recolor_refuses_labels_outside_the_clusters_for_dask_too():
+    colors = np.eye(3)
+    for bad in ([[-1, 1], [2, 3]], [[0, 1], [2, 4]]):
+        with pytest.raises(ValueError, match=r"labels must lie in 0..3"):
+            recolor(np.array(bad), colors)
+        lazy = recolor(da.from_array(np.array(bad), chunks=1), colors)
+        with pytest.raises(ValueError, match=r"labels must lie in 0..3"):
+            lazy.compute()
+    good = np.array([[0, 1], [2, 3]])
+    np.testing.assert_array_equal(
+        recolor(da.from_array(good, chunks=1), colors).compute(), recolor(good, colors)
+    )

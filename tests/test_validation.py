@@ -36,6 +36,13 @@ IMAGE = data.astronaut()[::8, ::8]  # 64 x 64 x 3
         ({"mask": np.ones((10, 10), bool)}, ValueError, r"mask has shape \(10, 10\).* \(64, 64\)"),
         ({"mask": np.zeros((64, 64), bool)}, ValueError, r"mask selects no pixel"),
         ({"alpha": True, "channel_axis": None}, ValueError, r"alpha=True needs a channel axis"),
+        ({"alpha": "yes"}, TypeError, r"alpha must be True, False or None, got 'yes'"),
+        ({"spacing": "ab"}, ValueError, r"spacing must hold 2 finite numbers .* got 'ab'"),
+        ({"spacing": "12"}, ValueError, r"spacing must hold 2 .* got '12'"),
+        ({"spacing": [1, None]}, ValueError, r"spacing must hold 2 .* got \[1, None\]"),
+        ({"init": None}, TypeError, r"init must be one of .* or an array .* got None"),
+        ({"spatial_weight": 1e200}, ValueError, r"spatial_weight must be <= 1e\+100.* 1e\+200"),
+        ({"mask": np.full((64, 64), np.nan)}, ValueError, r"mask selects no pixel.*NaN"),
     ],
 )
 def test_bad_parameters(kwargs, error, match):
@@ -82,3 +89,61 @@ def test_the_input_is_never_changed():
     image = IMAGE.copy()
     kmeans(image, 4, spatial_weight=1, random_state=0)
     np.testing.assert_array_equal(image, IMAGE)
+
+
+def test_a_bad_callback_is_refused_before_any_work():
+    with pytest.raises(TypeError, match=r"callback must be callable or None, got 5"):
+        kmeans(IMAGE, 4, callback=5)
+
+
+@pytest.mark.parametrize(
+    ("scale", "match"),
+    [
+        (1e154, r"image values reach 6.3e\+155, beyond the 1e\+100"),
+        (1e-160, r"image values span only 6.3e-159 \(below 1e-100\)"),
+    ],
+)
+def test_extreme_magnitudes_are_refused_with_the_values_found(scale, match):
+    image = np.arange(64.0).reshape(8, 8) * scale
+    for spatial_weight in (0.0, 1.0):
+        with pytest.raises(ValueError, match=match):
+            kmeans(image, 2, spatial_weight=spatial_weight)
+
+
+def test_position_features_beyond_float64_are_refused():
+    image = np.arange(64.0).reshape(8, 8) * 1e60
+    with pytest.raises(ValueError, match=r"spatial_weight=1e\+50 makes the position features"):
+        kmeans(image, 2, spatial_weight=1e50)
+
+
+def test_the_largest_and_smallest_accepted_magnitudes_cluster_correctly():
+    base = np.repeat([0.0, 1.0, 10.0], 30).reshape(9, 10)
+    expected = kmeans(base, 3, random_state=0).labels
+    for scale in (1e90, 1e-90):
+        result = kmeans(base * scale, 3, random_state=0)
+        np.testing.assert_array_equal(result.labels, expected)
+        assert np.isfinite(result.inertia)
+
+
+def test_predict_refuses_images_that_do_not_fit_the_model():
+    from napari_kmeanz import predict
+
+    photo = data.astronaut()[::4, ::4]
+    model = kmeans(photo, 4, random_state=0)
+    with pytest.raises(ValueError, match=r"dtype float64.* model's dtype uint8 \(0..255\)"):
+        predict(photo / 255.0, model)
+    with pytest.raises(ValueError, match=r"dtype uint16.* model's dtype uint8"):
+        predict(photo.astype(np.uint16) * 257, model)
+    rgba = np.dstack([photo, np.full(photo.shape[:2], 255, np.uint8)])
+    rgba_model = kmeans(rgba, 3, random_state=0)
+    with pytest.raises(
+        ValueError, match=r"image has 3 channels along axis 2 .* fitted on 4 channels \(colour"
+    ):
+        predict(photo, rgba_model)
+    with pytest.raises(ValueError, match=r"image has 4 channels .* fitted on 3 channels"):
+        predict(rgba, model)
+    # float images of another precision are on the same scale
+    float_model = kmeans(photo / 255.0, 4, random_state=0)
+    np.testing.assert_array_equal(
+        predict((photo / 255.0).astype(np.float32), float_model), float_model.labels
+    )

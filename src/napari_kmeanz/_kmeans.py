@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import uuid
@@ -22,6 +23,7 @@ from ._pixels import (
     PixelSource,
     label_centroids,
     to_numpy,
+    value_origin,
 )
 
 __all__ = ["KMeansResult", "KMeansState", "iter_kmeans", "kmeans", "predict", "recolor"]
@@ -40,6 +42,11 @@ SEED_POINTS_MIN = 8192
 SEED_ROUNDS = 10
 SAMPLE_ROUNDS = 100
 SAMPLE_TOL = 1e-5
+# Values (and position features) are clustered as float64: their squares, summed over every
+# pixel, must stay far from overflow (1.8e308) and their differences' squares far from
+# underflow (2.2e-308). Beyond these bounds a run refuses the image, naming the values found.
+MAX_MAGNITUDE = 1e100
+MIN_VALUE_RANGE = 1e-100
 
 
 # -- validation ---------------------------------------------------------------------------------
@@ -62,9 +69,15 @@ def _check_real(name: str, value, minimum: float) -> float:
 
 
 def _as_array(image, name: str = "image"):
-    """numpy or dask array of a supported dtype; chunked stores (zarr, h5py) become dask arrays."""
-    if isinstance(image, da.Array | np.ndarray):
+    """numpy or dask array of a supported dtype; chunked stores (zarr, h5py) become dask arrays.
+
+    numpy subclasses (``np.matrix``, masked arrays) become plain arrays: the mask of a masked
+    array is taken apart by :func:`_masked_pixels`.
+    """
+    if isinstance(image, da.Array):
         array = image
+    elif isinstance(image, np.ndarray):
+        array = np.asarray(np.ma.getdata(image))  # a plain ndarray, never a subclass
     elif hasattr(image, "chunks") and hasattr(image, "dtype") and hasattr(image, "shape"):
         array = da.from_array(image, chunks=getattr(image, "chunks", "auto") or "auto")
     else:
@@ -85,6 +98,16 @@ def _as_array(image, name: str = "image"):
     if array.size == 0:
         raise ValueError(f"{name} is empty (shape {array.shape}).")
     return array
+
+
+def _masked_pixels(image, layout) -> np.ndarray | None:
+    """The pixels that a numpy masked array masks (any of their channels masked), or None."""
+    if not isinstance(image, np.ma.MaskedArray) or image.mask is np.ma.nomask:
+        return None
+    masked = np.ma.getmaskarray(image)
+    if layout.channel_axis is not None:
+        masked = masked.any(axis=layout.channel_axis)
+    return masked
 
 
 @dataclass(frozen=True)
@@ -120,6 +143,8 @@ def _layout(shape: tuple[int, ...], channel_axis, alpha) -> Layout:
         axis = int(channel_axis) % ndim
     else:
         raise TypeError(f"channel_axis must be 'auto', None or an int, got {channel_axis!r}.")
+    if alpha is not None and not isinstance(alpha, bool | np.bool_):
+        raise TypeError(f"alpha must be True, False or None, got {alpha!r}.")
     alpha = bool(alpha)
     if alpha and (axis is None or shape[axis] < 2):
         raise ValueError(
@@ -163,10 +188,17 @@ def _view_chunks(array: np.ndarray, rows: int) -> da.Array:
     return da.Array(graph, name, chunks, meta=np.empty((0,) * array.ndim, array.dtype))
 
 
-def _check_mask(mask, spatial_shape: tuple[int, ...], chunks):
-    if mask is None:
+def _check_mask(mask, spatial_shape: tuple[int, ...], chunks, masked=None):
+    """The pixels to cluster as a dask bool array with the image's chunks, or None for all.
+
+    A pixel is selected where ``mask`` is non-zero and not NaN, and (for a numpy masked array)
+    where ``masked``, the pixels its mask covers, is False.
+    """
+    if mask is None and masked is None:
         return None
-    if isinstance(mask, da.Array):
+    if mask is None:
+        array = np.ones(spatial_shape, dtype=bool)
+    elif isinstance(mask, da.Array):
         array = mask
     elif hasattr(mask, "chunks") and not isinstance(mask, np.ndarray) and hasattr(mask, "shape"):
         array = da.from_array(mask)
@@ -179,16 +211,31 @@ def _check_mask(mask, spatial_shape: tuple[int, ...], chunks):
         )
     if array.dtype.kind not in "biuf":
         raise TypeError(f"mask must be boolean or numeric, got dtype {array.dtype}.")
-    if isinstance(array, np.ndarray) and not array.any():
-        raise ValueError("mask selects no pixel: every value is 0/False.")
-    return da.asarray(array != 0).rechunk(chunks)
+    selected = array != 0
+    if array.dtype.kind == "f":
+        selected &= array == array  # NaN selects nothing
+    if masked is not None:
+        selected &= ~masked
+    if isinstance(selected, np.ndarray) and not selected.any():
+        if mask is None:
+            raise ValueError("image is a masked array whose mask covers every pixel.")
+        raise ValueError("mask selects no pixel: every value is 0, False or NaN.")
+    return da.asarray(selected).rechunk(chunks)
 
 
 def _check_spacing(spacing, spatial_ndim: int) -> tuple[float, ...]:
     if spacing is None:
         return (1.0,) * spatial_ndim
-    values = np.atleast_1d(np.asarray(spacing, dtype=np.float64))
-    if values.shape != (spatial_ndim,) or not np.all(np.isfinite(values)) or np.any(values < 0):
+    values = None
+    if not isinstance(spacing, str | bytes):
+        with contextlib.suppress(TypeError, ValueError):
+            values = np.atleast_1d(np.asarray(spacing, dtype=np.float64))
+    if (
+        values is None
+        or values.shape != (spatial_ndim,)
+        or not np.all(np.isfinite(values))
+        or np.any(values < 0)
+    ):
         raise ValueError(
             f"spacing must hold {spatial_ndim} finite numbers >= 0 (one per spatial axis), "
             f"got {spacing!r}."
@@ -196,11 +243,45 @@ def _check_spacing(spacing, spatial_ndim: int) -> tuple[float, ...]:
     return tuple(float(v) for v in values)
 
 
+def _check_magnitudes(vmin, vmax, spatial_weight: float) -> None:
+    """Refuse values (and position features) that float64 squared distances cannot hold."""
+    low = np.asarray(vmin, dtype=np.float64)
+    high = np.asarray(vmax, dtype=np.float64)
+    top = float(np.max(np.maximum(np.abs(low), np.abs(high))))
+    if top > MAX_MAGNITUDE:
+        raise ValueError(
+            f"image values reach {top:.3g}, beyond the {MAX_MAGNITUDE:g} that squared "
+            "distances can hold: rescale the image (divide it by its maximum, say)."
+        )
+    spread = float(np.max(high - low))
+    if 0 < spread < MIN_VALUE_RANGE:
+        raise ValueError(
+            f"image values span only {spread:.3g} (below {MIN_VALUE_RANGE:g}): their squared "
+            "differences underflow; rescale the image (divide it by its range, say)."
+        )
+    value_range = float(np.max(high)) - float(np.min(low))
+    if spatial_weight * value_range > MAX_MAGNITUDE:
+        raise ValueError(
+            f"spatial_weight={spatial_weight!r} makes the position features span "
+            f"{spatial_weight * value_range:.3g}, beyond {MAX_MAGNITUDE:g}: use a smaller weight."
+        )
+
+
 def full_scale(dtype) -> float:
     """The value that stands for full intensity: the maximum of an integer dtype, 1.0 for
     floats (255 for uint8, 65535 for uint16)."""
     dtype = np.dtype(dtype)
     return float(np.iinfo(dtype).max) if dtype.kind in "iu" else 1.0
+
+
+def _n_channels(n: int) -> str:
+    return f"{n} channel" if n == 1 else f"{n} channels"
+
+
+def _value_scale(dtype):
+    """What a value means: floats on one scale, each integer range on its own."""
+    dtype = np.dtype(dtype)
+    return "float" if dtype.kind == "f" else (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max))
 
 
 def _label_dtype(n_clusters: int) -> np.dtype:
@@ -218,7 +299,9 @@ class KMeansResult:
     ----------
     labels : ndarray or dask.array.Array of shape (*spatial,)
         Cluster of each pixel, 1..k; 0 for pixels that were not clustered (masked out, fully
-        transparent, or NaN). A dask array when the input was one (computed lazily).
+        transparent, or NaN). A dask array when the input was one (computed lazily): lazy
+        labels read the input again when computed, so changing a store (zarr) after the run
+        changes them too; compute or write them (``labels.to_zarr``) before changing it.
     colors : ndarray of shape (k, C)
         Mean value of each cluster's pixels, per channel, in the image's own units (alpha left
         out); with ``color_space='lab'``, the cluster's mean Lab colour in the image's RGB
@@ -383,7 +466,9 @@ def kmeans(
         the planes of a stack) are then clustered together with shared centres, by their
         in-plane position and values.
     mask : array_like, optional
-        Spatial shape of the image; only pixels where it is non-zero are clustered.
+        Spatial shape of the image; only pixels where it is non-zero (and not NaN) are
+        clustered. The mask of a numpy masked array (a pixel with any channel masked) is
+        applied as well.
     color_space : {'rgb', 'lab'}, default='rgb'
         'rgb' clusters the values as they are. 'lab' (RGB images only) clusters them as CIE
         L*a*b* (D65), a perceptual space where equal distances look about equally different;
@@ -421,7 +506,11 @@ def kmeans(
         For a bool, complex or non-numeric image, or a parameter of the wrong type.
     ValueError
         For a bad parameter value (named in the message), an empty image, a mask of another
-        shape, no pixel left to cluster, or more clusters than pixels or distinct points.
+        shape, no pixel left to cluster, values too large or too close together for float64
+        squared distances (beyond 1e100, or spanning less than 1e-100), or more clusters than
+        pixels or distinct points. Distinct points are counted before the rounds when the
+        image has few of them (integer colours, or every clustered pixel in the sample);
+        otherwise a round that finds every pixel on a centre and clusters left empty raises.
 
     Notes
     -----
@@ -445,6 +534,8 @@ def kmeans(
     >>> result.recolor().dtype
     dtype('uint8')
     """
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable or None, got {callback!r}.")
     state = None
     for state in iter_kmeans(
         image,
@@ -511,6 +602,11 @@ class _Run:
         self.lazy = isinstance(array, da.Array)
         self.n_clusters = _check_int("n_clusters", n_clusters, 1)
         self.spatial_weight = _check_real("spatial_weight", spatial_weight, 0.0)
+        if self.spatial_weight > MAX_MAGNITUDE:
+            raise ValueError(
+                f"spatial_weight must be <= {MAX_MAGNITUDE:g} (position features that large "
+                f"overflow the squared distances), got {spatial_weight!r}."
+            )
         self.max_iter = _check_int("max_iter", max_iter, 1)
         self.tol = _check_real("tol", tol, 0.0)
         self.sample_size = _check_int("sample_size", sample_size, 1)
@@ -518,7 +614,8 @@ class _Run:
         data = _channels_last(array, self.layout)
         spatial_shape = data.shape[:-1]
         self.spacing = _check_spacing(spacing, len(spatial_shape))
-        mask = _check_mask(mask, spatial_shape, data.chunks[:-1])
+        masked = _masked_pixels(image, self.layout)
+        mask = _check_mask(mask, spatial_shape, data.chunks[:-1], masked)
         self.n_channels = data.shape[-1] - self.layout.alpha
         if color_space not in COLOR_SPACES:
             raise ValueError(f"color_space must be one of {COLOR_SPACES}, got {color_space!r}.")
@@ -539,7 +636,14 @@ class _Run:
                 raise ValueError(f"init must be one of {INITS} or an array, got {init!r}.")
         else:
             n_features = self.n_channels + (len(spatial_shape) if self.spatial_weight > 0 else 0)
-            init = np.asarray(init, dtype=np.float64)
+            try:
+                if init is None:
+                    raise TypeError
+                init = np.asarray(init, dtype=np.float64)
+            except (TypeError, ValueError) as err:
+                raise TypeError(
+                    f"init must be one of {INITS} or an array of initial centres, got {init!r}."
+                ) from err
             if init.shape != (self.n_clusters, n_features) or not np.isfinite(init).all():
                 raise ValueError(
                     f"init as an array must be finite with shape (n_clusters, n_features) = "
@@ -554,6 +658,7 @@ class _Run:
     # stages
 
     def _space(self, vmin, vmax) -> FeatureSpace:
+        _check_magnitudes(vmin, vmax, self.spatial_weight)
         scale = 0.0
         if self.spatial_weight > 0:
             value_range = float(np.max(vmax)) - float(np.min(vmin)) or 1.0
@@ -562,7 +667,10 @@ class _Run:
             sizes = zip(self.pixels.spatial_shape, self.spacing, strict=True)
             extent = max(n * s for n, s in sizes)
             scale = self.spatial_weight * value_range / extent if extent > 0 else 0.0
-        return FeatureSpace(self.spacing, scale, self.n_channels, self.color_space, self.value_top)
+        origin = value_origin(vmin, vmax) if self.color_space == "rgb" else 0.0
+        return FeatureSpace(
+            self.spacing, scale, self.n_channels, self.color_space, self.value_top, origin
+        )
 
     def _unique_colors(self, vmin, vmax):
         """Distinct colours and their counts, when the colour-only fast path applies.
@@ -683,9 +791,9 @@ class _Run:
             # Colour only: when the dtype's whole range fits the colour histogram, it is built
             # at once (no scan for the value range first).
             info = np.iinfo(self.dtype)
-            low = np.full(self.n_channels, info.min, dtype=np.int64)
-            high = np.full(self.n_channels, info.max, dtype=np.int64)
-            colors_found = self._unique_colors(low, high)
+            colors_found = self._unique_colors(
+                [info.min] * self.n_channels, [info.max] * self.n_channels
+            )
         sampled = None
         if colors_found is None and (self.spatial_weight > 0 or self.dtype.kind == "f"):
             # no colour histogram possible: read each chunk once for the scan and the sample
@@ -698,7 +806,8 @@ class _Run:
             colors_found = self._unique_colors(vmin, vmax)
         else:
             self._check_count(int(colors_found[1].sum()))
-            vmin = vmax = colors_found[0][0, :-1]
+            values = colors_found[0][:, :-1]  # the distinct colours
+            vmin, vmax = values.min(axis=0), values.max(axis=0)
         space = self.pixels.space = self._space(vmin, vmax)
         factor = space.factor
         if colors_found is not None:
@@ -725,7 +834,7 @@ class _Run:
             refine_rounds = int(min(SAMPLE_ROUNDS, max(1, 2 * per_pass)))
         centers = self._seed(rows, weights, exhaustive, factor, refine_rounds)
 
-        lloyd = _lloyd.Lloyd(source, centers, factor, self.max_iter, self.tol)
+        lloyd = _lloyd.Lloyd(source, centers, factor, self.max_iter, self.tol, check_distinct=True)
         for _ in lloyd.rounds():
             ordered = lloyd.centers[_order(lloyd.centers, self.n_channels)]
             yield KMeansState(
@@ -804,8 +913,10 @@ def predict(image, model: KMeansResult, *, mask=None, spacing=None):
     Parameters
     ----------
     image : array_like or dask.array.Array
-        An image with the same channels (and alpha) as the one ``model`` was fitted on; its
-        spatial shape may differ (another frame, another tile, the full resolution).
+        An image with the same channels (and alpha) as the one ``model`` was fitted on, and
+        values on the same scale (floats for a float model, the same integer range for an
+        integer one); its spatial shape may differ (another frame, another tile, the full
+        resolution). The mask of a numpy masked array leaves its pixels out.
     model : KMeansResult
         From :func:`kmeans`. Its feature space (spacing, spatial scale) is used as it is.
     mask : array_like, optional
@@ -819,6 +930,13 @@ def predict(image, model: KMeansResult, *, mask=None, spacing=None):
     -------
     ndarray or dask.array.Array
         Labels 1..k as in ``model.labels`` (0 where not labelled); lazy for a dask input.
+        Lazy labels read ``image`` when they are computed: if it is a store (zarr) that is
+        changed afterwards, so are they; compute or write them before changing it.
+
+    Raises
+    ------
+    ValueError
+        When the image does not fit the model: other dimensions, channels or value scale.
 
     Examples
     --------
@@ -832,21 +950,31 @@ def predict(image, model: KMeansResult, *, mask=None, spacing=None):
     if not isinstance(model, KMeansResult):
         raise TypeError(f"model must be a KMeansResult, got {type(model).__name__}.")
     array = _as_array(image)
-    if array.ndim != model.layout.ndim:
+    fitted = model.layout
+    n_fitted = model.feature_space.n_channels + fitted.alpha
+    fitted_channels = _n_channels(n_fitted) + (" (colour plus alpha)" if fitted.alpha else "")
+    if array.ndim != fitted.ndim:
         raise ValueError(
             f"image has {array.ndim} dimensions (shape {array.shape}), the model was fitted on "
-            f"an image with {model.layout.ndim} dimensions and "
-            f"{model.feature_space.n_channels} channels."
+            f"an image with {fitted.ndim} dimensions and {fitted_channels}."
         )
-    layout = _layout(tuple(array.shape), model.layout.channel_axis, model.layout.alpha)
-    data = _channels_last(array, layout)
-    n_channels = data.shape[-1] - layout.alpha
-    if n_channels != model.feature_space.n_channels:
+    n_channels = 1 if fitted.channel_axis is None else array.shape[fitted.channel_axis]
+    if n_channels != n_fitted:
         raise ValueError(
-            f"image has {n_channels} channels, the model was fitted on "
-            f"{model.feature_space.n_channels}."
+            f"image has {_n_channels(n_channels)} along axis {fitted.channel_axis} (shape "
+            f"{array.shape}), the model was fitted on {fitted_channels}."
         )
-    source = PixelSource(data, _check_mask(mask, data.shape[:-1], data.chunks[:-1]), layout.alpha)
+    if _value_scale(array.dtype) != _value_scale(model.dtype):
+        raise ValueError(
+            f"image has dtype {array.dtype}, whose values are on another scale than the "
+            f"model's dtype {np.dtype(model.dtype)} (0..{full_scale(model.dtype):g}): convert "
+            f"the image to {np.dtype(model.dtype)} first (skimage.util offers img_as_*)."
+        )
+    layout = _layout(tuple(array.shape), fitted.channel_axis, fitted.alpha)
+    data = _channels_last(array, layout)
+    masked = _masked_pixels(image, layout)
+    mask = _check_mask(mask, data.shape[:-1], data.chunks[:-1], masked)
+    source = PixelSource(data, mask, layout.alpha)
     source.space = model.feature_space
     if spacing is not None:
         spacing = _check_spacing(spacing, layout.spatial_ndim)
@@ -861,7 +989,9 @@ def recolor(labels, colors, *, dtype=None, alpha=False):
     Parameters
     ----------
     labels : array_like or dask.array.Array of int
-        Cluster ids 1..k; 0 is painted 0 (black, or transparent with alpha).
+        Cluster ids 1..k; 0 is painted 0 (black, or transparent with alpha). Any other value
+        raises ValueError: at once for an in-memory array, as each chunk is computed for a
+        dask array.
     colors : array_like of shape (k, C) or (k,)
         Colour of each cluster.
     dtype : dtype, optional
@@ -901,8 +1031,10 @@ def recolor(labels, colors, *, dtype=None, alpha=False):
     if isinstance(labels, da.Array):
         if labels.dtype.kind not in "iu":
             raise TypeError(f"labels must be integers, got dtype {labels.dtype}.")
+        # lazy labels are checked chunk by chunk, as each is computed
         return labels.map_blocks(
-            lambda block: table[block],
+            _paint,
+            table,
             dtype=dtype,
             new_axis=list(range(labels.ndim, labels.ndim + colors.ndim - 1)),
             chunks=(*labels.chunks, *((c,) for c in colors.shape[1:])),
@@ -911,9 +1043,14 @@ def recolor(labels, colors, *, dtype=None, alpha=False):
     labels = np.asarray(labels)
     if labels.dtype.kind not in "iu":
         raise TypeError(f"labels must be integers, got dtype {labels.dtype}.")
-    if labels.size and (labels.min() < 0 or labels.max() > len(colors)):
+    return _paint(labels, table)
+
+
+def _paint(labels: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """``table[labels]``, for labels in 0..len(table) - 1 only (never indices from the end)."""
+    if labels.size and (labels.min() < 0 or labels.max() >= len(table)):
         raise ValueError(
-            f"labels must lie in 0..{len(colors)} (one colour per cluster), got values in "
+            f"labels must lie in 0..{len(table) - 1} (one colour per cluster), got values in "
             f"{labels.min()}..{labels.max()}."
         )
     return table[labels]

@@ -613,7 +613,8 @@ class Lloyd:
 
     Empty clusters are relocated on purpose: each takes the position of one of the points
     farthest from their nearest centre. When no point is left at a positive distance, the
-    points have fewer distinct values than clusters and the cluster stays empty.
+    points have fewer distinct values than clusters: with ``check_distinct`` that raises
+    :class:`TooFewDistinctPoints`, otherwise the cluster stays empty.
     """
 
     source: object
@@ -625,6 +626,7 @@ class Lloyd:
     n_iter: int = 0
     converged: bool = False
     strict: bool = False
+    check_distinct: bool = False
     _sq_total: float | None = None
 
     def inertia(self, centers, counts, sums) -> float:
@@ -662,5 +664,8 @@ class Lloyd:
         if len(empty):
             dist, raw = self.source.farthest(self.centers, self.factor, len(empty))
             usable = dist > 0
+            if self.check_distinct and not usable.any():
+                # every point lies on a centre: each non-empty cluster is one distinct point
+                raise TooFewDistinctPoints(int(full.sum()), len(self.centers))
             new[empty[: usable.sum()]] = self.factor * raw[usable]
         return new

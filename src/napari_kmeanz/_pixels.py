@@ -34,6 +34,11 @@ MAX_HISTOGRAM = 1 << 24
 DENSE_HISTOGRAM = 1 << 20
 # Pixels per tile when colour codes are computed.
 CODE_TILE = 1 << 16
+# Values up to this magnitude, or this many times their spread, are clustered as they are
+# (FeatureSpace.origin 0): the rounding of a distance is then below 1e-9 of the squared spread
+# for 16-bit values, and 1e-10 for spread-relative ones.
+ORIGIN_FREE_MAGNITUDE = float(1 << 16)
+ORIGIN_FREE_RATIO = 1024.0
 # Pixels per chunk when a numpy image is split for the passes.
 NUMPY_CHUNK_PIXELS = 1 << 22
 
@@ -96,6 +101,10 @@ class FeatureSpace:
         'rgb': the values as they are; 'lab': RGB values as CIE L*a*b*.
     value_top : float
         Full scale of the values (the dtype's maximum, or 1.0 for floats), for 'lab'.
+    origin : float
+        Subtracted from every 'rgb' value: 0, unless the values sit far from zero compared
+        with their spread (see :func:`value_origin`), where distances computed from raw values
+        would lose their precision. Centres are in these shifted units; colours are not.
     """
 
     spacing: tuple[float, ...]
@@ -103,14 +112,28 @@ class FeatureSpace:
     n_channels: int
     color_space: str = "rgb"
     value_top: float = 1.0  # full scale of the values (255 for 8-bit), for colour conversion
+    origin: float = 0.0
+
+    @property
+    def raw_values(self) -> bool:
+        """Whether the value features are the raw channel values as they are."""
+        return self.color_space == "rgb" and not self.origin
 
     def values(self, raw: np.ndarray) -> np.ndarray:
-        """Value features of raw channel values (n, C): as they are, or CIE Lab."""
-        return rgb_to_lab(raw, self.value_top) if self.color_space == "lab" else raw
+        """Value features of raw channel values (n, C): as they are, shifted, or CIE Lab."""
+        if self.color_space == "lab":
+            return rgb_to_lab(raw, self.value_top)
+        if not self.origin:
+            return raw
+        if raw.dtype.kind in "iu":  # in the integers' own dtype, exactly
+            return (raw - raw.dtype.type(int(self.origin))).astype(np.float64)
+        return raw - self.origin
 
     def image_values(self, values: np.ndarray) -> np.ndarray:
         """Value features (k, C) back in the image's own units."""
-        return lab_to_rgb(values, self.value_top) if self.color_space == "lab" else values
+        if self.color_space == "lab":
+            return lab_to_rgb(values, self.value_top)
+        return values + self.origin if self.origin else values
 
     @property
     def n_spatial(self) -> int:
@@ -125,6 +148,24 @@ class FeatureSpace:
         """Raw-to-feature scale of each feature: ``spacing * spatial_scale`` then ones."""
         spatial = np.asarray(self.spacing[: self.n_spatial], dtype=np.float64)
         return np.concatenate([spatial * self.spatial_scale, np.ones(self.n_channels)])
+
+
+def value_origin(vmin, vmax) -> float:
+    """The origin of the value features for values between ``vmin`` and ``vmax``.
+
+    Distances are computed as ``|x|**2 - 2 x.c + |c|**2``, whose rounding grows with the
+    values' magnitude: for values far from zero compared with their spread (int32 values near
+    2**31 that differ by 100, say) it swamps the differences between centres. Such values are
+    shifted by their minimum (an integer, so integer sums stay exact); any other image
+    (8- and 16-bit, floats on 0..1) keeps origin 0.
+    """
+    low = np.asarray(vmin, dtype=np.float64)
+    high = np.asarray(vmax, dtype=np.float64)
+    top = float(np.max(np.maximum(np.abs(low), np.abs(high))))
+    spread = float(np.max(high - low))
+    if top <= max(ORIGIN_FREE_MAGNITUDE, ORIGIN_FREE_RATIO * spread):
+        return 0.0
+    return float(math.floor(float(np.min(low))))
 
 
 def _chunk_grid(chunks: tuple[tuple[int, ...], ...]):
@@ -251,11 +292,14 @@ class ColorCodes:
     def for_range(cls, vmin: np.ndarray, vmax: np.ndarray) -> ColorCodes | None:
         """Codes of the colours between ``vmin`` and ``vmax`` (per channel), or None when they
         are more than ``MAX_HISTOGRAM``."""
-        vmin = np.asarray(vmin, dtype=np.int64)
-        span = np.asarray(vmax, dtype=np.int64) - vmin + 1
-        size = math.prod(int(n) for n in span)
-        if size > MAX_HISTOGRAM:
+        # in Python integers: the range of a 64-bit image overflows int64
+        lows = [int(v) for v in np.asarray(vmin).ravel()]
+        spans = [int(h) - low + 1 for h, low in zip(np.asarray(vmax).ravel(), lows, strict=True)]
+        if math.prod(spans) > MAX_HISTOGRAM or not all(-(2**62) < v < 2**62 for v in lows):
             return None
+        vmin = np.array(lows, dtype=np.int64)
+        span = np.array(spans, dtype=np.int64)
+        size = math.prod(spans)
         strides = np.cumprod(np.concatenate([[1], span[:-1]])).astype(np.int64)
         return cls(vmin, span, strides, size, _spread_tables(span))
 
@@ -271,7 +315,10 @@ class ColorCodes:
             return out
         out[...] = 0
         for channel, (low, stride) in enumerate(zip(self.vmin, self.strides, strict=True)):
-            np.subtract(values[:, channel], low, out=scratch, casting="unsafe")
+            # in the values' own dtype: exact (modulo 2**bits) for 64-bit integers too, and
+            # ``v - vmin`` is less than MAX_HISTOGRAM
+            lowest = values.dtype.type(low)
+            np.subtract(values[:, channel], lowest, out=scratch, casting="unsafe")
             if stride > 1:
                 scratch *= stride
             out += scratch

@@ -234,7 +234,7 @@ class _Rows:
             clustered = clustered.reshape(t, p)
             valid = clustered if valid is None else valid & clustered
         target = rows[:, self.nsp : -1]
-        if self.space.color_space == "rgb":
+        if self.space.raw_values:
             target[...] = values.reshape(t, p, -1).transpose(0, 2, 1)
         else:
             target[...] = self.space.values(values).reshape(t, p, -1).transpose(0, 2, 1)

@@ -175,3 +175,97 @@ def test_help_documents_the_defaults():
     text = " ".join(done.stdout.split())
     for part in ("default: 50", "default: 5)", "default: kmeanz-output", "same footing"):
         assert part in text
+
+
+# -- every input, and runs that fail or are stopped -----------------------------------------
+
+
+@pytest.mark.parametrize("every_round", [False, True])
+def test_16_bit_rgb_tiff_is_written_at_16_bits(tmp_path, every_round):
+    photo = data.astronaut()[::2, ::2].astype(np.uint16) * 257
+    tifffile.imwrite(tmp_path / "rgb16.tif", photo)
+    out = tmp_path / "out"
+    flags = ["-g"] if every_round else []
+    done = run(tmp_path / "rgb16.tif", "-k", 4, "-r", 2, "-o", out, "--quiet", *flags)
+    assert done.returncode == 0, done.stderr
+    recoloured = tifffile.imread(out / "rgb16_recoloured.tif")
+    expected = kmeans(photo, 4, max_iter=2, random_state=0)
+    assert recoloured.dtype == np.uint16
+    np.testing.assert_array_equal(recoloured, expected.recolor())
+    np.testing.assert_array_equal(io.imread(out / "rgb16_labels.png"), expected.labels)
+    rounds = sorted(out.glob("rgb16_round_*.tif"))
+    assert len(rounds) == (expected.n_iter if every_round else 0)
+    if every_round:
+        assert tifffile.imread(rounds[0]).dtype == np.uint16
+
+
+def test_int64_tiff_clusters(tmp_path):
+    tifffile.imwrite(tmp_path / "wide.tif", data.camera()[::4, ::4].astype(np.int64))
+    done = run(tmp_path / "wide.tif", "-k", 3, "-o", tmp_path / "out", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert tifffile.imread(tmp_path / "out" / "wide_recoloured.tif").dtype == np.int64
+
+
+def test_a_failed_run_writes_nothing_not_even_its_folder(tmp_path):
+    Image.fromarray(np.repeat([[0, 255]], 8, axis=0).astype(np.uint8)).save(tmp_path / "two.png")
+    out = tmp_path / "new" / "out"
+    done = run(tmp_path / "two.png", "-k", 3, "-o", out, "--quiet")
+    assert done.returncode == 2 and "n_clusters=3 is larger" in done.stderr
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize(
+    ("outdir", "match"),
+    [("a_file/sub", "'a_file' is a file"), ("a_file", "is a file")],
+)
+def test_an_unwritable_output_folder_is_refused_before_any_work(tmp_path, outdir, match):
+    (tmp_path / "a_file").write_text("not a folder")
+    # the image does not exist: the folder is checked first, before the image is read
+    done = run("no_such_image.png", "-o", outdir, cwd=tmp_path)
+    assert done.returncode == 2 and match in done.stderr
+    assert "output folder" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_seed_is_checked_by_the_command_line():
+    done = run("camera", "--seed", "-1")
+    assert done.returncode == 2
+    assert "--seed: expected a whole number >= 0, got '-1'" in done.stderr
+    assert "random_state" not in done.stderr
+
+
+def test_writers_to_one_output_use_temporary_files_of_their_own(tmp_path):
+    from napari_kmeanz._io import atomic
+
+    target = tmp_path / "out.png"
+    with atomic(target) as first, atomic(target) as second:
+        assert first != second and first.parent == second.parent == tmp_path
+        assert first.name.startswith(".out.") and first.suffix == ".png"
+        first.write_bytes(b"first")
+        second.write_bytes(b"second")
+    assert target.read_bytes() == b"first"  # the outer writer finished last
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "word"), [(2, 130, "interrupted"), (15, 143, "terminated")]
+)
+def test_a_signal_stops_the_run_with_one_line_and_leaves_no_file(tmp_path, signum, code, word):
+    import time
+
+    out = tmp_path / "out"
+    process = subprocess.Popen(
+        [COMMAND, "retina", "-k", "40", "-s", "1", "-r", "500", "--tol", "0", "-g", "-o", out],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 240
+    while not list(out.glob("retina_round_*")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert list(out.glob("retina_round_*")), "no round was written"
+    process.send_signal(signum)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == code
+    lines = [line for line in stderr.replace("\r", "\n").splitlines() if "napari-kmeanz" in line]
+    assert lines == [f"napari-kmeanz: {word}"], stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert not out.exists()  # every file of the run removed, the folder it made too

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import textwrap
 import time
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic, elbow_plot, save_palette_png
+from ._io import OutputFolder, atomic, elbow_plot, save_palette_png
 
 SAMPLES = (
     "astronaut", "brick", "camera", "cat", "cell", "chelsea", "coffee", "coins", "grass",
@@ -59,6 +60,16 @@ def _non_negative(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
     if not np.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
     return value
 
 
@@ -104,7 +115,7 @@ def parser() -> argparse.ArgumentParser:
                    choices=("rgb", "lab"), default="rgb",
                    help="cluster RGB colours as they are, or as CIE Lab, a perceptual space "
                    "(default: rgb)")  # fmt: skip
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="random seed, >= 0 (default: 0)")
     p.add_argument("--init", choices=("k-means++", "random"), default="k-means++",
                    help="initialisation (default: k-means++)")  # fmt: skip
     p.add_argument("--tol", type=_non_negative, default=1e-4,
@@ -150,7 +161,9 @@ def read_image(name: str) -> tuple[np.ndarray, str]:
     )
 
 
-def _save_image(path: Path, array: np.ndarray) -> None:
+def _save_image(outputs: OutputFolder, stem: str, array: np.ndarray) -> Path:
+    """Write ``array`` as ``stem`` plus the suffix of a format that holds it as it is."""
+    path = outputs.path(f"{stem}{_suffix(array)}")
     with atomic(path) as temporary:
         if path.suffix in TIFF:
             import tifffile
@@ -160,11 +173,16 @@ def _save_image(path: Path, array: np.ndarray) -> None:
             from skimage import io
 
             io.imsave(temporary, array, check_contrast=False)
+    outputs.wrote(path)
+    return path
 
 
-def _write_json(path: Path, report: dict) -> None:
+def _write_json(outputs: OutputFolder, name: str, report: dict) -> Path:
+    path = outputs.path(name)
     with atomic(path) as temporary:
         temporary.write_text(json.dumps(report, indent=2))
+    outputs.wrote(path)
+    return path
 
 
 class Progress:
@@ -211,21 +229,19 @@ def _cluster(image, k, args, mask, progress: Progress, on_round: Callable | None
 
 
 def _suffix(array: np.ndarray) -> str:
-    return (
-        ".png"
-        if array.ndim in (2, 3)
-        and array.dtype in (np.uint8, np.uint16)
-        and (array.ndim == 2 or array.shape[-1] in (3, 4))
-        else ".tif"
-    )
+    """PNG where Pillow writes the array at its own bit depth (8-bit grey, RGB and RGBA;
+    16-bit grey), TIFF for everything else (16-bit colour, other dtypes, stacks)."""
+    grey = array.ndim == 2
+    colour = array.ndim == 3 and array.shape[-1] in (3, 4)
+    if (array.dtype == np.uint8 and (grey or colour)) or (array.dtype == np.uint16 and grey):
+        return ".png"
+    return ".tif"
 
 
-def run_single(args, image, stem, mask) -> dict:
+def run_single(args, image, stem, mask, outputs: OutputFolder) -> dict:
     from ._kmeans import recolor
     from ._report import compression, distinct_colors
 
-    out = args.outdir
-    written: list[Path] = []
     progress = Progress(args.rounds, f"k-means k={args.clusters}", args.quiet)
 
     colour = image.ndim >= 3 and image.shape[-1] in (3, 4)
@@ -235,9 +251,7 @@ def run_single(args, image, stem, mask) -> dict:
         painted = recolor(state.labels(), state.colors, dtype=image.dtype, alpha=rgba)
         if not colour:
             painted = painted[..., 0]
-        path = out / f"{stem}_round_{state.round:03d}{_suffix(painted)}"
-        _save_image(path, painted)
-        written.append(path)
+        _save_image(outputs, f"{stem}_round_{state.round:03d}", painted)
 
     start = time.perf_counter()
     result = _cluster(
@@ -249,15 +263,11 @@ def run_single(args, image, stem, mask) -> dict:
     labels = np.asarray(result.labels)
     labels_out = labels.astype(np.uint8 if result.n_clusters < 256 else np.uint16)
     painted = np.asarray(result.recolor())
-    for path, array in (
-        (out / f"{stem}_labels{_suffix(labels_out)}", labels_out),
-        (out / f"{stem}_recoloured{_suffix(painted)}", painted),
-    ):
-        _save_image(path, array)
-        written.append(path)
-    palette_path = out / f"{stem}_palette.png"
+    _save_image(outputs, f"{stem}_labels", labels_out)
+    _save_image(outputs, f"{stem}_recoloured", painted)
+    palette_path = outputs.path(f"{stem}_palette.png")
     if save_palette_png(palette_path, labels, result.colors, image.dtype):
-        written.append(palette_path)
+        outputs.wrote(palette_path)
     channel_axis = result.layout.channel_axis
     report = {
         "image": args.image,
@@ -275,13 +285,12 @@ def run_single(args, image, stem, mask) -> dict:
         "unique_colors_after": distinct_colors(painted, channel_axis),
         "compression": compression(result),
     }
-    return _finish_report(out / f"{stem}_report.json", report, written)
+    return _finish_report(outputs, f"{stem}_report.json", report)
 
 
-def run_sweep(args, image, stem, mask) -> dict:
+def run_sweep(args, image, stem, mask, outputs: OutputFolder) -> dict:
     from ._report import suggest_k
 
-    out = args.outdir
     ks = args.sweep
     results, frames = [], []
     start = time.perf_counter()
@@ -294,10 +303,8 @@ def run_sweep(args, image, stem, mask) -> dict:
     seconds = time.perf_counter() - start
     inertias = [r.inertia for r in results]
     suggested = suggest_k(ks, inertias)
-    written = [out / f"{stem}_elbow.png", out / f"{stem}_sweep.gif"]
-    _save_image(written[0], elbow_plot(ks, inertias, suggested))
-    if frames:
-        _save_gif(written[1], frames, ks)
+    _save_image(outputs, f"{stem}_elbow", elbow_plot(ks, inertias, suggested))
+    _save_gif(outputs, f"{stem}_sweep.gif", frames, ks)
     report = {
         "image": args.image,
         "shape": list(image.shape),
@@ -311,7 +318,7 @@ def run_sweep(args, image, stem, mask) -> dict:
         "of the inertia curve, both axes scaled to 0..1 (kneedle)",
         "wall_time_s": round(seconds, 4),
     }
-    return _finish_report(out / f"{stem}_sweep_report.json", report, written)
+    return _finish_report(outputs, f"{stem}_sweep_report.json", report)
 
 
 def _preview_frame(painted: np.ndarray, dtype) -> np.ndarray:
@@ -327,9 +334,10 @@ def _preview_frame(painted: np.ndarray, dtype) -> np.ndarray:
     return frame[..., :3]
 
 
-def _save_gif(path: Path, frames: list[np.ndarray], ks) -> None:
+def _save_gif(outputs: OutputFolder, name: str, frames: list[np.ndarray], ks) -> None:
     from PIL import Image, ImageDraw
 
+    path = outputs.path(name)
     pictures = []
     for frame, k in zip(frames, ks, strict=True):
         picture = Image.fromarray(frame)
@@ -340,6 +348,7 @@ def _save_gif(path: Path, frames: list[np.ndarray], ks) -> None:
             temporary, format="GIF", save_all=True, append_images=pictures[1:], duration=600,
             loop=0,
         )  # fmt: skip
+    outputs.wrote(path)
 
 
 def _parameters(args) -> dict:
@@ -357,17 +366,33 @@ def _parameters(args) -> dict:
     }
 
 
-def _finish_report(path: Path, report: dict, written: list[Path]) -> dict:
-    report["files"] = {p.name: p.stat().st_size for p in written if p.exists()}
-    _write_json(path, report)
+def _finish_report(outputs: OutputFolder, name: str, report: dict) -> dict:
+    report["files"] = {p.name: p.stat().st_size for p in outputs.written}
+    path = _write_json(outputs, name, report)
     report["files"][path.name] = path.stat().st_size
     return report
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that a run unwinds like on Ctrl-C."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated
+
+
 def main(argv=None) -> int:
-    """Entry point of the ``napari-kmeanz`` command; returns the exit code."""
+    """Entry point of the ``napari-kmeanz`` command; returns the exit code.
+
+    Bad input: one line on stderr and 2. Ctrl-C (SIGINT): "interrupted" and 130; SIGTERM:
+    "terminated" and 143. A run that does not finish leaves no file behind.
+    """
+    outputs = None
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         args = parser().parse_args(argv)
+        outputs = OutputFolder(args.outdir)
+        outputs.check()  # before any work
         image, stem = read_image(args.image)
         mask = None
         if args.mask is not None:
@@ -375,20 +400,30 @@ def main(argv=None) -> int:
             if mask_pixels.ndim == 3 and mask_pixels.shape[-1] in (3, 4) and image.ndim <= 3:
                 mask_pixels = mask_pixels[..., :3].any(axis=-1)  # an RGB(A) mask picture
             mask = mask_pixels != 0
-        args.outdir.mkdir(parents=True, exist_ok=True)
-        if args.sweep is None:
-            report = run_single(args, image, stem, mask)
-        else:
-            report = run_sweep(args, image, stem, mask)
+        run = run_single if args.sweep is None else run_sweep
+        report = run(args, image, stem, mask, outputs)
     except (UsageError, ValueError, TypeError, OSError) as err:
         # bad arguments, the engine's checks of the parameters and data, unwritable outputs
-        message = " ".join(str(err).split())  # always one line
-        print(f"napari-kmeanz: error: {message}", file=sys.stderr)
-        return 2
+        return _fail(outputs, "error: " + " ".join(str(err).split()), 2)  # always one line
+    except KeyboardInterrupt:
+        return _fail(outputs, "interrupted", 130)
+    except _Terminated:
+        return _fail(outputs, "terminated", 143)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     if not args.quiet:
         names = ", ".join(report["files"])
         print(f"wrote {names} to {args.outdir}/", file=sys.stderr)
     return 0
+
+
+def _fail(outputs: OutputFolder | None, message: str, code: int) -> int:
+    """Undo the run's files and say why in one line (after a progress bar's line, if any)."""
+    if outputs is not None:
+        outputs.rollback()
+    after_progress = "\n" if code != 2 else ""
+    print(f"{after_progress}napari-kmeanz: {message}", file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +12,77 @@ import numpy as np
 
 @contextlib.contextmanager
 def atomic(path: Path):
-    """Yield a temporary name beside ``path``; rename it to ``path`` only when done."""
-    temporary = path.with_name(f".{path.stem}.partial{path.suffix}")
+    """Yield a temporary name beside ``path``, unique to this writer; rename it to ``path``
+    only when done (two writers to one output never share a temporary file)."""
+    path = Path(path)
+    handle, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}",
+                                    dir=path.parent)  # fmt: skip
+    os.close(handle)
+    temporary = Path(name)
     try:
         yield temporary
         os.replace(temporary, path)
     finally:
         with contextlib.suppress(FileNotFoundError):
             temporary.unlink()
+
+
+class OutputFolder:
+    """The files one run writes into a folder: all of them, or none.
+
+    :meth:`check` finds out before any work whether the folder can be made and written;
+    :meth:`path` makes it (and its missing parents) when the first file is written;
+    :meth:`rollback` removes every file written so far and the folders it made, so a run
+    that fails, or is stopped, leaves nothing behind.
+    """
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self.written: list[Path] = []
+        self._made: list[Path] = []
+
+    def check(self) -> None:
+        """Raise OSError, naming the folder, when it cannot be made or written."""
+        if self.folder.exists() and not self.folder.is_dir():
+            raise NotADirectoryError(f"output folder {str(self.folder)!r} is a file")
+        existing = self.folder
+        while not existing.exists():
+            existing = existing.parent
+        if not existing.is_dir():
+            raise NotADirectoryError(
+                f"output folder {str(self.folder)!r} cannot be made: {str(existing)!r} is a file"
+            )
+        try:  # a real write: access() says yes to root even on a read-only file system
+            with tempfile.TemporaryFile(dir=existing):
+                pass
+        except OSError as err:
+            raise OSError(
+                f"output folder {str(self.folder)!r} cannot be written ({err.strerror})"
+            ) from None
+
+    def path(self, name: str) -> Path:
+        """Where to write the file ``name``; the folder is made if it is missing."""
+        missing = []
+        folder = self.folder
+        while not folder.exists():
+            missing.append(folder)
+            folder = folder.parent
+        for made in reversed(missing):
+            made.mkdir()
+            self._made.append(made)
+        return self.folder / name
+
+    def wrote(self, path: Path) -> None:
+        self.written.append(Path(path))
+
+    def rollback(self) -> None:
+        for path in self.written:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        for folder in reversed(self._made):
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        self.written, self._made = [], []
 
 
 def save_palette_png(path: Path, labels: np.ndarray, colors: np.ndarray, dtype) -> bool:

@@ -392,3 +392,55 @@ def test_recolor_refuses_labels_outside_the_clusters_for_dask_too():
     np.testing.assert_array_equal(
         recolor(da.from_array(good, chunks=1), colors).compute(), recolor(good, colors)
     )
+
+
+# -- cancel and progress --------------------------------------------------------------------
+
+
+class CancelAfter:
+    """A cancel flag that turns on after ``n`` looks: where a run looks is where it stops."""
+
+    def __init__(self, n):
+        self.n, self.looks = n, 0
+
+    def is_set(self):
+        self.looks += 1
+        return self.looks > self.n
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_cancel_stops_inside_a_pass(astronaut, lazy):
+    from napari_kmeanz import Cancelled
+
+    image = da.from_array(astronaut, chunks=(256, 256, 3)) if lazy else astronaut
+    init = kmeans(astronaut, 6, spatial_weight=1, random_state=0, max_iter=1).centers
+    # with the centres given there is no seeding: the first looks are inside the first pass
+    whole = CancelAfter(10**9)
+    kmeans(image, 6, spatial_weight=1, init=init, max_iter=1, cancel=whole)
+    looks_in_a_run = whole.looks
+    cancel = CancelAfter(5)
+    with pytest.raises(Cancelled):
+        kmeans(image, 6, spatial_weight=1, init=init, max_iter=1, cancel=cancel)
+    # a run looks tens of times; a cancelled one stops at the next look (one more per thread)
+    assert looks_in_a_run > 20 and cancel.looks <= 5 + 4
+
+
+def test_seeding_reports_progress_and_can_be_cancelled_there(astronaut):
+    from napari_kmeanz import Cancelled
+
+    steps = []
+    kmeans(astronaut[::4, ::4], 50, random_state=0, n_init=2, progress=lambda *s: steps.append(s))
+    assert steps and all(stage == "seeding" for stage, _, _ in steps)
+    assert [total for _, _, total in steps] == [100] * len(steps)
+    assert [done for _, done, _ in steps] == sorted(done for _, done, _ in steps)
+    stop = __import__("threading").Event()
+
+    def stop_at_first_step(*_):
+        stop.set()
+
+    with pytest.raises(Cancelled):
+        kmeans(astronaut[::4, ::4], 50, random_state=0, cancel=stop, progress=stop_at_first_step)
+    with pytest.raises(TypeError, match="cancel must have an is_set"):
+        kmeans(astronaut, 2, cancel=True)
+    with pytest.raises(TypeError, match="progress must be callable"):
+        kmeans(astronaut, 2, progress=3)

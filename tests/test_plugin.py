@@ -24,7 +24,7 @@ def open_widget(viewer):
 def run_and_wait(qtbot, widget, timeout=60_000):
     worker = widget.run()
     assert worker is not None
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=timeout)
+    qtbot.waitUntil(lambda: not widget.running, timeout=timeout)
     return worker
 
 
@@ -116,23 +116,33 @@ def test_layers_update_live_after_every_round(viewer, qtbot):
     widget.spatial_weight.value = 1.0
     widget.tol.value = 0.0
     widget.max_iter.value = 4
-    rounds_seen = []
+    rounds_seen, shown = [], []
 
     def on_round(update):
-        _, state, _, _ = update
-        if not state.done:
+        state = getattr(update, "state", None)
+        if state is not None and not state.done:
             rounds_seen.append(state.round)
-            layer = viewer.layers["astronaut clusters"]
-            assert layer.metadata["napari-kmeanz"]["round"] == state.round
 
+    def on_data(event):  # what the labels layer shows, each time its data is set
+        meta = event.source.metadata["napari-kmeanz"]
+        shown.append(meta.get("round", "final"))
+
+    def on_inserted(event):
+        if event.value.name == "astronaut clusters":
+            on_data(type("Event", (), {"source": event.value}))
+            event.value.events.data.connect(on_data)
+
+    viewer.layers.events.inserted.connect(on_inserted)
     worker = widget.run()
     worker.yielded.connect(on_round)
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
     assert rounds_seen == [1, 2, 3, 4]
+    # previews in order, the newest whenever the screen had caught up, then the result
+    assert shown[0] == 1 and shown[-1] == "final" and shown[:-1] == sorted(set(shown[:-1]))
     assert viewer.layers["astronaut clusters"].metadata["napari-kmeanz"]["n_iter"] == 4
 
 
-def test_cancel_stops_at_the_next_round_and_keeps_a_complete_result(viewer, qtbot):
+def test_cancel_keeps_the_last_round_shown_labelled_as_such(viewer, qtbot):
     viewer.add_image(data.retina(), name="retina", rgb=True)
     widget = open_widget(viewer)
     widget.spatial_weight.value = 1.0
@@ -141,15 +151,35 @@ def test_cancel_stops_at_the_next_round_and_keeps_a_complete_result(viewer, qtbo
     widget.max_iter.value = 500
     worker = widget.run()
     rounds = []
-    worker.yielded.connect(lambda update: rounds.append(update[1].round))
+    worker.yielded.connect(
+        lambda update: rounds.append(update.state.round) if hasattr(update, "state") else None
+    )
     qtbot.waitUntil(lambda: len(rounds) >= 1, timeout=60_000)
     widget.cancel()
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
     assert len(rounds) < 500 and widget.status.value.startswith("cancelled")
     labels = viewer.layers["retina clusters"]
     assert labels.data.shape == (1411, 1411) and labels.data.min() >= 1
-    assert labels.metadata["napari-kmeanz"]["round"] == rounds[-1]
+    shown = labels.metadata["napari-kmeanz"]["round"]
+    assert f"showing round {shown} (not a finished result)" in widget.status.value
+    assert labels.features.empty  # no table of a finished run beside a preview
+    assert widget.compression.value == "" and not widget.save_button.enabled
     assert widget.run_button.enabled
+
+
+def test_cancel_acts_during_seeding_and_seeding_shows_progress(viewer, qtbot):
+    viewer.open_sample(PLUGIN, "astronaut")
+    widget = open_widget(viewer)
+    widget.n_clusters.value = 1000  # seeding alone takes seconds
+    worker = widget.run()
+    updates = []
+    worker.yielded.connect(updates.append)
+    qtbot.waitUntil(lambda: widget.status.value.startswith("seeding"), timeout=60_000)
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert not any(hasattr(u, "state") for u in updates)  # stopped before round 1
+    assert widget.status.value == "cancelled: nothing shown (not a finished result)"
+    assert [layer.name for layer in viewer.layers] == ["astronaut"]
 
 
 def test_lab_colour_space_from_the_widget(viewer, qtbot):
@@ -246,11 +276,17 @@ def test_k_sweep_adds_a_layer_with_a_slider_over_k(viewer, qtbot):
     widget = open_widget(viewer)
     widget.sweep_from.value, widget.sweep_to.value = 2, 6
     widget.sweep()
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=60_000)
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
     sweep = viewer.layers["coffee k sweep"]
-    assert sweep.data.shape == (5, 200, 300, 3) and sweep.rgb
-    assert sweep.axis_labels[0] == "k"
-    assert sweep.data_to_world((0, 0, 0))[0] == 2  # the slider's coordinate is k
+    # frame k is k: the slider counts k (the frames below 2 are lazy zeros)
+    assert sweep.data.shape == (7, 200, 300, 3) and sweep.rgb and sweep.data.dtype == np.uint8
+    assert sweep.axis_labels[0] == "k" and sweep.data_to_world((4, 0, 0))[0] == 4
+    assert not np.asarray(sweep.data[:2]).any() and np.asarray(sweep.data[2]).std() > 5
+    suggested = int(widget.use_suggested.text.rsplit(" ", 1)[1])
+    assert widget.use_suggested.native.isVisibleTo(widget.native)
+    assert viewer.dims.current_step[0] == suggested
+    widget.use_suggested.changed.emit(True)
+    assert widget.n_clusters.value == suggested
     assert np.all(np.diff(sweep.metadata["napari-kmeanz"]["inertia"]) < 0)
     assert "suggested k" in widget.status.value
     assert np.asarray(widget.plot.value).shape == (220, 360, 3)  # the elbow plot
@@ -388,3 +424,134 @@ def test_multiscale_fit_level_is_chosen_in_the_widget(viewer, qtbot):
     assert labels.multiscale and labels.data[0].shape == (512, 512)
     with pytest.raises(ValueError, match=r"fit_level=5 is not a level"):
         _layers.make_job(layer, fit_level=5)
+
+
+# -- trust: failures, paths, channels, renames and edits mid-run --------------------------
+
+
+def notifications_since(seen):
+    from napari.utils.notifications import notification_manager
+
+    return [str(n.message) for n in notification_manager.records[seen:]]
+
+
+def test_a_failed_run_notifies_once_and_resets_the_widget(viewer, qtbot):
+    from napari.utils.notifications import notification_manager
+
+    viewer.open_sample(PLUGIN, "astronaut")
+    widget = open_widget(viewer)
+    widget.n_clusters.value = 4
+    run_and_wait(qtbot, widget)
+    assert widget.save_button.enabled and widget.compression.value
+    # three grey levels: a run with 5 clusters finds out only in its rounds
+    levels = np.random.default_rng(0).integers(0, 3, (1024, 1024)).astype(np.float64)
+    viewer.add_image(levels, name="levels")
+    widget.image.value = viewer.layers["levels"]
+    widget.n_clusters.value = 5
+    seen = len(notification_manager.records)
+    run_and_wait(qtbot, widget)
+    messages = notifications_since(seen)
+    assert len(messages) == 1 and "n_clusters=5 is larger" in messages[0], messages
+    assert widget.status.value.startswith("failed: n_clusters=5")
+    assert not widget.plot.visible and widget.compression.value == ""
+    assert not widget.save_button.enabled and widget.run_button.enabled
+
+
+def test_save_palette_refuses_bad_paths_with_a_clear_message(viewer, qtbot, tmp_path):
+    viewer.open_sample(PLUGIN, "astronaut")
+    widget = open_widget(viewer)
+    widget.n_clusters.value = 4
+    run_and_wait(qtbot, widget)
+    for path, expected in [
+        ("", "Choose a file name"),
+        (tmp_path, "Choose a file name"),
+        (tmp_path / "missing" / "p.png", "does not exist"),
+    ]:
+        seen = len(__import__("napari").utils.notifications.notification_manager.records)
+        assert widget.save_palette(path) is None
+        messages = notifications_since(seen)
+        assert any(expected in m for m in messages) and "partial" not in " ".join(messages)
+    assert list(tmp_path.iterdir()) == []
+    assert widget.save_palette(tmp_path / "p") == tmp_path / "p.png"
+    viewer.layers.remove("astronaut")  # the result no longer has its layer
+    assert not widget.save_button.enabled
+
+
+def test_a_multichannel_file_is_clustered_on_all_its_channels(viewer, qtbot):
+    ihc = data.immunohistochemistry()
+    viewer.add_image(ihc, channel_axis=2, name=["r", "g", "b"], colormap=["red", "green", "blue"])
+    widget = open_widget(viewer)
+    assert widget.image.value is viewer.layers["b"]  # the active layer
+    assert {layer.name for layer in widget.channels.value} == {"r", "g"}
+    widget.n_clusters.value = 4
+    run_and_wait(qtbot, widget)
+    expected = kmeans(ihc[..., [2, 0, 1]], 4, random_state=0, max_iter=30)
+    np.testing.assert_array_equal(viewer.layers["b clusters"].data, expected.labels)
+    recoloured = [viewer.layers[f"{c} recoloured"] for c in "bgr"[:1] + "rg"]
+    # the first covers the originals: the picture is the recoloured channels alone
+    assert [layer.blending for layer in recoloured] == ["opaque", "additive", "additive"]
+    widget.image.value = viewer.layers["r"]
+    partners = [name for name, _ in widget._grey_partners()]
+    assert partners == ["g", "b"]  # never the plugin's own outputs
+
+
+def test_spatial_weight_goes_past_the_old_bound(viewer):
+    viewer.open_sample(PLUGIN, "astronaut")
+    widget = open_widget(viewer)
+    widget.spatial_weight.value = 5.0
+    assert widget.job().kwargs["spatial_weight"] == 5.0
+
+
+def long_run(viewer, widget, rounds=6):
+    viewer.add_image(data.retina()[::2, ::2], name="retina", rgb=True)
+    widget.image.value = viewer.layers["retina"]
+    widget.spatial_weight.value = 1.0
+    widget.n_clusters.value = 30
+    widget.tol.value = 0.0
+    widget.max_iter.value = rounds
+    return widget.run()
+
+
+def test_renaming_a_result_layer_mid_run_adds_no_duplicate(viewer, qtbot):
+    widget = open_widget(viewer)
+    long_run(viewer, widget)
+    qtbot.waitUntil(lambda: "retina clusters" in viewer.layers, timeout=60_000)
+    viewer.layers["retina clusters"].name = "mine"
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    assert "retina clusters" not in viewer.layers
+    assert viewer.layers["mine"].metadata["napari-kmeanz"]["n_iter"] == 6
+    assert [layer.name for layer in viewer.layers] == ["retina", "mine", "retina recoloured"]
+
+
+def test_replacing_the_source_data_mid_run_discards_the_run_with_a_word(viewer, qtbot):
+    from napari.utils.notifications import notification_manager
+
+    widget = open_widget(viewer)
+    long_run(viewer, widget, rounds=50)
+    qtbot.waitUntil(lambda: "retina clusters" in viewer.layers, timeout=60_000)
+    seen = len(notification_manager.records)
+    viewer.layers["retina"].data = data.astronaut()
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    assert any("changed during the run" in m for m in notifications_since(seen))
+    assert widget.status.value.startswith("discarded")
+    assert "n_iter" not in viewer.layers["retina clusters"].metadata["napari-kmeanz"]
+    assert not widget.save_button.enabled
+
+
+def test_a_rerun_keeps_labels_painted_by_hand(viewer, qtbot):
+    viewer.open_sample(PLUGIN, "astronaut")
+    widget = open_widget(viewer)
+    widget.n_clusters.value = 4
+    run_and_wait(qtbot, widget)
+    labels = viewer.layers["astronaut clusters"]
+    before = labels.data.copy()
+    labels.paint((100, 100), 7)  # a brush stroke, as napari's paint tool makes it
+    painted = labels.data.copy()
+    assert not np.array_equal(painted, before)
+    widget.image.value = viewer.layers["astronaut"]
+    widget.n_clusters.value = 5
+    run_and_wait(qtbot, widget)
+    np.testing.assert_array_equal(labels.data, painted)  # kept as painted
+    assert viewer.layers["astronaut clusters [1]"].data.max() == 5
+    labels.undo()  # napari's undo still takes the stroke back
+    np.testing.assert_array_equal(labels.data, before)

@@ -6,7 +6,15 @@ numpy and dask only; importing this package loads neither napari nor Qt.
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ._kmeans import KMeansResult, KMeansState, iter_kmeans, kmeans, predict, recolor
+from ._kmeans import (
+    Cancelled,
+    KMeansResult,
+    KMeansState,
+    iter_kmeans,
+    kmeans,
+    predict,
+    recolor,
+)
 from ._pixels import FeatureSpace
 
 try:
@@ -15,6 +23,7 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "unknown"
 
 __all__ = [
+    "Cancelled",
     "FeatureSpace",
     "KMeansResult",
     "KMeansState",

@@ -14,7 +14,7 @@ from numbers import Integral, Real
 import dask.array as da
 import numpy as np
 
-from . import _lloyd
+from . import _lloyd, _watch
 from ._lloyd import PointSource
 from ._pixels import (
     NUMPY_CHUNK_PIXELS,
@@ -25,8 +25,17 @@ from ._pixels import (
     to_numpy,
     value_origin,
 )
+from ._watch import Cancelled
 
-__all__ = ["KMeansResult", "KMeansState", "iter_kmeans", "kmeans", "predict", "recolor"]
+__all__ = [
+    "Cancelled",
+    "KMeansResult",
+    "KMeansState",
+    "iter_kmeans",
+    "kmeans",
+    "predict",
+    "recolor",
+]
 
 INITS = ("k-means++", "random")
 COLOR_SPACES = ("rgb", "lab")
@@ -430,6 +439,8 @@ def kmeans(
     sample_size: int = 65536,
     n_init: int = 4,
     callback: Callable[[KMeansState], None] | None = None,
+    cancel=None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> KMeansResult:
     """Cluster the pixels of an image by k-means in a joint space of position and value.
 
@@ -495,6 +506,13 @@ def kmeans(
         starts the rounds over all pixels. Ignored when ``init`` is an array.
     callback : callable, optional
         Called with a :class:`KMeansState` after every round; raising from it stops the run.
+    cancel : threading.Event or any object with ``is_set()``, optional
+        Set it (from any thread) to stop the run within a fraction of a second, wherever it
+        is (sampling, seeding, a pass over the pixels): the run raises :class:`Cancelled`.
+        Under a ``dask.distributed`` client, the run stops at the end of the pass under way.
+    progress : callable, optional
+        Called as ``progress(stage, done, total)`` while a long stage runs (``'seeding'``:
+        the centres chosen so far), at most every 0.1 s, from the thread running the run.
 
     Returns
     -------
@@ -552,6 +570,8 @@ def kmeans(
         random_state=random_state,
         sample_size=sample_size,
         n_init=n_init,
+        cancel=cancel,
+        progress=progress,
     ):
         if callback is not None:
             callback(state)
@@ -574,19 +594,30 @@ def iter_kmeans(
     random_state: int | np.random.Generator | None = None,
     sample_size: int = 65536,
     n_init: int = 4,
+    cancel=None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> Iterator[KMeansState]:
     """Run :func:`kmeans` one round at a time.
 
-    Takes the parameters of :func:`kmeans` (but ``callback``) and yields a
+    Takes the parameters of :func:`kmeans` (but ``callback``), ``cancel`` and ``progress``
+    included, and yields a
     :class:`KMeansState` after every round over all pixels; the last state has ``done=True``
     and carries the :class:`KMeansResult`. Stopping the iteration early stops the work: no
     further pass over the pixels is made. All parameters are checked before the first pass.
     """
+    if cancel is not None and not callable(getattr(cancel, "is_set", None)):
+        raise TypeError(
+            f"cancel must have an is_set() method (a threading.Event), got {cancel!r}."
+        )
+    if progress is not None and not callable(progress):
+        raise TypeError(f"progress must be callable or None, got {progress!r}.")
     run = _Run(
         image, n_clusters, spatial_weight, channel_axis, alpha, spacing, mask, color_space,
         init, max_iter, tol, random_state, sample_size, n_init,
     )  # fmt: skip
-    return run.states()
+    if cancel is None and progress is None:
+        return run.states()
+    return _watch.watched(run.states(), _watch.Watch(cancel, progress))
 
 
 class _Run:
@@ -749,9 +780,15 @@ class _Run:
         points = sub_rows * factor
         subsample = PointSource(sub_rows, sub_weights)
         best = None
-        for _ in range(self.n_init):
+        total = self.n_init * self.n_clusters
+        for trial_index in range(self.n_init):
+            done = trial_index * self.n_clusters
+
+            def on_step(c, done=done):
+                _watch.report("seeding", done + c, total)
+
             try:
-                centers = seeding(points, sub_weights, self.n_clusters, self.rng)
+                centers = seeding(points, sub_weights, self.n_clusters, self.rng, on_step)
             except _lloyd.TooFewDistinctPoints:
                 if exhaustive and n_sub == len(rows):
                     raise

@@ -9,6 +9,7 @@ layers to a viewer, or updates the ones a previous run added. Nothing here impor
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -38,10 +39,12 @@ class Job:
     kwargs: dict  # keyword arguments of iter_kmeans
     levels: list = field(default_factory=list)  # (array, spacing) per level of a multiscale
     rgb: bool = False
+    source_data: object = None  # the source layer's data when the job was made
 
-    def states(self):
-        """Check the parameters (raising ValueError/TypeError) and return the round iterator."""
-        return iter_kmeans(self.data, **self.kwargs)
+    def states(self, cancel=None, progress=None):
+        """Check the parameters (raising ValueError/TypeError) and return the round iterator
+        (see :func:`napari_kmeanz.iter_kmeans` for ``cancel`` and ``progress``)."""
+        return iter_kmeans(self.data, **self.kwargs, cancel=cancel, progress=progress)
 
     @property
     def live(self) -> bool:
@@ -166,7 +169,7 @@ def make_job(
         "tol": tol,
         "random_state": seed,
     }
-    return Job(layer, [layer, *extra], data, kwargs, levels, rgb=bool(layer.rgb))
+    return Job(layer, [layer, *extra], data, kwargs, levels, bool(layer.rgb), layer.data)
 
 
 # -- results as layers ------------------------------------------------------------------------
@@ -278,11 +281,13 @@ def _recoloured(job: Job, labels, colors: np.ndarray) -> list:
     single = None if multi else recolor(labels, colors, dtype=dtype, alpha=alpha)
     tuples = []
     names = recoloured_names(job)
+    mark = {PREFIX: {"source": job.source.name, "recoloured": True}}  # see is_output
     if job.rgb or len(job.channel_layers) == 1:
         data = paint if multi else single
         if not job.rgb:
             data = [p[..., 0] for p in data] if multi else data[..., 0]
-        kwargs = {"name": names[0], "rgb": job.rgb, **_transforms(job.source)}
+        kwargs = {"name": names[0], "rgb": job.rgb, "metadata": mark, "visible": True}
+        kwargs.update(_transforms(job.source))
         if not job.rgb:
             kwargs["contrast_limits"] = job.source.contrast_limits
             kwargs["colormap"] = job.source.colormap.name
@@ -293,7 +298,11 @@ def _recoloured(job: Job, labels, colors: np.ndarray) -> list:
             "name": names[channel],
             "colormap": layer.colormap.name,
             "contrast_limits": layer.contrast_limits,
-            "blending": "additive",
+            # the first covers what lies below (the source channels): the recoloured channels
+            # add up to the picture alone, not on top of the originals
+            "blending": "opaque" if channel == 0 else "additive",
+            "metadata": mark,
+            "visible": True,
             **_transforms(layer),
         }
         tuples.append((single[..., channel], kwargs, "image"))
@@ -304,15 +313,20 @@ def result_layers(job: Job, outcome: KMeansState | KMeansResult) -> list:
     """Layer data tuples for a finished result, or for a round's state (a live preview).
 
     Returns ``[labels tuple, recoloured tuple(s)...]``, all aligned with the source layer.
-    A state of a job without live previews gives an empty list.
+    A preview is the labels alone (drawn in the clusters' mean colours, they show what the
+    recoloured image would: half the work for the worker and for napari). A state of a job
+    without live previews gives an empty list.
     """
     if isinstance(outcome, KMeansState):
         if outcome.done:
             return result_layers(job, outcome.result)
         if not job.live:
             return []
-        labels, colors, extra = outcome.labels(), outcome.colors, {}
-        extra["metadata"] = {PREFIX: {"round": outcome.round, "preview": True}}
+        labels, colors = outcome.labels(), outcome.colors
+        extra = {
+            "metadata": {PREFIX: {"round": outcome.round, "preview": True}},
+            "features": _empty_features(),  # the last result's table describes it no more
+        }
     else:
         labels, colors = _all_levels(job, outcome), outcome.colors
         extra = {"features": _features(job, outcome), "metadata": _metadata(job, outcome)}
@@ -322,31 +336,36 @@ def result_layers(job: Job, outcome: KMeansState | KMeansResult) -> list:
         **_transforms(job.source),
         **extra,
     }
+    if isinstance(outcome, KMeansState):
+        return [(labels, labels_kwargs, "labels")]
     return [(labels, labels_kwargs, "labels"), *_recoloured(job, labels, colors)]
 
 
 # -- choosing k -----------------------------------------------------------------------------------
 
 
-def sweep_results(job: Job, ks):
+def sweep_results(job: Job, ks, cancel=None):
     """Run the job for every k in ``ks``; yields ``(k, result)`` as each finishes."""
     for k in ks:
-        states = iter_kmeans(job.data, **{**job.kwargs, "n_clusters": int(k)})
+        states = iter_kmeans(job.data, **{**job.kwargs, "n_clusters": int(k)}, cancel=cancel)
         yield int(k), list(states)[-1].result
 
 
 def sweep_layer(job: Job, ks, results) -> tuple:
-    """The recoloured results of a k sweep as one RGB image layer with a slider over k.
+    """The recoloured results of a k sweep as one 8-bit RGB image layer with a slider over k.
 
     Each frame shows every pixel in its cluster's colour as the source layers display it
-    (the label colours); the slider's world coordinate is k itself.
+    (the label colours). Frame ``i`` is k = i: the frames below the sweep's first k are
+    lazy zeros (no memory), so the slider counts k itself.
     """
     frames = []
     for result in results:
-        rgb = _display_colors(job, result.colors)[:, :3].astype(np.float32)
-        frames.append(recolor(result.labels, rgb, dtype=np.float32))
+        rgb = np.rint(_display_colors(job, result.colors)[:, :3] * 255).astype(np.uint8)
+        frames.append(recolor(result.labels, rgb, dtype=np.uint8))
     lazy = any(isinstance(f, da.Array) for f in frames)
-    data = (da if lazy else np).stack(frames)
+    stack = (da if lazy else np).stack(frames)
+    below = da.zeros((ks[0], *stack.shape[1:]), dtype=np.uint8, chunks=(1, *stack.shape[1:]))
+    data = da.concatenate([below, da.asarray(stack, chunks=(1, *stack.shape[1:]))])
     source = job.source
     # a multiscale source is swept on its fitted level: that level's pixel size
     scale = source.scale
@@ -357,8 +376,9 @@ def sweep_layer(job: Job, ks, results) -> tuple:
         "name": f"{source.name} k sweep",
         "rgb": True,
         "scale": (1.0, *scale),
-        "translate": (float(ks[0]), *source.translate),
+        "translate": (0.0, *source.translate),
         "axis_labels": ("k", *source.axis_labels),
+        "contrast_limits": (0, 255),
         "metadata": {PREFIX: {"k": list(ks), "inertia": [r.inertia for r in results]}},
     }
     return data, kwargs, "image"
@@ -373,15 +393,76 @@ def _shapes(data) -> list:
     return [tuple(level.shape) for level in data] if isinstance(data, list) else [data.shape]
 
 
-def apply_layers(viewer: napari.viewer.Viewer, tuples: list) -> list:
-    """Add the layers, or update those of the same name and type a previous run added."""
+def is_output(layer) -> bool:
+    """Whether napari-kmeanz made this layer."""
+    return PREFIX in getattr(layer, "metadata", {})
+
+
+def same_file(layer, source) -> bool:
+    """Whether two grey layers look like channels of one file that napari split
+    (``channel_axis``): one shape and placement, blended additively."""
+    return (
+        layer is not source
+        and source is not None
+        and not is_output(layer)
+        and layer.data.shape == source.data.shape
+        and np.allclose(layer.scale, source.scale)
+        and np.allclose(layer.translate, source.translate)
+        and "additive" in (layer.blending, source.blending)
+    )
+
+
+def existing_outputs(viewer: napari.viewer.Viewer, job: Job) -> list:
+    """The layers a previous run on this source made, to update (None where there is none,
+    and for labels painted by hand since: those are kept, and a new layer is added)."""
+    found = []
+    for name in (labels_name(job), *recoloured_names(job)):
+        layer = viewer.layers[name] if name in viewer.layers else None  # noqa: SIM401
+        if layer is not None and layer.metadata.get(PREFIX, {}).get("edited"):
+            layer = None
+        found.append(layer)
+    return found
+
+
+def watch_edits(layers) -> None:
+    """Mark labels layers painted by hand (napari's paint and fill), so no run overwrites
+    them."""
+    from napari.layers import Labels
+
+    for layer in layers:
+        if isinstance(layer, Labels) and layer not in _WATCHED:
+            layer.events.paint.connect(_mark_edited)
+            _WATCHED.add(layer)
+
+
+def _mark_edited(event) -> None:
+    layer = event.source
+    layer.metadata = {**layer.metadata, PREFIX: {**layer.metadata.get(PREFIX, {}), "edited": True}}
+
+
+_WATCHED: weakref.WeakSet = weakref.WeakSet()
+
+
+def _empty_features():
+    import pandas as pd
+
+    return pd.DataFrame()
+
+
+def apply_layers(viewer: napari.viewer.Viewer, tuples: list, targets=None) -> list:
+    """Add the layers, or update those given in ``targets`` (one per tuple, None for a new
+    one; default: those of the same name), wherever they are and whatever they are called
+    now. Returns the layers."""
     from napari.layers import Image, Labels, Layer
 
     classes = {"image": Image, "labels": Labels}
+    if targets is None:
+        names = [kwargs["name"] for _, kwargs, _ in tuples]
+        targets = [viewer.layers[n] if n in viewer.layers else None for n in names]  # noqa: SIM401
     touched = []
-    for data, kwargs, kind in tuples:
-        name = kwargs["name"]
-        existing = viewer.layers[name] if name in viewer.layers else None  # noqa: SIM401
+    for (data, kwargs, kind), existing in zip(tuples, targets, strict=False):
+        if existing is not None and existing not in viewer.layers:
+            existing = None
         multiscale = isinstance(data, list)
         if existing is not None and (
             not isinstance(existing, classes[kind])
@@ -396,10 +477,24 @@ def apply_layers(viewer: napari.viewer.Viewer, tuples: list) -> list:
         elif existing is not None:
             layer = existing
             for key, value in kwargs.items():
-                if key not in ("name", *FIXED_AT_CREATION):
+                if key not in ("name", *FIXED_AT_CREATION) and not _same(
+                    getattr(layer, key, None), value
+                ):
                     setattr(layer, key, value)
             layer.data = data
         else:
             layer = viewer.add_layer(Layer.create(data, kwargs, kind))
         touched.append(layer)
     return touched
+
+
+def _same(current, value) -> bool:
+    """Whether setting ``value`` would change nothing (it would still cost napari a refresh)."""
+    try:
+        if isinstance(value, np.ndarray | tuple | list) and not isinstance(value, str):
+            return np.array_equal(
+                np.asarray(current, dtype=object), np.asarray(value, dtype=object)
+            )
+        return current == value if isinstance(value, str | int | float) else False
+    except (TypeError, ValueError):
+        return False

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from threadpoolctl import ThreadpoolController
 
+from ._watch import checkpoint
+
 # Rows per sub-block in the kernels: the (rows x k) distance matrix of a sub-block stays in cache.
 SUB_BLOCK = 1 << 15
 # Points per sub-block for points held in memory (sorted in Z-order, a small block is a
@@ -261,6 +263,7 @@ def accumulate(
     weights_matrix = distance_weights(centers, factor)
     labels = np.empty(len(rows1), dtype=np.intp) if want_labels else None
     for s in range(0, len(rows1), block):
+        checkpoint()
         part, weighted_part = rows1[s : s + block], weighted[s : s + block]
         here = candidates(part[:, :-1], centers, factor) if keep is None else keep
         m = len(here)
@@ -306,6 +309,7 @@ def nearest_sqdist(rows1: np.ndarray, centers: np.ndarray, factor: np.ndarray) -
     raw = rows1[:, :-1]
     dist = np.empty(len(rows1))
     for s in range(0, len(rows1), SUB_BLOCK):
+        checkpoint()
         part = raw[s : s + SUB_BLOCK] * factor
         d2 = (rows1[s : s + SUB_BLOCK] @ weights_matrix).min(axis=1)
         dist[s : s + SUB_BLOCK] = d2 + np.einsum("ij,ij->i", part, part)
@@ -541,7 +545,7 @@ class PointSource:
 
 
 def kmeans_plusplus(
-    x: np.ndarray, weights: np.ndarray, n_clusters: int, rng: np.random.Generator
+    x: np.ndarray, weights: np.ndarray, n_clusters: int, rng: np.random.Generator, on_step=None
 ) -> np.ndarray:
     """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007, as in scikit-learn).
 
@@ -577,6 +581,9 @@ def kmeans_plusplus(
     closest = sqdist(np.array([first]))[0]
     potential = float(weights @ closest)
     for c in range(1, n_clusters):
+        if on_step is not None:
+            on_step(c)
+        checkpoint()
         if potential <= 0.0:
             raise TooFewDistinctPoints(c, n_clusters)
         cumulative = np.cumsum(weights * closest)
@@ -592,7 +599,7 @@ def kmeans_plusplus(
 
 
 def random_init(
-    x: np.ndarray, weights: np.ndarray, n_clusters: int, rng: np.random.Generator
+    x: np.ndarray, weights: np.ndarray, n_clusters: int, rng: np.random.Generator, on_step=None
 ) -> np.ndarray:
     """``n_clusters`` distinct points of ``x`` drawn with probability proportional to weight."""
     if len(x) < n_clusters:
@@ -641,6 +648,7 @@ class Lloyd:
     def rounds(self):
         """Run the rounds, yielding after each one; ``self`` holds the state."""
         while self.n_iter < self.max_iter:
+            checkpoint()
             counts, sums = self.source.stats(self.centers, self.factor)
             inertia = self.inertia(self.centers, counts, sums)
             self.inertia_history.append(inertia)

@@ -20,10 +20,11 @@ import dask.array as da
 import dask.threaded
 import numpy as np
 
-from . import _lloyd, _tiles
+from . import _lloyd, _tiles, _watch
 from ._color import lab_to_rgb, rgb_to_lab
 from ._lloyd import zeros
 from ._tiles import chunk_values
+from ._watch import bind, checkpoint
 
 # Most possible colours (codes) for the colour-only fast path: its labels come through a table
 # with an entry for each.
@@ -463,6 +464,7 @@ def _tile_codes(block, mask_block, alpha, coder: ColorCodes, tile: int = CODE_TI
     buffer = np.empty(tile, dtype=np.intp) if out is None else None
     scratch = np.empty(min(tile, len(values)), dtype=np.int64)
     for start in range(0, len(values), tile):
+        checkpoint()
         part = values[start : start + tile]
         span = slice(start, start + len(part))
         target = buffer[: len(part)] if out is None else out[span]
@@ -596,7 +598,7 @@ class PixelSource:
         extra = [()] * len(self._ids()) if per_chunk is None else [(a,) for a in per_chunk]
         # tasks not named from their arguments: naming them took 8 ms a pass for 64 chunks
         calls = [
-            dask.delayed(task, pure=False)(b, m, o, *args, *more)
+            dask.delayed(bind(task), pure=False)(b, m, o, *args, *more)
             for (b, m, o), more in zip(self._blocks(), extra, strict=True)
         ]
         return compute(*calls)
@@ -605,7 +607,8 @@ class PixelSource:
 
     def _scan_calls(self):
         return [
-            dask.delayed(_scan_task, pure=True)(b, m, self.alpha) for b, m, _ in self._blocks()
+            dask.delayed(bind(_scan_task), pure=True)(b, m, self.alpha)
+            for b, m, _ in self._blocks()
         ]
 
     @staticmethod
@@ -639,7 +642,7 @@ class PixelSource:
             if where is None:
                 continue
             local = tuple(c[where] - o for c, o in zip(coords, offset, strict=True))
-            calls.append(dask.delayed(_sample_task, pure=True)(blk, mblk, local, self.alpha))
+            calls.append(dask.delayed(bind(_sample_task), pure=True)(blk, mblk, local, self.alpha))
             order.append(where)
         return calls, (coords, order)
 
@@ -703,7 +706,7 @@ class PixelSource:
         """The colour codes present (sorted) and their counts: the chunks' histograms
         (:func:`_histogram_task`), summed two by two."""
         parts = [
-            dask.delayed(_histogram_task, pure=True)(b, m, self.alpha, coder)
+            dask.delayed(bind(_histogram_task), pure=True)(b, m, self.alpha, coder)
             for b, m, _ in self._blocks()
         ]
         while len(parts) > 1:
@@ -721,9 +724,14 @@ class PixelSource:
     def _lazy(self, task, dtype, *args, per_chunk=None):
         """Map ``task(chunk, mask chunk, offset, *args[, per_chunk[i]])`` lazily to a spatial
         array; ``per_chunk`` (delayed) holds one object per chunk, in C order."""
+        watch = _watch.travelling()  # map_blocks needs run's own signature: no bind()
 
         def run(block, mask_block, *task_args, block_info=None):
-            info = block_info[0]
+            with _watch.watching(watch):
+                checkpoint()
+                return on_chunk(block, mask_block, *task_args, info=block_info[0])
+
+        def on_chunk(block, mask_block, *task_args, info):
             location = info["array-location"][:-1]
             mask_block = None if mask_block is None else mask_block[..., 0]
             if per_chunk is not None:

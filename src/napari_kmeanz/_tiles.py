@@ -29,6 +29,7 @@ import numpy as np
 
 from . import _lloyd
 from ._lloyd import zeros
+from ._watch import checkpoint
 
 # Pixels per tile and per block (powers of two; tiles are compact, and a block is whole tiles).
 TILE_PIXELS = 1 << 8
@@ -217,6 +218,7 @@ class _Rows:
 
     def build(self, tiles: np.ndarray):
         """Rows of the tiles, and which pixels are clustered (None: all of them)."""
+        checkpoint()  # every loop over a chunk's tiles builds its rows here
         t, p = len(tiles), self.grid.pixels
         if self.dirty:
             self.buffer[:, -1] = 1.0

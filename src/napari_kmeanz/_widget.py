@@ -8,6 +8,10 @@ and the adapter.
 
 from __future__ import annotations
 
+import functools
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -15,7 +19,6 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
-    FloatSlider,
     FloatSpinBox,
     Image,
     Label,
@@ -25,11 +28,13 @@ from magicgui.widgets import (
 )
 
 from . import _io, _layers, _report
+from ._watch import Cancelled
 
 if TYPE_CHECKING:
     import napari
 
 SAME_FOOTING = 1.0  # spatial_weight putting position on the same footing as colour
+MAX_SPATIAL_WEIGHT = 1e6  # the spin box's bound; the core refuses weights that overflow
 PLOT_SIZE = (360, 220)  # the plots drawn in the dock widget
 WHOLE, PER_FRAME = "whole volume", "frame by frame (shared centres)"
 
@@ -39,14 +44,17 @@ class KMeansWidget(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer):
         self._viewer = viewer
-        self._worker = None
-        self._cancelled, self._last_round = False, 0
+        self._flight: _Flight | None = None  # the run in progress
         self._result = None  # the last finished run: (job, result)
+        self._suggested = None  # the k a finished sweep suggests
+        self._channels_for = None  # the source whose channel partners were chosen
+        self._busy = self._end_pending = self._drain_planned = False  # see _drain
+        self._queued: list = []  # steps of the worker's updates, applied one per turn
         self.image = ComboBox(label="image", choices=self._images)
         self.channels = Select(label="more channels", choices=self._grey_partners)
         self.n_clusters = SpinBox(label="clusters (k)", value=8, min=1, max=65535)
-        self.spatial_weight = FloatSlider(
-            label="spatial weight", value=0.0, min=0.0, max=4.0, step=0.05
+        self.spatial_weight = FloatSpinBox(
+            label="spatial weight", value=0.0, min=0.0, max=MAX_SPATIAL_WEIGHT, step=0.05
         )
         self.same_footing = PushButton(text="position as important as colour")
         self.color_space = ComboBox(
@@ -67,6 +75,7 @@ class KMeansWidget(Container):
         self.sweep_from = SpinBox(label="sweep k from", value=2, min=1, max=65535)
         self.sweep_to = SpinBox(label="sweep k to", value=15, min=1, max=65535)
         self.sweep_button = PushButton(text="Sweep k (elbow)")
+        self.use_suggested = PushButton(text="use suggested k", visible=False)
         self.palette_path = FileEdit(label="palette PNG", mode="w", filter="*.png")
         self.save_button = PushButton(text="Save palette PNG", enabled=False)
         super().__init__(
@@ -92,6 +101,7 @@ class KMeansWidget(Container):
                 self.sweep_from,
                 self.sweep_to,
                 self.sweep_button,
+                self.use_suggested,
                 self.palette_path,
                 self.save_button,
             ]
@@ -101,6 +111,7 @@ class KMeansWidget(Container):
         self.cancel_button.changed.connect(self.cancel)
         self.sweep_button.changed.connect(self.sweep)
         self.save_button.changed.connect(self.save_palette)
+        self.use_suggested.changed.connect(self._use_suggested)
         self.image.changed.connect(self._update_visibility)
         viewer.layers.events.inserted.connect(self._layers_changed)
         viewer.layers.events.removed.connect(self._layers_changed)
@@ -126,6 +137,7 @@ class KMeansWidget(Container):
             if layer is not source
             and not layer.rgb
             and not layer.multiscale
+            and not _layers.is_output(layer)
             and layer.data.shape == source.data.shape
         ]
 
@@ -151,11 +163,27 @@ class KMeansWidget(Container):
         from napari.layers import Image as ImageLayer
 
         active = self._viewer.layers.selection.active
-        if isinstance(active, ImageLayer) and self._worker is None:
+        if isinstance(active, ImageLayer) and self._flight is None:
             self.image.value = active
 
+    @property
+    def running(self) -> bool:
+        """Whether a run or a sweep is in progress."""
+        return self._flight is not None
+
     def _update_visibility(self, event=None):
-        self.channels.reset_choices()
+        source = self.image.value
+        if self._result is not None and self._result[0].source not in self._viewer.layers:
+            self._set_result(None)  # Save palette no longer has a layer to describe
+        if source is not self._channels_for:
+            self._channels_for = source
+            self.channels.reset_choices()
+            # a multichannel file opens as one layer per channel: cluster them all by default
+            self.channels.value = [
+                layer for _, layer in self._grey_partners() if _layers.same_file(layer, source)
+            ]
+        else:
+            self.channels.reset_choices()
         self.fit_level.reset_choices()
         source = self.image.value
         self.fit_level.visible = source is not None and source.multiscale
@@ -170,8 +198,12 @@ class KMeansWidget(Container):
 
     def job(self) -> _layers.Job:
         """The job the widget's values describe (raises ValueError for a bad choice)."""
+        source = self.image.value
+        # the widget's state, not whether a control is on screen (a hidden dock still runs)
+        chosen = {id(layer) for layer in self.channels.value}
+        partners = [layer for _, layer in self._grey_partners() if id(layer) in chosen]
         return _layers.make_job(
-            self.image.value,
+            source,
             n_clusters=self.n_clusters.value,
             spatial_weight=self.spatial_weight.value,
             color_space=self.color_space.value,
@@ -180,8 +212,8 @@ class KMeansWidget(Container):
             tol=self.tol.value,
             seed=self.seed.value,
             mask_layer=self.mask.value,
-            channel_layers=list(self.channels.value),
-            per_frame=self.stack.visible and self.stack.value == PER_FRAME,
+            channel_layers=partners,  # in the layer list's order
+            per_frame=source is not None and source.ndim >= 3 and self.stack.value == PER_FRAME,
             fit_level=self.fit_level.value,
         )
 
@@ -190,12 +222,12 @@ class KMeansWidget(Container):
         job = self._checked_job()
         if job is None:
             return None
-        try:
-            states = job.states()  # checks every parameter before any work
+        flight = _Flight(job, total=job.kwargs["max_iter"] + 1)  # seeding, then the rounds
+        try:  # checks every parameter before any work
+            states = job.states(cancel=flight.cancel, progress=flight.progress)
         except (ValueError, TypeError) as err:
             return self._refuse(err)
-        total = job.kwargs["max_iter"] + 1
-        return self._start(_rounds, (job, states), total, self._show)
+        return self._start(flight, _rounds(job, states, flight), self._show)
 
     def sweep(self):
         """Cluster for every k of the sweep range: adds '<name> k sweep' and the elbow plot."""
@@ -211,13 +243,16 @@ class KMeansWidget(Container):
         except (ValueError, TypeError) as err:
             return self._refuse(err)
         ks = list(range(low, high + 1))
-        return self._start(_sweep, (job, ks), len(ks) + 1, self._show_sweep)
+        flight = _Flight(job, total=len(ks) + 1)
+        return self._start(flight, _sweep(job, ks, flight), self._show_sweep)
 
     def cancel(self):
-        """Stop after the round in progress; the layers keep the last complete round."""
-        if self._worker is not None:
-            self._cancelled = True
-            self._worker.quit()
+        """Stop the run within a fraction of a second, wherever it is; the layers keep the
+        last round shown, labelled as such."""
+        if self._flight is not None:
+            self._flight.cancel.set()
+            # previews not begun are not shown: the screen keeps the last one applied
+            self._queued = [step for step in self._queued if step.func != self._show]
 
     def save_palette(self, path=None):
         """Save the last result as a palette PNG (cluster indices plus a palette)."""
@@ -225,18 +260,26 @@ class KMeansWidget(Container):
 
         if self._result is None:
             return self._refuse(ValueError("Run the clustering first."))
-        path = path or self.palette_path.value
-        if not str(path) or str(path) == ".":
+        path = Path(str(path or self.palette_path.value or ""))
+        if not str(path) or str(path) == "." or path.is_dir():
             return self._refuse(ValueError("Choose a file name for the palette PNG."))
+        if not path.parent.is_dir():
+            return self._refuse(ValueError(f"The folder {str(path.parent)!r} does not exist."))
+        if path.suffix.lower() != ".png":
+            path = path.with_name(path.name + ".png")
         _, result = self._result
         labels = np.asarray(result.labels)
-        if not _io.save_palette_png(path, labels, result.colors, result.dtype):
+        try:
+            saved = _io.save_palette_png(path, labels, result.colors, result.dtype)
+        except OSError as err:
+            return self._refuse(ValueError(f"Cannot write {str(path)!r}: {err.strerror}."))
+        if not saved:
             return self._refuse(ValueError("A palette PNG holds a 2-D image of <= 255 clusters."))
         show_info(f"Saved {path}")
         return path
 
     def _checked_job(self):
-        if self._worker is not None:
+        if self._flight is not None:
             return None
         try:
             return self.job()
@@ -248,51 +291,161 @@ class KMeansWidget(Container):
 
         show_error(str(err))
 
-    def _start(self, body, args, total, on_yield):
+    def _start(self, flight, body, on_yield):
         from napari.qt.threading import create_worker
-        from napari.utils.notifications import show_error
+        from napari.utils import progress
 
-        worker = create_worker(
-            body, *args, _progress={"total": total, "desc": "k-means clustering"}
-        )
-        worker.yielded.connect(on_yield)
-        worker.errored.connect(lambda err: show_error(f"k-means failed: {err}"))
+        worker = create_worker(lambda: (yield from body))
+        flight.worker = worker
+        flight.pbar = progress(total=flight.total, desc="k-means: sampling")
+        flight.targets = _layers.existing_outputs(self._viewer, flight.job)
+        for stale in flight.targets[1:]:  # an earlier recoloured image: back with the result
+            if stale is not None:
+                stale.visible = False
+        worker.yielded.connect(lambda update: self._applying(on_yield, update))
         worker.finished.connect(self._finished)
-        self._worker = worker
-        self._cancelled, self._last_round = False, 0
+        self._flight = flight
+        self._set_result(None)  # nothing on screen describes a finished run any more
         self.run_button.enabled = self.sweep_button.enabled = False
         self.cancel_button.enabled = True
+        self.use_suggested.visible = False
         self.status.value = "running..."
         worker.start()
         return worker
 
+    def _set_result(self, result):
+        """The finished run that the numbers, the plot and Save palette describe, or None."""
+        self._result = result
+        self.save_button.enabled = result is not None
+        if result is None:
+            self.compression.value = ""
+
+    def _source_changed(self, flight) -> bool:
+        """Stop a run whose source layer was removed, or whose data was replaced, mid-run."""
+        job = flight.job
+        if job.source in self._viewer.layers and job.source.data is job.source_data:
+            return False
+        if not flight.cancel.is_set():
+            flight.cancel.set()
+            flight.discarded = (
+                f"The data of layer {job.source.name!r} changed during the run: its results "
+                "were discarded. Run again."
+            )
+        return True
+
+    def _applying(self, show, update):
+        """Queue an update of the worker's; see :meth:`_drain`."""
+        self._queued.append(functools.partial(show, update))
+        self._schedule()
+
+    def _schedule(self):
+        from qtpy.QtCore import QTimer
+
+        if self._queued and not self._busy and not self._drain_planned:
+            self._drain_planned = True
+            QTimer.singleShot(0, self._drain)
+
+    def _drain(self):
+        """Apply one queued step, each in an event-loop turn of its own, in order.
+
+        A step adds or updates one layer at most, so the GUI is never held longer than napari
+        takes for one layer. napari runs queued events inside layer updates: an update (or
+        the worker's end) that comes then waits in the queue, so no stale preview lands over
+        a newer one.
+        """
+        self._drain_planned = False
+        self._busy = True
+        try:
+            self._queued.pop(0)()
+        finally:
+            self._busy = False
+            if self._queued:
+                self._schedule()
+            elif self._end_pending:
+                self._end_pending = False
+                self._finished()
+
     def _show(self, update):
-        job, state, tuples, plot = update
-        self._last_round = state.round
-        if tuples:
-            _layers.apply_layers(self._viewer, tuples)
-        self._show_plot(plot)
+        flight = self._flight
+        if flight is None or update.flight is not flight:
+            return
+        if isinstance(update, _Step):
+            flight.pbar.set_description(f"k-means: {update.stage} {update.done}/{update.total}")
+            self.status.value = f"{update.stage}: {update.done}/{update.total}"
+            return
+        if isinstance(update, _Failed):
+            flight.failed = update.error
+            return
+        state = update.state
+        if self._source_changed(flight):
+            return
+        flight.pbar.set_description(f"k-means: round {state.round}")
+        _advance(flight.pbar, state.round + 1)
         if not state.done:
             inertia = state.inertia_history[-1]
             self.status.value = f"round {state.round}: inertia {inertia:.4g}"
+        if not update.tuples:
+            return
+        steps = [
+            functools.partial(self._apply_layer, flight, i, layer_tuple)
+            for i, layer_tuple in enumerate(update.tuples)
+        ]
+        self._queued[:0] = [*steps, functools.partial(self._shown, flight, update)]
+
+    def _apply_layer(self, flight, index: int, layer_tuple) -> None:
+        if self._flight is not flight or self._source_changed(flight):
+            return
+        targets = flight.targets + [None] * (index + 1 - len(flight.targets))
+        targets[index] = _layers.apply_layers(self._viewer, [layer_tuple], [targets[index]])[0]
+        flight.targets = targets
+
+    def _shown(self, flight, update) -> None:
+        """After a round's layers: the plot, the next preview, and a finished run's numbers."""
+        if self._flight is not flight or self._source_changed(flight):
+            return
+        state = update.state
+        _layers.watch_edits(flight.targets)
+        flight.shown = state.round
+        self._show_plot(update.plot)
+        flight.ready.set()  # the worker may build the next preview
+        if not state.done:
             return
         result = state.result
-        self._result = (job, result)
-        self.save_button.enabled = True
+        flight.pbar.total = flight.pbar.n  # converged early: the bar ends full
+        self._set_result((update.job, result))
         verdict = "converged" if result.converged else "max rounds"
         self.status.value = f"{result.n_iter} rounds ({verdict}), inertia {result.inertia:.4g}"
         ratio = _report.compression(result)["ratio"]
         self.compression.value = f"indices + palette: {ratio:.1f}x smaller than raw"
 
     def _show_sweep(self, update):
-        k, layer_tuple, plot, suggested = update
-        self._last_round = k
+        flight = self._flight
+        if flight is None or update.flight is not flight:
+            return
+        if isinstance(update, _Step):
+            flight.pbar.set_description(f"k sweep: {update.stage} {update.done}/{update.total}")
+            return
+        if isinstance(update, _Failed):
+            flight.failed = update.error
+            return
+        k, layer_tuple, plot, suggested = update.k, update.tuple, update.plot, update.suggested
+        _advance(flight.pbar, flight.pbar.n + 1)
         if layer_tuple is None:
             self.status.value = f"k sweep: k={k} done"
             return
+        if self._source_changed(flight):
+            return
         _layers.apply_layers(self._viewer, [layer_tuple])
+        self._viewer.dims.set_current_step(0, suggested)
         self._show_plot(plot)
+        self._suggested = suggested
+        self.use_suggested.text = f"use suggested k = {suggested}"
+        self.use_suggested.visible = True
         self.status.value = f"k sweep: suggested k = {suggested} (elbow)"
+
+    def _use_suggested(self, _value=None):
+        if self._suggested is not None:
+            self.n_clusters.value = self._suggested
 
     def _show_plot(self, plot):
         self.plot.value = plot
@@ -300,28 +453,122 @@ class KMeansWidget(Container):
         self.plot.visible = True
 
     def _finished(self):
-        if self._cancelled:
-            shown = f"after round {self._last_round}" if self._last_round else "before round 1"
-            self.status.value = f"cancelled {shown}"
-        self._worker = None
+        if self._busy or self._queued:
+            self._end_pending = True
+            return
+        flight, self._flight = self._flight, None
+        if flight is None:
+            return
+        flight.pbar.close()
         self.run_button.enabled = self.sweep_button.enabled = True
         self.cancel_button.enabled = False
+        if flight.failed is not None:
+            self._refuse(f"k-means failed: {flight.failed}")
+            self.status.value = f"failed: {flight.failed}"
+            self.plot.visible = False
+            self._set_result(None)
+        elif flight.discarded:
+            self._refuse(flight.discarded)
+            self.status.value = "discarded: the source changed"
+        elif flight.cancel.is_set():
+            shown = f"showing round {flight.shown}" if flight.shown else "nothing shown"
+            self.status.value = f"cancelled: {shown} (not a finished result)"
 
 
-def _rounds(job: _layers.Job, states):
-    """Worker body: after every round, the state, the layers to show and the inertia plot."""
-    for state in states:
-        plot = _io.rounds_plot(state.inertia_history, PLOT_SIZE)
-        yield job, state, _layers.result_layers(job, state), plot
+def _advance(pbar, n: int) -> None:
+    """Move napari's progress bar to ``n`` (its ``update`` is what redraws it)."""
+    n = min(n, pbar.total)
+    if n > pbar.n:
+        pbar.update(n - pbar.n)
 
 
-def _sweep(job: _layers.Job, ks):
+@dataclass(eq=False)
+class _Flight:
+    """The run in progress: its job, how to stop it, and how far the screen has followed."""
+
+    job: _layers.Job
+    total: int
+    cancel: threading.Event = field(default_factory=threading.Event)
+    ready: threading.Event = field(default_factory=threading.Event)  # the GUI wants a preview
+    worker: object = None
+    pbar: object = None
+    targets: list = field(default_factory=list)
+    shown: int = 0  # the round the layers show
+    failed: Exception | None = None
+    discarded: str = ""
+
+    def __post_init__(self):
+        self.ready.set()
+
+    def progress(self, stage: str, done: int, total: int) -> None:
+        """From the run's thread: a step of a long stage, queued to the GUI thread."""
+        if self.worker is not None:
+            self.worker.yielded.emit(_Step(self, stage, done, total))
+
+
+@dataclass(frozen=True, eq=False)
+class _Step:
+    flight: _Flight
+    stage: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True, eq=False)
+class _Failed:
+    flight: _Flight
+    error: Exception
+
+
+@dataclass(frozen=True, eq=False)
+class _Round:
+    flight: _Flight
+    job: _layers.Job
+    state: object
+    tuples: list | None  # None: no preview this round (the screen had not shown the last)
+    plot: object = None
+
+
+@dataclass(frozen=True, eq=False)
+class _SweepStep:
+    flight: _Flight
+    k: int
+    tuple: tuple | None = None
+    plot: object = None
+    suggested: int | None = None
+
+
+def _rounds(job: _layers.Job, states, flight: _Flight):
+    """Worker body: after every round the state; with it, when the screen has shown the last
+    one, the layers and the inertia plot (built here, off the GUI thread). Errors come back
+    as one update; a cancelled run just ends."""
+    try:
+        for state in states:
+            if state.done or flight.ready.is_set():
+                flight.ready.clear()
+                plot = _io.rounds_plot(state.inertia_history, PLOT_SIZE)
+                yield _Round(flight, job, state, _layers.result_layers(job, state), plot)
+            else:
+                yield _Round(flight, job, state, None)
+    except Cancelled:
+        return
+    except Exception as err:  # shown once, as the run's failure
+        yield _Failed(flight, err)
+
+
+def _sweep(job: _layers.Job, ks, flight: _Flight):
     """Worker body of a k sweep: progress per k, then the sweep layer and the elbow plot."""
-    results = []
-    for k, result in _layers.sweep_results(job, ks):
-        results.append(result)
-        yield k, None, None, None
-    inertias = [r.inertia for r in results]
-    suggested = _report.suggest_k(ks, inertias)
-    plot = _io.elbow_plot(ks, inertias, suggested, PLOT_SIZE)
-    yield ks[-1], _layers.sweep_layer(job, ks, results), plot, suggested
+    try:
+        results = []
+        for k, result in _layers.sweep_results(job, ks, flight.cancel):
+            results.append(result)
+            yield _SweepStep(flight, k)
+        inertias = [r.inertia for r in results]
+        suggested = _report.suggest_k(ks, inertias)
+        plot = _io.elbow_plot(ks, inertias, suggested, PLOT_SIZE)
+        layer = _layers.sweep_layer(job, ks, results)
+        yield _SweepStep(flight, ks[-1], layer, plot, suggested)
+    except Cancelled:
+        return
+    except Exception as err:
+        yield _Failed(flight, err)

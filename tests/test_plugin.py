@@ -555,3 +555,20 @@ def test_a_rerun_keeps_labels_painted_by_hand(viewer, qtbot):
     assert viewer.layers["astronaut clusters [1]"].data.max() == 5
     labels.undo()  # napari's undo still takes the stroke back
     np.testing.assert_array_equal(labels.data, before)
+
+
+def test_typed_commands_and_the_widget_take_64_bit_integer_images(viewer, qtbot):
+    ramp = np.arange(64 * 64).reshape(64, 64)  # int64, as np.arange and lists give
+    pm = PluginManager.instance()
+    labels = pm.get_command("napari-kmeanz.cluster_labels").exec(
+        args=(ramp,), kwargs={"n_clusters": 2}
+    )
+    np.testing.assert_array_equal(labels, kmeans(ramp, 2, random_state=0).labels)
+    assert np.all(labels[:30] == 1) and np.all(labels[34:] == 2)  # a split of the ramp
+    viewer.add_image(ramp.astype(np.uint64), name="ramp")
+    widget = open_widget(viewer)
+    widget.n_clusters.value = 2
+    run_and_wait(qtbot, widget)
+    expected = kmeans(ramp.astype(np.uint64), 2, random_state=0, max_iter=30).labels
+    np.testing.assert_array_equal(viewer.layers["ramp clusters"].data, expected)
+    assert viewer.layers["ramp recoloured"].data.dtype == np.uint64

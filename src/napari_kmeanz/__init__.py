@@ -1,7 +1,8 @@
 """napari-kmeanz: segment and colour-quantise images by k-means clustering of their pixels.
 
 The compute core (:func:`kmeans`, :func:`iter_kmeans`, :func:`predict`, :func:`recolor`) needs
-numpy and dask only; importing this package loads neither napari nor Qt.
+numpy, dask and threadpoolctl only; importing this package loads neither napari nor Qt. A run
+started with ``cancel=`` stops with :class:`Cancelled` once that event is set.
 """
 
 from importlib.metadata import PackageNotFoundError, version

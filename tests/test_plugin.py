@@ -154,7 +154,7 @@ def test_cancel_keeps_the_last_round_shown_labelled_as_such(viewer, qtbot):
     worker.yielded.connect(
         lambda update: rounds.append(update.state.round) if hasattr(update, "state") else None
     )
-    qtbot.waitUntil(lambda: len(rounds) >= 1, timeout=60_000)
+    qtbot.waitUntil(lambda: "retina clusters" in viewer.layers, timeout=60_000)  # a preview
     widget.cancel()
     qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
     assert len(rounds) < 500 and widget.status.value.startswith("cancelled")
@@ -572,3 +572,19 @@ def test_typed_commands_and_the_widget_take_64_bit_integer_images(viewer, qtbot)
     expected = kmeans(ramp.astype(np.uint64), 2, random_state=0, max_iter=30).labels
     np.testing.assert_array_equal(viewer.layers["ramp clusters"].data, expected)
     assert viewer.layers["ramp recoloured"].data.dtype == np.uint64
+
+
+def test_cancel_right_after_run_drops_pending_previews_cleanly(viewer, qtbot):
+    viewer.add_image(data.retina()[::2, ::2], name="retina", rgb=True)
+    widget = open_widget(viewer)
+    widget.n_clusters.value = 12
+    widget.max_iter.value = 100
+    widget.tol.value = 0.0
+    worker = widget.run()
+    states = []
+    worker.yielded.connect(lambda u: states.append(u) if hasattr(u, "state") else None)
+    qtbot.waitUntil(lambda: bool(states), timeout=60_000)  # an update queued, maybe not shown
+    widget.cancel()
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    qtbot.wait(50)  # any drain planned before the cancel runs now, on an empty queue
+    assert widget.status.value.startswith("cancelled") and widget.run_button.enabled

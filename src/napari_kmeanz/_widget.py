@@ -297,7 +297,6 @@ class KMeansWidget(Container):
 
         worker = create_worker(lambda: (yield from body))
         flight.worker = worker
-        flight.pbar = progress(total=flight.total, desc="k-means: sampling")
         flight.targets = _layers.existing_outputs(self._viewer, flight.job)
         for stale in flight.targets[1:]:  # an earlier recoloured image: back with the result
             if stale is not None:
@@ -311,6 +310,14 @@ class KMeansWidget(Container):
         self.use_suggested.visible = False
         self.status.value = "running..."
         worker.start()
+        # napari's progress bar takes a while to make, and runs queued events (the worker's
+        # first updates, even its end) as it is made: the run starts first, its updates wait
+        self._busy = True
+        try:
+            flight.pbar = progress(total=flight.total, desc="k-means: sampling")
+        finally:
+            self._busy = False
+            self._next_step()
         return worker
 
     def _set_result(self, result):
@@ -354,16 +361,22 @@ class KMeansWidget(Container):
         a newer one.
         """
         self._drain_planned = False
+        if not self._queued:  # Cancel dropped what was planned
+            self._next_step()
+            return
         self._busy = True
         try:
             self._queued.pop(0)()
         finally:
             self._busy = False
-            if self._queued:
-                self._schedule()
-            elif self._end_pending:
-                self._end_pending = False
-                self._finished()
+            self._next_step()
+
+    def _next_step(self):
+        if self._queued:
+            self._schedule()
+        elif self._end_pending:
+            self._end_pending = False
+            self._finished()
 
     def _show(self, update):
         flight = self._flight

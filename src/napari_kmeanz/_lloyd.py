@@ -42,6 +42,10 @@ ONE_HOT_MAX = 32
 # 12 ms against 30 ms for k=16, and 56 ms against 41 ms for k=50, where fewer cells go whole
 # to one centre and each test weighs every centre.
 CELL_MAX_CLUSTERS = 24
+# Boxes tested against the centres at a time: between two slices a run can be cancelled.
+# Measured on the 16384 tiles of a 2048x2048 chunk, k=300, 5-D: 0.16 s for all of them at
+# once, about 40 ms for 4096.
+BOX_SLICE = 4096
 
 
 @functools.cache
@@ -137,6 +141,13 @@ def box_candidates(
     -------
     ndarray of bool, shape (b, k)
     """
+    if len(lows) > BOX_SLICE:  # each box on its own: slices give the same answer
+        parts = []
+        for start in range(0, len(lows), BOX_SLICE):
+            checkpoint()
+            end = start + BOX_SLICE
+            parts.append(box_candidates(lows[start:end], highs[start:end], centers, factor))
+        return np.concatenate(parts)
     # Worked out feature by feature on (k, b) arrays: a (b, k, d) temporary costs ten times as
     # much for many boxes.
     k, b = len(centers), len(lows)

@@ -251,8 +251,17 @@ class KMeansWidget(Container):
         last round shown, labelled as such."""
         if self._flight is not None:
             self._flight.cancel.set()
-            # previews not begun are not shown: the screen keeps the last one applied
-            self._queued = [step for step in self._queued if step.func != self._show]
+            # preview steps not applied yet are dropped: the screen keeps what it shows
+            self._queued = [step for step in self._queued if not self._preview_step(step)]
+
+    def _preview_step(self, step) -> bool:
+        """Whether a queued step belongs to a round's preview (not to a finished result)."""
+        if step.func == self._apply_layer:
+            return bool(step.args[2][1]["metadata"][_layers.PREFIX].get("preview"))
+        if step.func in (self._show, self._shown):
+            update = step.args[-1]
+            return isinstance(update, _Round) and not update.state.done
+        return False
 
     def save_palette(self, path=None):
         """Save the last result as a palette PNG (cluster indices plus a palette)."""
@@ -411,6 +420,8 @@ class KMeansWidget(Container):
         targets = flight.targets + [None] * (index + 1 - len(flight.targets))
         targets[index] = _layers.apply_layers(self._viewer, [layer_tuple], [targets[index]])[0]
         flight.targets = targets
+        if index == 0:  # the labels layer: what the screen shows now
+            flight.shown = layer_tuple[1]["metadata"][_layers.PREFIX].get("round", flight.shown)
 
     def _shown(self, flight, update) -> None:
         """After a round's layers: the plot, the next preview, and a finished run's numbers."""
@@ -418,7 +429,6 @@ class KMeansWidget(Container):
             return
         state = update.state
         _layers.watch_edits(flight.targets)
-        flight.shown = state.round
         self._show_plot(update.plot)
         flight.ready.set()  # the worker may build the next preview
         if not state.done:

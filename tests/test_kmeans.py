@@ -444,3 +444,14 @@ def test_seeding_reports_progress_and_can_be_cancelled_there(astronaut):
         kmeans(astronaut, 2, cancel=True)
     with pytest.raises(TypeError, match="progress must be callable"):
         kmeans(astronaut, 2, progress=3)
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_each_rounds_labels_are_the_nearest_centres(astronaut, lazy):
+    image = astronaut[::4, ::4]
+    data_in = da.from_array(image, chunks=(64, 64, 3)) if lazy else image
+    pixels = image.reshape(-1, 3).astype(np.float64)
+    for state in iter_kmeans(data_in, 6, random_state=0, max_iter=4, tol=0):
+        d2 = ((pixels[:, None, :] - state.centers[None]) ** 2).sum(axis=2)
+        expected = (d2.argmin(axis=1) + 1).reshape(image.shape[:2])
+        np.testing.assert_array_equal(np.asarray(state.labels()), expected)

@@ -588,3 +588,17 @@ def test_cancel_right_after_run_drops_pending_previews_cleanly(viewer, qtbot):
     qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
     qtbot.wait(50)  # any drain planned before the cancel runs now, on an empty queue
     assert widget.status.value.startswith("cancelled") and widget.run_button.enabled
+
+
+def test_a_sweep_leaves_the_last_runs_recoloured_image_as_it_was(viewer, qtbot):
+    viewer.open_sample(PLUGIN, "astronaut")
+    widget = open_widget(viewer)
+    widget.n_clusters.value = 4
+    run_and_wait(qtbot, widget)
+    recoloured = viewer.layers["astronaut recoloured"]
+    assert recoloured.visible
+    widget.image.value = viewer.layers["astronaut"]
+    widget.sweep_from.value, widget.sweep_to.value = 2, 3
+    widget.sweep()
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    assert recoloured.visible  # a sweep shows no recoloured image: it hides none

@@ -227,6 +227,10 @@ class KMeansWidget(Container):
             states = job.states(cancel=flight.cancel, progress=flight.progress)
         except (ValueError, TypeError) as err:
             return self._refuse(err)
+        flight.targets = _layers.existing_outputs(self._viewer, job)
+        for stale in flight.targets[1:]:  # an earlier recoloured image: back with the result
+            if stale is not None:
+                stale.visible = False
         return self._start(flight, _rounds(job, states, flight), self._show)
 
     def sweep(self):
@@ -306,10 +310,6 @@ class KMeansWidget(Container):
 
         worker = create_worker(lambda: (yield from body))
         flight.worker = worker
-        flight.targets = _layers.existing_outputs(self._viewer, flight.job)
-        for stale in flight.targets[1:]:  # an earlier recoloured image: back with the result
-            if stale is not None:
-                stale.visible = False
         worker.yielded.connect(lambda update: self._applying(on_yield, update))
         worker.finished.connect(self._finished)
         self._flight = flight

@@ -23,6 +23,7 @@ from ._pixels import (
     PixelSource,
     label_centroids,
     to_numpy,
+    value_extent,
     value_origin,
 )
 from ._watch import Cancelled
@@ -254,21 +255,18 @@ def _check_spacing(spacing, spatial_ndim: int) -> tuple[float, ...]:
 
 def _check_magnitudes(vmin, vmax, spatial_weight: float) -> None:
     """Refuse values (and position features) that float64 squared distances cannot hold."""
-    low = np.asarray(vmin, dtype=np.float64)
-    high = np.asarray(vmax, dtype=np.float64)
-    top = float(np.max(np.maximum(np.abs(low), np.abs(high))))
+    top, spread = value_extent(vmin, vmax)
     if top > MAX_MAGNITUDE:
         raise ValueError(
             f"image values reach {top:.3g}, beyond the {MAX_MAGNITUDE:g} that squared "
             "distances can hold: rescale the image (divide it by its maximum, say)."
         )
-    spread = float(np.max(high - low))
     if 0 < spread < MIN_VALUE_RANGE:
         raise ValueError(
             f"image values span only {spread:.3g} (below {MIN_VALUE_RANGE:g}): their squared "
             "differences underflow; rescale the image (divide it by its range, say)."
         )
-    value_range = float(np.max(high)) - float(np.min(low))
+    value_range = float(np.max(vmax)) - float(np.min(vmin))
     if spatial_weight * value_range > MAX_MAGNITUDE:
         raise ValueError(
             f"spatial_weight={spatial_weight!r} makes the position features span "
@@ -773,7 +771,6 @@ class _Run:
         """
         if not isinstance(self.init, str):
             return self.init.copy()
-        seeding = _lloyd.kmeans_plusplus if self.init == "k-means++" else _lloyd.random_init
         sample = PointSource(rows, weights)
         n_sub = min(len(rows), max(SEED_POINTS_MIN, SEED_POINTS_PER_CLUSTER * self.n_clusters))
         sub = np.sort(self.rng.choice(len(rows), size=n_sub, replace=False))
@@ -789,7 +786,12 @@ class _Run:
                 _watch.report("seeding", done + c, total)
 
             try:
-                centers = seeding(points, sub_weights, self.n_clusters, self.rng, on_step)
+                if self.init == "k-means++":
+                    centers = _lloyd.kmeans_plusplus(
+                        points, sub_weights, self.n_clusters, self.rng, on_step
+                    )
+                else:  # one draw: no steps to report
+                    centers = _lloyd.random_init(points, sub_weights, self.n_clusters, self.rng)
             except _lloyd.TooFewDistinctPoints:
                 if exhaustive and n_sub == len(rows):
                     raise

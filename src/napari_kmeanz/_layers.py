@@ -417,7 +417,7 @@ def existing_outputs(viewer: napari.viewer.Viewer, job: Job) -> list:
     and for labels painted by hand since: those are kept, and a new layer is added)."""
     found = []
     for name in (labels_name(job), *recoloured_names(job)):
-        layer = viewer.layers[name] if name in viewer.layers else None  # noqa: SIM401
+        layer = _named(viewer, name)
         if layer is not None and layer.metadata.get(PREFIX, {}).get("edited"):
             layer = None
         found.append(layer)
@@ -457,8 +457,7 @@ def apply_layers(viewer: napari.viewer.Viewer, tuples: list, targets=None) -> li
 
     classes = {"image": Image, "labels": Labels}
     if targets is None:
-        names = [kwargs["name"] for _, kwargs, _ in tuples]
-        targets = [viewer.layers[n] if n in viewer.layers else None for n in names]  # noqa: SIM401
+        targets = [_named(viewer, kwargs["name"]) for _, kwargs, _ in tuples]
     touched = []
     for (data, kwargs, kind), existing in zip(tuples, targets, strict=False):
         if existing is not None and existing not in viewer.layers:
@@ -488,10 +487,15 @@ def apply_layers(viewer: napari.viewer.Viewer, tuples: list, targets=None) -> li
     return touched
 
 
+def _named(viewer, name: str):
+    """The viewer's layer of that name, or None."""
+    return viewer.layers[name] if name in viewer.layers else None  # noqa: SIM401
+
+
 def _same(current, value) -> bool:
     """Whether setting ``value`` would change nothing (it would still cost napari a refresh)."""
     try:
-        if isinstance(value, np.ndarray | tuple | list) and not isinstance(value, str):
+        if isinstance(value, np.ndarray | tuple | list):
             return np.array_equal(
                 np.asarray(current, dtype=object), np.asarray(value, dtype=object)
             )

@@ -610,7 +610,7 @@ def kmeans_plusplus(
 
 
 def random_init(
-    x: np.ndarray, weights: np.ndarray, n_clusters: int, rng: np.random.Generator, on_step=None
+    x: np.ndarray, weights: np.ndarray, n_clusters: int, rng: np.random.Generator
 ) -> np.ndarray:
     """``n_clusters`` distinct points of ``x`` drawn with probability proportional to weight."""
     if len(x) < n_clusters:

@@ -151,6 +151,14 @@ class FeatureSpace:
         return np.concatenate([spatial * self.spatial_scale, np.ones(self.n_channels)])
 
 
+def value_extent(vmin, vmax) -> tuple[float, float]:
+    """The largest magnitude of values between ``vmin`` and ``vmax`` (per channel), and the
+    widest channel's spread."""
+    low = np.asarray(vmin, dtype=np.float64)
+    high = np.asarray(vmax, dtype=np.float64)
+    return float(np.max(np.maximum(np.abs(low), np.abs(high)))), float(np.max(high - low))
+
+
 def value_origin(vmin, vmax) -> float:
     """The origin of the value features for values between ``vmin`` and ``vmax``.
 
@@ -160,13 +168,10 @@ def value_origin(vmin, vmax) -> float:
     shifted by their minimum (an integer, so integer sums stay exact); any other image
     (8- and 16-bit, floats on 0..1) keeps origin 0.
     """
-    low = np.asarray(vmin, dtype=np.float64)
-    high = np.asarray(vmax, dtype=np.float64)
-    top = float(np.max(np.maximum(np.abs(low), np.abs(high))))
-    spread = float(np.max(high - low))
+    top, spread = value_extent(vmin, vmax)
     if top <= max(ORIGIN_FREE_MAGNITUDE, ORIGIN_FREE_RATIO * spread):
         return 0.0
-    return float(math.floor(float(np.min(low))))
+    return float(math.floor(float(np.min(vmin))))
 
 
 def _chunk_grid(chunks: tuple[tuple[int, ...], ...]):

@@ -387,16 +387,24 @@ class KMeansWidget(Container):
             self._end_pending = False
             self._finished()
 
-    def _show(self, update):
+    def _flight_of(self, update, what: str):
+        """The run in progress, when ``update`` is one of its rounds (or sweep steps) to show;
+        None after handling a progress step or a failure, or for another run's update."""
         flight = self._flight
         if flight is None or update.flight is not flight:
-            return
+            return None
         if isinstance(update, _Step):
-            flight.pbar.set_description(f"k-means: {update.stage} {update.done}/{update.total}")
+            flight.pbar.set_description(f"{what}: {update.stage} {update.done}/{update.total}")
             self.status.value = f"{update.stage}: {update.done}/{update.total}"
-            return
+            return None
         if isinstance(update, _Failed):
             flight.failed = update.error
+            return None
+        return flight
+
+    def _show(self, update):
+        flight = self._flight_of(update, "k-means")
+        if flight is None:
             return
         state = update.state
         if self._source_changed(flight):
@@ -442,14 +450,8 @@ class KMeansWidget(Container):
         self.compression.value = f"indices + palette: {ratio:.1f}x smaller than raw"
 
     def _show_sweep(self, update):
-        flight = self._flight
-        if flight is None or update.flight is not flight:
-            return
-        if isinstance(update, _Step):
-            flight.pbar.set_description(f"k sweep: {update.stage} {update.done}/{update.total}")
-            return
-        if isinstance(update, _Failed):
-            flight.failed = update.error
+        flight = self._flight_of(update, "k sweep")
+        if flight is None:
             return
         k, layer_tuple, plot, suggested = update.k, update.tuple, update.plot, update.suggested
         _advance(flight.pbar, flight.pbar.n + 1)

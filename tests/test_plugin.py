@@ -28,6 +28,15 @@ def run_and_wait(qtbot, widget, timeout=60_000):
     return worker
 
 
+def astronaut_run(viewer, qtbot, n_clusters=4):
+    """The astronaut sample clustered from the widget; returns the widget."""
+    viewer.open_sample(PLUGIN, "astronaut")
+    widget = open_widget(viewer)
+    widget.n_clusters.value = n_clusters
+    run_and_wait(qtbot, widget)
+    return widget
+
+
 def test_widget_opens_by_display_name_and_follows_the_layers(viewer):
     viewer.open_sample(PLUGIN, "astronaut")
     widget = open_widget(viewer)
@@ -96,10 +105,7 @@ def test_run_adds_labels_and_recoloured_layers_aligned_with_the_source(viewer, q
 
 
 def test_running_again_updates_the_layers(viewer, qtbot):
-    viewer.open_sample(PLUGIN, "astronaut")
-    widget = open_widget(viewer)
-    widget.n_clusters.value = 4
-    run_and_wait(qtbot, widget)
+    widget = astronaut_run(viewer, qtbot)
     first = viewer.layers["astronaut clusters"]
     assert len(viewer.layers) == 3
     widget.image.value = viewer.layers["astronaut"]
@@ -438,10 +444,7 @@ def notifications_since(seen):
 def test_a_failed_run_notifies_once_and_resets_the_widget(viewer, qtbot):
     from napari.utils.notifications import notification_manager
 
-    viewer.open_sample(PLUGIN, "astronaut")
-    widget = open_widget(viewer)
-    widget.n_clusters.value = 4
-    run_and_wait(qtbot, widget)
+    widget = astronaut_run(viewer, qtbot)
     assert widget.save_button.enabled and widget.compression.value
     # three grey levels: a run with 5 clusters finds out only in its rounds
     levels = np.random.default_rng(0).integers(0, 3, (1024, 1024)).astype(np.float64)
@@ -458,10 +461,7 @@ def test_a_failed_run_notifies_once_and_resets_the_widget(viewer, qtbot):
 
 
 def test_save_palette_refuses_bad_paths_with_a_clear_message(viewer, qtbot, tmp_path):
-    viewer.open_sample(PLUGIN, "astronaut")
-    widget = open_widget(viewer)
-    widget.n_clusters.value = 4
-    run_and_wait(qtbot, widget)
+    widget = astronaut_run(viewer, qtbot)
     for path, expected in [
         ("", "Choose a file name"),
         (tmp_path, "Choose a file name"),
@@ -539,10 +539,7 @@ def test_replacing_the_source_data_mid_run_discards_the_run_with_a_word(viewer, 
 
 
 def test_a_rerun_keeps_labels_painted_by_hand(viewer, qtbot):
-    viewer.open_sample(PLUGIN, "astronaut")
-    widget = open_widget(viewer)
-    widget.n_clusters.value = 4
-    run_and_wait(qtbot, widget)
+    widget = astronaut_run(viewer, qtbot)
     labels = viewer.layers["astronaut clusters"]
     before = labels.data.copy()
     labels.paint((100, 100), 7)  # a brush stroke, as napari's paint tool makes it
@@ -591,10 +588,7 @@ def test_cancel_right_after_run_drops_pending_previews_cleanly(viewer, qtbot):
 
 
 def test_a_sweep_leaves_the_last_runs_recoloured_image_as_it_was(viewer, qtbot):
-    viewer.open_sample(PLUGIN, "astronaut")
-    widget = open_widget(viewer)
-    widget.n_clusters.value = 4
-    run_and_wait(qtbot, widget)
+    widget = astronaut_run(viewer, qtbot)
     recoloured = viewer.layers["astronaut recoloured"]
     assert recoloured.visible
     widget.image.value = viewer.layers["astronaut"]

@@ -67,40 +67,53 @@ def cases():
     yield "5-D k16", lambda: kmeans(astronaut, 16, spatial_weight=1, random_state=0)
     yield "5-D k40", lambda: kmeans(astronaut, 40, spatial_weight=1, random_state=3)
     yield "lab k8", lambda: kmeans(astronaut, 8, color_space="lab", random_state=0)
-    yield "lab sw0.5", lambda: kmeans(
-        astronaut, 8, color_space="lab", spatial_weight=0.5, random_state=0
+    yield (
+        "lab sw0.5",
+        lambda: kmeans(astronaut, 8, color_space="lab", spatial_weight=0.5, random_state=0),
     )
     yield "float camera", lambda: kmeans(util.img_as_float(camera), 5, random_state=0)
-    yield "uint16 sw0.5", lambda: kmeans(
-        util.img_as_uint(camera), 6, spatial_weight=0.5, random_state=0
+    yield (
+        "uint16 sw0.5",
+        lambda: kmeans(util.img_as_uint(camera), 6, spatial_weight=0.5, random_state=0),
     )
-    yield "dask ihc sw1", lambda: kmeans(
-        da.from_array(ihc, chunks=(200, 256, 3)), 6, spatial_weight=1, random_state=0
+    yield (
+        "dask ihc sw1",
+        lambda: kmeans(
+            da.from_array(ihc, chunks=(200, 256, 3)), 6, spatial_weight=1, random_state=0
+        ),
     )
     yield "retina k50", lambda: kmeans(data.retina()[::2, ::2], 50, random_state=0)
-    yield "random init", lambda: kmeans(
-        data.coffee(), 7, init="random", n_init=2, spatial_weight=0.3, random_state=5
+    yield (
+        "random init",
+        lambda: kmeans(
+            data.coffee(), 7, init="random", n_init=2, spatial_weight=0.3, random_state=5
+        ),
     )
     mask = np.zeros(data.coffee().shape[:2], bool)
     mask[50:300, 100:500] = True
     yield "coffee mask", lambda: kmeans(data.coffee(), 8, mask=mask, random_state=0)
-    yield "coffee mask sw1", lambda: kmeans(
-        data.coffee(), 8, mask=mask, spatial_weight=1, random_state=0
+    yield (
+        "coffee mask sw1",
+        lambda: kmeans(data.coffee(), 8, mask=mask, spatial_weight=1, random_state=0),
     )
     rgba = np.dstack([data.chelsea(), np.full(data.chelsea().shape[:2], 255, np.uint8)])
     rgba[:100, :, 3] = 0
     yield "rgba", lambda: kmeans(rgba, 6, random_state=0)
     yield "rgba sw1", lambda: kmeans(rgba, 6, spatial_weight=1, random_state=0)
     volume = np.stack([camera[::4, ::4], camera[1::4, 1::4], camera[2::4, 2::4]])
-    yield "volume dask", lambda: kmeans(
-        da.from_array(volume, chunks=(1, 64, 128)),
-        4,
-        spatial_weight=1,
-        spacing=(2, 1, 1),
-        random_state=0,
+    yield (
+        "volume dask",
+        lambda: kmeans(
+            da.from_array(volume, chunks=(1, 64, 128)),
+            4,
+            spatial_weight=1,
+            spacing=(2, 1, 1),
+            random_state=0,
+        ),
     )
-    yield "time series spacing 0", lambda: kmeans(
-        volume, 4, spatial_weight=1, spacing=(0, 1, 1), random_state=0
+    yield (
+        "time series spacing 0",
+        lambda: kmeans(volume, 4, spatial_weight=1, spacing=(0, 1, 1), random_state=0),
     )
     far = (camera.astype(np.int64) + (2**31 - 300)).astype(np.int32)
     yield "int32 far", lambda: kmeans(far, 4, random_state=0)
@@ -109,8 +122,15 @@ def cases():
     noisy[rng.random(noisy.shape) < 0.01] = np.nan
     yield "float NaN", lambda: kmeans(noisy, 4, random_state=0)
     yield "float NaN sw1", lambda: kmeans(noisy, 4, spatial_weight=1, random_state=0)
-    yield "multichannel axis0", lambda: kmeans(
-        np.moveaxis(ihc[::2, ::2], -1, 0), 5, channel_axis=0, spatial_weight=0.2, random_state=0
+    yield (
+        "multichannel axis0",
+        lambda: kmeans(
+            np.moveaxis(ihc[::2, ::2], -1, 0),
+            5,
+            channel_axis=0,
+            spatial_weight=0.2,
+            random_state=0,
+        ),
     )
     yield "tol0 k3", lambda: kmeans(camera, 3, tol=0, max_iter=50, random_state=2)
     yield "uint16 rgb", lambda: kmeans(util.img_as_uint(ihc[::2, ::2]), 6, random_state=0)
@@ -125,7 +145,7 @@ def cases():
                 da.from_array(ihc, chunks=(256, 300, 3)), 12, spatial_weight=1, random_state=0
             )
         finally:
-            setattr(module, "CACHED_PIXELS", old)
+            module.CACHED_PIXELS = old
 
     yield "uncached tiles", uncached
 
@@ -155,8 +175,11 @@ def big_cases():
     photo = make_image("photo4096")
     for k in (16, 50):
         for sw in (0.0, 1.0):
-            yield f"photo4096 k{k} sw{sw}", lambda k=k, sw=sw: kmeans(
-                photo, k, spatial_weight=sw, max_iter=10, tol=0, random_state=0
+            yield (
+                f"photo4096 k{k} sw{sw}",
+                lambda k=k, sw=sw: kmeans(
+                    photo, k, spatial_weight=sw, max_iter=10, tol=0, random_state=0
+                ),
             )
 
 

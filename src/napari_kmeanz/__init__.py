@@ -1,22 +1,16 @@
 """napari-kmeanz: segment and colour-quantise images by k-means clustering of their pixels.
 
 The compute core (:func:`kmeans`, :func:`iter_kmeans`, :func:`predict`, :func:`recolor`) needs
-numpy, dask and threadpoolctl only; importing this package loads neither napari nor Qt. A run
+numpy, dask and threadpoolctl; importing this package loads neither napari nor Qt. A run
 started with ``cancel=`` stops with :class:`Cancelled` once that event is set.
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ._kmeans import (
-    Cancelled,
-    KMeansResult,
-    KMeansState,
-    iter_kmeans,
-    kmeans,
-    predict,
-    recolor,
-)
-from ._pixels import FeatureSpace
+from ._features import FeatureSpace
+from ._kmeans import iter_kmeans, kmeans
+from ._result import KMeansResult, KMeansState, predict, recolor
+from ._watch import Cancelled
 
 try:
     __version__ = version("napari-kmeanz")

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._defaults import CLI
 from ._io import OutputFolder, atomic, elbow_plot, save_palette_png
 
 SAMPLES = (
@@ -100,10 +101,11 @@ def parser() -> argparse.ArgumentParser:
         help="an image file scikit-image reads (JPEG; PNG, also RGBA and palette; TIFF, also "
         "16-bit and stacks) or the name of a bundled sample",
     )
-    p.add_argument("-k", "--clusters", type=_positive_int, default=50, metavar="K",
-                   help="number of clusters (default: 50)")  # fmt: skip
-    p.add_argument("-r", "--rounds", type=_positive_int, default=5, metavar="ROUNDS",
-                   help="maximum rounds over all pixels (default: 5)")  # fmt: skip
+    k, rounds = CLI["n_clusters"], CLI["max_iter"]  # why these: see _defaults
+    p.add_argument("-k", "--clusters", type=_positive_int, default=k, metavar="K",
+                   help=f"number of clusters (default: {k})")  # fmt: skip
+    p.add_argument("-r", "--rounds", type=_positive_int, default=rounds, metavar="ROUNDS",
+                   help=f"maximum rounds over all pixels (default: {rounds})")  # fmt: skip
     p.add_argument("-o", "--outdir", type=Path, default=Path("kmeanz-output"), metavar="OUTDIR",
                    help="output folder, created if missing (default: kmeanz-output)")  # fmt: skip
     p.add_argument("-s", "--spatial", type=_non_negative, default=0.0, metavar="SPATIAL",
@@ -240,8 +242,8 @@ def _suffix(array: np.ndarray) -> str:
 
 
 def run_single(args, image, stem, mask, outputs: OutputFolder) -> dict:
-    from ._kmeans import recolor
     from ._report import compression, distinct_colors
+    from ._result import recolor
 
     progress = Progress(args.rounds, f"k-means k={args.clusters}", args.quiet)
 
@@ -326,7 +328,7 @@ def _preview_frame(painted: np.ndarray, dtype) -> np.ndarray:
     """An 8-bit RGB frame for the animation (the middle plane of a stack)."""
     while painted.ndim > 3 or (painted.ndim == 3 and painted.shape[-1] not in (3, 4)):
         painted = painted[painted.shape[0] // 2]
-    from ._kmeans import full_scale
+    from ._params import full_scale
 
     frame = np.clip(painted.astype(np.float64) / full_scale(dtype) * 255, 0, 255)
     frame = frame.astype(np.uint8)

@@ -92,7 +92,7 @@ def save_palette_png(path: Path, labels: np.ndarray, colors: np.ndarray, dtype) 
 
     if labels.ndim != 2 or len(colors) + 1 > 256:
         return False
-    from ._kmeans import full_scale
+    from ._params import full_scale
 
     rgb = np.clip(np.asarray(colors) / full_scale(dtype) * 255, 0, 255).round().astype(np.uint8)
     if rgb.shape[1] < 3:

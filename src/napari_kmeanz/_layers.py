@@ -16,7 +16,10 @@ from typing import TYPE_CHECKING
 import dask.array as da
 import numpy as np
 
-from ._kmeans import KMeansResult, KMeansState, full_scale, iter_kmeans, predict, recolor
+from ._defaults import WIDGET
+from ._kmeans import iter_kmeans
+from ._params import full_scale
+from ._result import KMeansResult, KMeansState, predict, recolor
 
 if TYPE_CHECKING:
     import napari
@@ -66,14 +69,55 @@ def _level_spacing(layer, level: int) -> tuple[float, ...]:
     )
 
 
+def _channel_partners(layer, channel_layers) -> list:
+    """The layers clustered as more channels of ``layer``, checked."""
+    extra = [c for c in channel_layers if c is not layer]
+    if extra and (layer.rgb or any(c.rgb for c in extra)):
+        raise ValueError("Only single-channel (grey) layers can be combined as channels.")
+    if extra and (layer.multiscale or any(c.multiscale for c in extra)):
+        raise ValueError("Multiscale layers cannot be combined as channels.")
+    for other in extra:
+        if other.data.shape != layer.data.shape:
+            raise ValueError(
+                f"Layer {other.name!r} has shape {other.data.shape}, but {layer.name!r} has "
+                f"shape {layer.data.shape}: channel layers must have the same shape."
+            )
+    return extra
+
+
+def _fit_level(layer, fit_level: int | None) -> int:
+    """The multiscale level the centres are fitted on (see :func:`make_job`)."""
+    if fit_level is None:
+        sizes = [math.prod(level.shape[: layer.ndim]) for level in layer.data]
+        return max([i for i, n in enumerate(sizes) if n >= FIT_LEVEL_PIXELS] or [0])
+    if not 0 <= fit_level < len(layer.data):
+        raise ValueError(
+            f"fit_level={fit_level} is not a level of {layer.name!r} "
+            f"(levels 0..{len(layer.data) - 1})."
+        )
+    return fit_level
+
+
+def _mask_of(layer, mask_layer):
+    """The mask layer's data, checked against the image layer."""
+    if layer.multiscale:
+        raise ValueError("A mask cannot be used with a multiscale layer yet.")
+    if tuple(mask_layer.data.shape) != tuple(layer.data.shape[: layer.ndim]):
+        raise ValueError(
+            f"Mask layer {mask_layer.name!r} has shape {tuple(mask_layer.data.shape)}, but "
+            f"the image's pixels have shape {tuple(layer.data.shape[: layer.ndim])}."
+        )
+    return mask_layer.data
+
+
 def make_job(
     layer,
     *,
-    n_clusters: int = 8,
+    n_clusters: int = WIDGET["n_clusters"],
     spatial_weight: float = 0.0,
     color_space: str = "rgb",
     init: str = "k-means++",
-    max_iter: int = 30,
+    max_iter: int = WIDGET["max_iter"],
     tol: float = 1e-4,
     seed: int | None = 0,
     mask_layer=None,
@@ -109,28 +153,10 @@ def make_job(
     """
     if layer is None:
         raise ValueError("No image layer: add or select an image layer to cluster.")
-    extra = [c for c in channel_layers if c is not layer]
-    if extra and (layer.rgb or any(c.rgb for c in extra)):
-        raise ValueError("Only single-channel (grey) layers can be combined as channels.")
-    if extra and (layer.multiscale or any(c.multiscale for c in extra)):
-        raise ValueError("Multiscale layers cannot be combined as channels.")
-    for other in extra:
-        if other.data.shape != layer.data.shape:
-            raise ValueError(
-                f"Layer {other.name!r} has shape {other.data.shape}, but {layer.name!r} has "
-                f"shape {layer.data.shape}: channel layers must have the same shape."
-            )
+    extra = _channel_partners(layer, channel_layers)
     levels = []
     if layer.multiscale:
-        sizes = [math.prod(level.shape[: layer.ndim]) for level in layer.data]
-        fit = max([i for i, n in enumerate(sizes) if n >= FIT_LEVEL_PIXELS] or [0])
-        if fit_level is not None:
-            if not 0 <= fit_level < len(layer.data):
-                raise ValueError(
-                    f"fit_level={fit_level} is not a level of {layer.name!r} "
-                    f"(levels 0..{len(layer.data) - 1})."
-                )
-            fit = fit_level
+        fit = _fit_level(layer, fit_level)
         data = layer.data[fit]
         spacing = list(_level_spacing(layer, fit))
         levels = [(level, _level_spacing(layer, i)) for i, level in enumerate(layer.data)]
@@ -145,16 +171,7 @@ def make_job(
     if per_frame and layer.ndim >= 3:
         spacing[0] = 0.0
         levels = [(a, (0.0, *s[1:])) for a, s in levels]
-    mask = None
-    if mask_layer is not None:
-        if layer.multiscale:
-            raise ValueError("A mask cannot be used with a multiscale layer yet.")
-        if tuple(mask_layer.data.shape) != tuple(layer.data.shape[: layer.ndim]):
-            raise ValueError(
-                f"Mask layer {mask_layer.name!r} has shape {tuple(mask_layer.data.shape)}, but "
-                f"the image's pixels have shape {tuple(layer.data.shape[: layer.ndim])}."
-            )
-        mask = mask_layer.data
+    mask = None if mask_layer is None else _mask_of(layer, mask_layer)
     channel_axis = -1 if (layer.rgb or extra) else None
     kwargs = {
         "n_clusters": n_clusters,

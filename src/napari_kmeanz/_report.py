@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from ._kmeans import KMeansResult
+from ._result import KMeansResult
 
 
 def distinct_colors(image: np.ndarray, channel_axis: int | None) -> int:

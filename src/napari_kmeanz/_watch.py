@@ -34,6 +34,18 @@ class Watch:
     progress: Callable[[str, int, int], None] | None = None
     _last: dict = field(default_factory=dict)
 
+    @classmethod
+    def check_arguments(cls, cancel, progress) -> Watch | None:
+        """The watch of a run's ``cancel`` and ``progress`` arguments, checked (None for
+        neither)."""
+        if cancel is not None and not callable(getattr(cancel, "is_set", None)):
+            raise TypeError(
+                f"cancel must have an is_set() method (a threading.Event), got {cancel!r}."
+            )
+        if progress is not None and not callable(progress):
+            raise TypeError(f"progress must be callable or None, got {progress!r}.")
+        return None if cancel is None and progress is None else cls(cancel, progress)
+
     def __dask_tokenize__(self):  # a thread event cannot be hashed by dask
         return ("napari-kmeanz-watch", id(self))
 

@@ -28,6 +28,7 @@ from magicgui.widgets import (
 )
 
 from . import _io, _layers, _report
+from ._defaults import WIDGET
 from ._watch import Cancelled
 
 if TYPE_CHECKING:
@@ -50,9 +51,18 @@ class KMeansWidget(Container):
         self._channels_for = None  # the source whose channel partners were chosen
         self._busy = self._end_pending = self._drain_planned = False  # see _drain
         self._queued: list = []  # steps of the worker's updates, applied one per turn
+        super().__init__(widgets=self._controls())
+        self._connect(viewer)
+        self._layers_changed()
+        self._follow_active()
+
+    def _controls(self) -> list:
+        """The widget's controls, made and kept as attributes, in their order."""
         self.image = ComboBox(label="image", choices=self._images)
         self.channels = Select(label="more channels", choices=self._grey_partners)
-        self.n_clusters = SpinBox(label="clusters (k)", value=8, min=1, max=65535)
+        self.n_clusters = SpinBox(
+            label="clusters (k)", value=WIDGET["n_clusters"], min=1, max=65535
+        )
         self.spatial_weight = FloatSpinBox(
             label="spatial weight", value=0.0, min=0.0, max=MAX_SPATIAL_WEIGHT, step=0.05
         )
@@ -61,7 +71,7 @@ class KMeansWidget(Container):
             label="colour space", choices=[("RGB", "rgb"), ("CIE Lab (perceptual)", "lab")]
         )
         self.init = ComboBox(label="init", choices=["k-means++", "random"], value="k-means++")
-        self.max_iter = SpinBox(label="max rounds", value=30, min=1, max=10000)
+        self.max_iter = SpinBox(label="max rounds", value=WIDGET["max_iter"], min=1, max=10000)
         self.tol = FloatSpinBox(label="tolerance", value=1e-4, min=0.0, max=1.0, step=1e-5)
         self.seed = SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
         self.mask = ComboBox(label="mask", choices=self._masks, nullable=True, value=None)
@@ -78,34 +88,13 @@ class KMeansWidget(Container):
         self.use_suggested = PushButton(text="use suggested k", visible=False)
         self.palette_path = FileEdit(label="palette PNG", mode="w", filter="*.png")
         self.save_button = PushButton(text="Save palette PNG", enabled=False)
-        super().__init__(
-            widgets=[
-                self.image,
-                self.channels,
-                self.n_clusters,
-                self.spatial_weight,
-                self.same_footing,
-                self.color_space,
-                self.init,
-                self.max_iter,
-                self.tol,
-                self.seed,
-                self.mask,
-                self.stack,
-                self.fit_level,
-                self.run_button,
-                self.cancel_button,
-                self.status,
-                self.compression,
-                self.plot,
-                self.sweep_from,
-                self.sweep_to,
-                self.sweep_button,
-                self.use_suggested,
-                self.palette_path,
-                self.save_button,
-            ]
-        )
+        order = """image channels n_clusters spatial_weight same_footing color_space init max_iter
+            tol seed mask stack fit_level run_button cancel_button status compression plot
+            sweep_from sweep_to sweep_button use_suggested palette_path save_button"""
+        return [getattr(self, name) for name in order.split()]
+
+    def _connect(self, viewer) -> None:
+        """Buttons and viewer events to their handlers."""
         self.same_footing.changed.connect(self._same_footing)
         self.run_button.changed.connect(self.run)
         self.cancel_button.changed.connect(self.cancel)
@@ -116,8 +105,6 @@ class KMeansWidget(Container):
         viewer.layers.events.inserted.connect(self._layers_changed)
         viewer.layers.events.removed.connect(self._layers_changed)
         viewer.layers.selection.events.active.connect(self._follow_active)
-        self._layers_changed()
-        self._follow_active()
 
     # choices
 

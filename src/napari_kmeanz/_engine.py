@@ -1,0 +1,34 @@
+"""The engine's one internal interface, below the public API.
+
+The kernels' tests (and any faster kernel that replaces one) go through these names only:
+the modules behind them may be cut and renamed without touching the tests.
+
+- the sources of points that Lloyd's rounds pass over (:class:`_lloyd.Source`): points held
+  in memory (:class:`PointSource`) and the pixels of a dask array (:class:`PixelSource`);
+- how a pixel becomes a point (:class:`FeatureSpace`), and how integer colours become codes
+  (:class:`ColorCodes`);
+- the reference kernel, every row against every candidate centre (:func:`accumulate`), and
+  the squared distance to the nearest centre (:func:`nearest_sqdist`), on raw rows with a
+  ones column (:func:`with_ones`);
+- the tiles of a chunk (:class:`TileGrid`).
+"""
+
+from ._codes import ColorCodes
+from ._features import FeatureSpace
+from ._grid import TileGrid
+from ._kernels import accumulate, nearest_sqdist, with_ones
+from ._lloyd import Source
+from ._pixels import PixelSource
+from ._points import PointSource
+
+__all__ = [
+    "ColorCodes",
+    "FeatureSpace",
+    "PixelSource",
+    "PointSource",
+    "Source",
+    "TileGrid",
+    "accumulate",
+    "nearest_sqdist",
+    "with_ones",
+]

@@ -1,0 +1,270 @@
+"""The features stage: a chunk of the image becomes the rows of its pixels' features.
+
+Every pass reads pixels through this module, and nothing else knows how a pixel becomes a
+point. A pixel is a point of two kinds of features:
+
+- *position*: its coordinates in the image (the chunk's offset plus its place in the chunk),
+  times ``spacing * spatial_scale``; left out when ``spatial_scale`` is 0;
+- *values*: its channel values (alpha left out), as they are, shifted by an origin, or as
+  CIE Lab (:meth:`FeatureSpace.values`).
+
+The passes work on *raw rows*: the coordinates and value features before the per-feature
+``factor`` (:attr:`FeatureSpace.factor`) that turns them into feature units, followed by a
+ones column (its sum is the count). Sums of raw rows of an integer image are exact float64
+integers, whatever the chunking. :meth:`FeatureSpace.image_values` says what the value part
+of a centre means in the image's own units.
+
+:class:`Chunk` is what a task holds: a block of the image, its mask and its offset. A kind
+of feature that needs a pixel's neighbours (smoothing, texture) will read them from an
+overlap around the chunk (``FeatureSpace.halo``, 0 for the two kinds so far); the passes take
+their rows from :class:`TileRows` and :func:`chunk_rows` and do not change.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._color import lab_to_rgb, rgb_to_lab
+from ._grid import TileGrid
+from ._watch import checkpoint
+
+# Values up to this magnitude, or this many times their spread, are clustered as they are
+# (FeatureSpace.origin 0): the rounding of a distance is then below 1e-9 of the squared spread
+# for 16-bit values, and 1e-10 for spread-relative ones.
+ORIGIN_FREE_MAGNITUDE = float(1 << 16)
+ORIGIN_FREE_RATIO = 1024.0
+# Pixels whose rows are built at a time when a chunk is read whole (its tiles' boxes, the
+# farthest pixels): 1 MiB of rows for 5 features.
+BATCH_PIXELS = 1 << 15
+
+
+@dataclass(frozen=True, eq=False)
+class Chunk:
+    """One chunk of the image, as the task that reads it holds it.
+
+    Attributes
+    ----------
+    block : ndarray of shape (*spatial, channels)
+        The chunk's pixels; the last channel is alpha when ``alpha`` is true.
+    mask : ndarray of shape (*spatial,) or None
+        Non-zero where pixels are clustered (None: all of them).
+    offset : tuple of int
+        The index of the chunk's first pixel in the image.
+    alpha : bool
+    """
+
+    block: np.ndarray
+    mask: np.ndarray | None
+    offset: tuple[int, ...]
+    alpha: bool
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """The chunk's spatial shape."""
+        return self.block.shape[:-1]
+
+    def values(self):
+        """Channel values (n, C) of the chunk's pixels in C order, and which of them are
+        clustered (None: all of them); see :func:`chunk_values`."""
+        return chunk_values(self.block, self.mask, self.alpha)
+
+    def pick(self, local: tuple[np.ndarray, ...]):
+        """Channel values (m, C) of the pixels at local coordinates ``local`` (one array per
+        spatial axis), and which of them are clustered (bool, m)."""
+        picked = self.block[local]
+        mask = None if self.mask is None else self.mask[local][:, None]
+        values, valid = chunk_values(picked[:, None, :], mask, self.alpha)
+        return values, np.ones(len(values), bool) if valid is None else valid
+
+
+@dataclass(frozen=True)
+class FeatureSpace:
+    """How a pixel becomes a point.
+
+    A pixel at integer coordinates ``(i_0, ..., i_{n-1})`` with values ``(v_0, ..., v_{C-1})``
+    becomes ``(i_0 * spacing_0 * spatial_scale, ..., v_0, ..., v_{C-1})``. With
+    ``spatial_scale == 0`` the position features are left out and the point is its values alone.
+
+    Attributes
+    ----------
+    spacing : tuple of float
+        Physical size of a pixel along each spatial axis.
+    spatial_scale : float
+        Feature units per physical unit of position.
+    n_channels : int
+        Number of value features (alpha excluded).
+    color_space : {'rgb', 'lab'}
+        'rgb': the values as they are; 'lab': RGB values as CIE L*a*b*.
+    value_top : float
+        Full scale of the values (the dtype's maximum, or 1.0 for floats), for 'lab'.
+    origin : float
+        Subtracted from every 'rgb' value: 0, unless the values sit far from zero compared
+        with their spread (see :func:`value_origin`), where distances computed from raw values
+        would lose their precision. Centres are in these shifted units; colours are not.
+    """
+
+    spacing: tuple[float, ...]
+    spatial_scale: float
+    n_channels: int
+    color_space: str = "rgb"
+    value_top: float = 1.0  # full scale of the values (255 for 8-bit), for colour conversion
+    origin: float = 0.0
+
+    @property
+    def raw_values(self) -> bool:
+        """Whether the value features are the raw channel values as they are."""
+        return self.color_space == "rgb" and not self.origin
+
+    def values(self, raw: np.ndarray) -> np.ndarray:
+        """Value features of raw channel values (n, C): as they are, shifted, or CIE Lab."""
+        if self.color_space == "lab":
+            return rgb_to_lab(raw, self.value_top)
+        if not self.origin:
+            return raw
+        if raw.dtype.kind in "iu":  # in the integers' own dtype, exactly
+            return (raw - raw.dtype.type(int(self.origin))).astype(np.float64)
+        return raw - self.origin
+
+    def image_values(self, values: np.ndarray) -> np.ndarray:
+        """Value features (k, C) back in the image's own units."""
+        if self.color_space == "lab":
+            return lab_to_rgb(values, self.value_top)
+        return values + self.origin if self.origin else values
+
+    @property
+    def halo(self) -> int:
+        """Pixels of overlap a chunk needs on each side for its features: 0, as position and
+        value features are each pixel's own."""
+        return 0
+
+    @property
+    def n_spatial(self) -> int:
+        return len(self.spacing) if self.spatial_scale > 0 else 0
+
+    @property
+    def n_features(self) -> int:
+        return self.n_spatial + self.n_channels
+
+    @property
+    def factor(self) -> np.ndarray:
+        """Raw-to-feature scale of each feature: ``spacing * spatial_scale`` then ones."""
+        spatial = np.asarray(self.spacing[: self.n_spatial], dtype=np.float64)
+        return np.concatenate([spatial * self.spatial_scale, np.ones(self.n_channels)])
+
+
+def value_extent(vmin, vmax) -> tuple[float, float]:
+    """The largest magnitude of values between ``vmin`` and ``vmax`` (per channel), and the
+    widest channel's spread."""
+    low = np.asarray(vmin, dtype=np.float64)
+    high = np.asarray(vmax, dtype=np.float64)
+    return float(np.max(np.maximum(np.abs(low), np.abs(high)))), float(np.max(high - low))
+
+
+def value_origin(vmin, vmax) -> float:
+    """The origin of the value features for values between ``vmin`` and ``vmax``.
+
+    Distances are computed as ``|x|**2 - 2 x.c + |c|**2``, whose rounding grows with the
+    values' magnitude: for values far from zero compared with their spread (int32 values near
+    2**31 that differ by 100, say) it swamps the differences between centres. Such values are
+    shifted by their minimum (an integer, so integer sums stay exact); any other image
+    (8- and 16-bit, floats on 0..1) keeps origin 0.
+    """
+    top, spread = value_extent(vmin, vmax)
+    if top <= max(ORIGIN_FREE_MAGNITUDE, ORIGIN_FREE_RATIO * spread):
+        return 0.0
+    return float(math.floor(float(np.min(vmin))))
+
+
+def chunk_values(block: np.ndarray, mask_block, alpha: bool):
+    """Channel values (n, C) of a chunk and which pixels are clustered (None: all of them)."""
+    flat = block.reshape(-1, block.shape[-1])
+    valid = None if mask_block is None else mask_block.reshape(-1).astype(bool, copy=False)
+    if alpha:
+        opaque = flat[:, -1] > 0
+        valid = opaque if valid is None else valid & opaque
+        flat = flat[:, :-1]
+    if flat.dtype.kind == "f":
+        finite = np.isfinite(flat).all(axis=1)
+        if not finite.all():
+            valid = finite if valid is None else valid & finite
+    return flat, valid
+
+
+class TileRows:
+    """Builds the rows of a batch of tiles: ``(T, d + 1, pixels)`` float64, the raw features
+    then a ones row, zero for the pixels not clustered. One buffer, reused from batch to batch.
+
+    Positions are the pixels' coordinates in the image (the chunk's ``offset`` added), as in
+    every other pass: a pixel's distances are then computed from the same numbers whatever
+    the chunking, and so are the rare pixels equally near two centres up to rounding.
+    """
+
+    def __init__(self, grid: TileGrid, chunk: Chunk, space: FeatureSpace, size: int):
+        self.grid, self.chunk, self.space = grid, chunk, space
+        self.n_spatial = space.n_spatial
+        self.offset = np.array(chunk.offset[: self.n_spatial], dtype=np.intp)
+        self.buffer = np.empty((size, space.n_features + 1, grid.pixels))
+        self.buffer[:, -1] = 1.0
+        self.dirty = False
+
+    @classmethod
+    def batches(cls, grid: TileGrid, chunk: Chunk, space: FeatureSpace) -> TileRows:
+        """A builder for batches of about ``BATCH_PIXELS`` pixels."""
+        return cls(grid, chunk, space, max(1, BATCH_PIXELS // grid.pixels))
+
+    @property
+    def size(self) -> int:
+        """Tiles per batch, at most."""
+        return self.buffer.shape[0]
+
+    def build(self, tiles: np.ndarray):
+        """Rows of the tiles, and which pixels are clustered (None: all of them)."""
+        checkpoint()  # every loop over a chunk's tiles builds its rows here
+        t, p = len(tiles), self.grid.pixels
+        if self.dirty:
+            self.buffer[:, -1] = 1.0
+            self.dirty = False
+        rows = self.buffer[:t]
+        starts = self.grid.origins(tiles)[:, : self.n_spatial] + self.offset
+        for axis in range(self.n_spatial):
+            np.add(starts[:, axis, None], self.grid.local[axis], out=rows[:, axis])
+        chunk = self.chunk
+        picked, valid = self.grid.gather(chunk.block, tiles)
+        mask = None if chunk.mask is None else self.grid.gather(chunk.mask, tiles)[0]
+        values, clustered = chunk_values(
+            picked.reshape(t * p, -1), None if mask is None else mask.reshape(-1), chunk.alpha
+        )
+        if clustered is not None:
+            clustered = clustered.reshape(t, p)
+            valid = clustered if valid is None else valid & clustered
+        target = rows[:, self.n_spatial : -1]
+        if self.space.raw_values:
+            target[...] = values.reshape(t, p, -1).transpose(0, 2, 1)
+        else:
+            target[...] = self.space.values(values).reshape(t, p, -1).transpose(0, 2, 1)
+        if valid is not None:
+            rows *= valid[:, None, :]  # the pixels not clustered: all zero
+            if values.dtype.kind == "f":  # NaN times 0 is NaN
+                np.copyto(target, 0.0, where=~valid[:, None, :])
+            self.dirty = True
+        return rows, valid
+
+
+def chunk_rows(chunk: Chunk, space: FeatureSpace):
+    """The raw rows of a chunk's clustered pixels with a ones column, (n, d + 1), a batch of
+    tiles at a time, each with the pixels' coordinates in the chunk, (n, ndim)."""
+    grid = TileGrid.for_shape(chunk.shape)
+    builder = TileRows.batches(grid, chunk, space)
+    per_batch = builder.size
+    for start in range(0, grid.n_tiles, per_batch):
+        tiles = np.arange(start, min(start + per_batch, grid.n_tiles))
+        batch, valid = builder.build(tiles)
+        rows = batch.transpose(0, 2, 1).reshape(-1, batch.shape[1])
+        coords = np.stack([c.ravel() for c in grid.pixel_coords(tiles)[0]], axis=1)
+        if valid is not None:  # (the pixels outside the chunk are not valid either)
+            rows, coords = rows[valid.ravel()], coords[valid.ravel()]
+        if len(rows):
+            yield rows, coords

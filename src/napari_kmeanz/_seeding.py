@@ -1,0 +1,159 @@
+"""Seeding: initial centres from a sample of the points.
+
+``n_init`` seedings (k-means++ or random) are drawn on a subsample sized to k and refined
+there by a few Lloyd rounds; the one with the lowest inertia is then refined on the whole
+sample, before the rounds over all pixels.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _watch
+from ._lloyd import Lloyd, TooFewDistinctPoints
+from ._points import PointSource
+from ._watch import checkpoint
+
+# Seeding runs on a subsample of the sample, of this many points per cluster (and at least
+# SEED_POINTS_MIN), with SEED_ROUNDS Lloyd rounds (or until a round gains less than SEED_TOL
+# of the inertia) for each of the n_init candidates; the best is then refined on the whole
+# sample for at most SAMPLE_ROUNDS rounds, until a round gains less than SAMPLE_TOL (whatever
+# ``tol`` is: it governs the rounds over all pixels). Measured on the 4096x4096 photo, 5-D
+# k=16: with tol=0 the refinement took 35 rounds and 0.18 s to the sample's strict
+# convergence, against 12 rounds and 0.09 s, and the inertia after 10 rounds over all pixels
+# differed by 3e-5.
+SEED_POINTS_PER_CLUSTER = 256
+SEED_POINTS_MIN = 8192
+SEED_ROUNDS = 10
+SEED_TOL = 1e-4
+SAMPLE_ROUNDS = 100
+SAMPLE_TOL = 1e-5
+
+
+@dataclass(frozen=True, eq=False)
+class Sample:
+    """Points to seed from: raw rows (n, d) in raw units, their weights (n,), and whether
+    they are every point there is (then too few distinct ones raise at once)."""
+
+    rows: np.ndarray
+    weights: np.ndarray
+    exhaustive: bool
+
+
+def seed(sample: Sample, n_clusters, init, n_init, rng, factor, refine_rounds) -> np.ndarray:
+    """Initial centres (k, d) in feature space: ``init`` itself when it is an array, else the
+    best of ``n_init`` seedings on a subsample, refined on the whole sample for at most
+    ``refine_rounds`` rounds."""
+    if not isinstance(init, str):
+        return init.copy()
+    rows, weights = sample.rows, sample.weights
+    n_sub = min(len(rows), max(SEED_POINTS_MIN, SEED_POINTS_PER_CLUSTER * n_clusters))
+    sub = np.sort(rng.choice(len(rows), size=n_sub, replace=False))
+    subsample = PointSource(rows[sub], weights[sub])
+    points = subsample.raw * factor
+    must_hold = sample.exhaustive and n_sub == len(rows)  # every point: too few raise
+    best = None
+    for trial in range(n_init):
+        progress = (trial * n_clusters, n_init * n_clusters)
+        centers = _draw(points, subsample.weights, n_clusters, init, rng, progress, must_hold)
+        refined = Lloyd(subsample, centers, factor, SEED_ROUNDS, SEED_TOL)
+        for _ in refined.rounds():
+            pass
+        inertia = refined.inertia(refined.centers, *subsample.stats(refined.centers, factor))
+        if best is None or inertia < best[0]:
+            best = (inertia, refined.centers)
+    refine = Lloyd(PointSource(rows, weights), best[1], factor, refine_rounds, SAMPLE_TOL)
+    for _ in refine.rounds():
+        pass
+    if sample.exhaustive and np.unique(refine.centers, axis=0).shape[0] < n_clusters:
+        n_distinct = np.unique(rows * factor, axis=0).shape[0]
+        if n_distinct < n_clusters:
+            raise TooFewDistinctPoints(n_distinct, n_clusters)
+    return refine.centers
+
+
+def _draw(points, weights, n_clusters, init, rng, progress, must_hold) -> np.ndarray:
+    """One seeding on the subsample's ``points`` (feature units); ``progress`` is the steps
+    done before it and in all, for the seeding's progress reports."""
+    done, total = progress
+
+    def on_step(c):
+        _watch.report("seeding", done + c, total)
+
+    try:
+        if init == "k-means++":
+            return kmeans_plusplus(points, weights, n_clusters, rng, on_step)
+        return random_init(points, weights, n_clusters, rng)  # one draw: no steps to report
+    except TooFewDistinctPoints:
+        if must_hold:
+            raise
+        # The subsample holds fewer distinct points than the data may: start the missing
+        # clusters on duplicates; the next rounds relocate them to far points.
+        distinct = np.unique(points, axis=0)
+        return distinct[np.arange(n_clusters) % len(distinct)]
+
+
+def kmeans_plusplus(
+    x: np.ndarray, weights: np.ndarray, n_clusters: int, rng: np.random.Generator, on_step=None
+) -> np.ndarray:
+    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007, as in scikit-learn).
+
+    Parameters
+    ----------
+    x : ndarray of shape (n, d)
+        Points in feature space.
+    weights : ndarray of shape (n,)
+        Multiplicity of each point.
+    n_clusters : int
+    rng : numpy.random.Generator
+
+    Returns
+    -------
+    ndarray of shape (n_clusters, d)
+
+    Raises
+    ------
+    TooFewDistinctPoints
+        When every remaining point coincides with a chosen centre before ``n_clusters`` are found.
+    """
+    n = len(x)
+    n_trials = 2 + int(np.log(n_clusters))
+    norms = np.einsum("ij,ij->i", x, x)
+
+    def sqdist(rows):  # (len(rows), n) squared distances from x[rows] to every point
+        d2 = norms[rows, None] - 2.0 * (x[rows] @ x.T) + norms[None, :]
+        return np.maximum(d2, 0.0, out=d2)
+
+    centers = np.empty((n_clusters, x.shape[1]))
+    first = rng.choice(n, p=weights / weights.sum())
+    centers[0] = x[first]
+    closest = sqdist(np.array([first]))[0]
+    potential = float(weights @ closest)
+    for c in range(1, n_clusters):
+        if on_step is not None:
+            on_step(c)
+        checkpoint()
+        if potential <= 0.0:
+            raise TooFewDistinctPoints(c, n_clusters)
+        cumulative = np.cumsum(weights * closest)
+        picks = np.searchsorted(cumulative, rng.random(n_trials) * cumulative[-1])
+        picks = np.minimum(picks, n - 1)
+        trial = sqdist(picks)
+        np.minimum(closest, trial, out=trial)
+        potentials = trial @ weights
+        best = int(np.argmin(potentials))
+        closest, potential = trial[best], float(potentials[best])
+        centers[c] = x[picks[best]]
+    return centers
+
+
+def random_init(
+    x: np.ndarray, weights: np.ndarray, n_clusters: int, rng: np.random.Generator
+) -> np.ndarray:
+    """``n_clusters`` distinct points of ``x`` drawn with probability proportional to weight."""
+    if len(x) < n_clusters:
+        raise TooFewDistinctPoints(len(x), n_clusters)
+    picks = rng.choice(len(x), size=n_clusters, replace=False, p=weights / weights.sum())
+    return x[np.sort(picks)].astype(np.float64)

@@ -210,7 +210,7 @@ class _Interface:
         self.owner = owner
 
 
-def _tile_codes(chunk: Chunk, coder: ColorCodes, tile: int = CODE_TILE, out=None):
+def _tile_codes(chunk: Chunk, coder: ColorCodes, out=None):
     """Colour codes of a chunk's pixels, a tile of pixels at a time.
 
     Yields ``(span, codes, valid)``: the slice of the chunk's pixels (in C order) the tile
@@ -218,6 +218,7 @@ def _tile_codes(chunk: Chunk, coder: ColorCodes, tile: int = CODE_TILE, out=None
     ``out``, an array for every pixel's code, written there) and which of them are clustered
     (None: all of them). Working in tiles keeps every temporary small.
     """
+    tile = CODE_TILE
     values, valid = chunk.values()
     buffer = np.empty(tile, dtype=np.intp) if out is None else None
     scratch = np.empty(min(tile, len(values)), dtype=np.int64)

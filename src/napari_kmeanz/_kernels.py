@@ -122,7 +122,7 @@ def accumulate(
     counts: np.ndarray,
     sums: np.ndarray,
     weighted: np.ndarray | None = None,
-    block: int = SUB_BLOCK,
+    block: int | None = None,
     candidates_of: np.ndarray | None = None,
     want_labels: bool = True,
 ) -> np.ndarray | None:
@@ -146,8 +146,8 @@ def accumulate(
         Per-cluster (weighted) raw sums, added to. # OUT
     weighted : ndarray of shape (n, d + 1), optional
         ``rows`` times each row's multiplicity, for weighted points; ``rows`` when omitted.
-    block : int
-        Rows per sub-block.
+    block : int, optional
+        Rows per sub-block (default ``SUB_BLOCK``).
     candidates_of : ndarray of int, optional
         The candidate centres of every row, when known (default: found per sub-block).
     want_labels : bool
@@ -160,6 +160,7 @@ def accumulate(
     """
     weights_matrix = distance_weights(centers, factor)
     labels = np.empty(len(rows), dtype=np.intp) if want_labels else None
+    block = SUB_BLOCK if block is None else block
     for s in range(0, len(rows), block):
         checkpoint()
         part = rows[s : s + block]

@@ -130,8 +130,9 @@ def kmeans(
     Notes
     -----
     Pixels with a NaN or infinite value in any channel are not clustered: they get label 0 like
-    masked-out pixels. Cluster ids are ordered by the mean channel value of the cluster centre
-    (darkest first, ties by the centre), so the same image gives the same ids every run.
+    masked-out pixels. Cluster ids are ordered by the mean of the centre's value features, ties
+    by the centre, so the same image gives the same ids every run: for grey and RGB that is the
+    mean channel value (darkest first); with ``color_space='lab'``, the mean of L*, a* and b*.
 
     With ``spatial_weight=0`` and an integer image of at most 2**24 possible colours, the
     distinct colours are clustered, weighted by their counts (the same objective, exactly), and

@@ -6,8 +6,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import _kernels
 from ._compute import one_blas_thread, zeros
-from ._kernels import SUB_BLOCK, accumulate, nearest_sqdist, top_farthest, with_ones
+from ._kernels import accumulate, nearest_sqdist, top_farthest, with_ones
 from ._prune import PointCells, split_cells
 
 # Points per sub-block for points held in memory (sorted in Z-order, a small block is a
@@ -102,7 +103,15 @@ class PointSource:
         weighted = rows if self.weights is None else rows * self.weights[read, None]
         all_centres = np.arange(len(centers))
         nearest = accumulate(
-            rows, centers, factor, counts, sums, weighted, SUB_BLOCK, all_centres, want_labels
+            rows,
+            centers,
+            factor,
+            counts,
+            sums,
+            weighted,
+            _kernels.SUB_BLOCK,
+            all_centres,
+            want_labels,
         )
         if not want_labels:
             return None

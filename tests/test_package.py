@@ -35,3 +35,18 @@ def test_manifest_is_installed_and_valid():
 
     manifest = PluginManifest.from_distribution("napari-kmeanz")
     assert manifest.name == "napari-kmeanz"
+
+
+def test_front_end_defaults_are_the_ones_documented_in_one_place():
+    """k and max_iter differ between the API, the widget and the CLI on purpose; the values
+    and why live in _defaults."""
+    import inspect
+
+    from napari_kmeanz import _cli, _defaults, iter_kmeans, kmeans
+
+    for function in (kmeans, iter_kmeans):
+        parameters = inspect.signature(function).parameters
+        assert {name: parameters[name].default for name in _defaults.API} == _defaults.API
+    args = _cli.parser().parse_args(["astronaut"])
+    assert (args.clusters, args.rounds) == (_defaults.CLI["n_clusters"], _defaults.CLI["max_iter"])
+    # (the widget's: tests/test_plugin.py)

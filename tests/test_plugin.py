@@ -1,6 +1,7 @@
 """The napari plugin in a real viewer (under Xvfb): widget, layers, live rounds, cancel."""
 
 import dask.array as da
+import napari
 import numpy as np
 import pytest
 from npe2 import PluginManager
@@ -43,7 +44,7 @@ def test_widget_opens_by_display_name_and_follows_the_layers(viewer):
     assert widget.image.value is viewer.layers["astronaut"]
     cells = viewer.add_image(data.cell(), name="cells")
     assert widget.image.value is cells  # the new layer is active
-    assert [name for name, _ in widget._images()] == ["astronaut", "cells"]
+    assert [layer.name for layer in widget.image.choices] == ["astronaut", "cells"]
     viewer.layers.selection.active = viewer.layers["astronaut"]
     assert widget.image.value is viewer.layers["astronaut"]
     viewer.layers.remove(cells)
@@ -67,7 +68,8 @@ def test_run_adds_labels_and_recoloured_layers_aligned_with_the_source(viewer, q
 
     labels = viewer.layers["photo clusters"]
     recoloured = viewer.layers["photo recoloured"]
-    assert labels._type_string == "labels" and recoloured._type_string == "image"
+    assert isinstance(labels, napari.layers.Labels)
+    assert isinstance(recoloured, napari.layers.Image)
     assert labels.data.shape == (512, 512) and recoloured.data.shape == (512, 512, 3)
     assert recoloured.rgb and recoloured.data.dtype == np.uint8
     for layer in (labels, recoloured):
@@ -191,7 +193,13 @@ def test_cancel_acts_during_seeding_and_seeding_shows_progress(viewer, qtbot):
 def test_lab_colour_space_from_the_widget(viewer, qtbot):
     viewer.open_sample(PLUGIN, "astronaut")
     widget = open_widget(viewer)
-    assert widget.color_space.visible or not widget.native.isVisible()
+    # hidden or not by the widget itself (the test viewer is never shown on screen)
+    assert not widget.color_space.native.isHidden()  # an RGB layer: a colour space to pick
+    grey = viewer.add_image(data.camera(), name="camera")
+    widget.image.value = grey
+    assert widget.color_space.native.isHidden()  # a grey layer: none
+    widget.image.value = viewer.layers["astronaut"]
+    assert not widget.color_space.native.isHidden()
     widget.color_space.value = "lab"
     widget.n_clusters.value = 5
     run_and_wait(qtbot, widget)
@@ -199,6 +207,18 @@ def test_lab_colour_space_from_the_widget(viewer, qtbot):
     assert labels.metadata["napari-kmeanz"]["parameters"]["color_space"] == "lab"
     expected = kmeans(data.astronaut(), 5, color_space="lab", random_state=0, max_iter=30)
     np.testing.assert_array_equal(labels.data, expected.labels)
+
+
+def test_widget_defaults_are_the_documented_ones(viewer):
+    from napari_kmeanz import _defaults
+
+    viewer.open_sample(PLUGIN, "astronaut")
+    widget = open_widget(viewer)
+    assert widget.n_clusters.value == _defaults.WIDGET["n_clusters"]
+    assert widget.max_iter.value == _defaults.WIDGET["max_iter"]
+    job = widget.job()
+    assert job.kwargs["n_clusters"] == _defaults.WIDGET["n_clusters"]
+    assert job.kwargs["max_iter"] == _defaults.WIDGET["max_iter"]
 
 
 def test_same_footing_button(viewer):
@@ -210,7 +230,7 @@ def test_same_footing_button(viewer):
 
 @pytest.mark.parametrize(
     "setup",
-    ["no image", "mask of another shape", "more clusters than pixels", "rgb plus channel"],
+    ["no image", "mask of another shape", "more clusters than pixels"],
 )
 def test_bad_choices_notify_and_change_nothing(viewer, setup):
     widget = open_widget(viewer)
@@ -220,17 +240,6 @@ def test_bad_choices_notify_and_change_nothing(viewer, setup):
         widget.mask.value = viewer.add_labels(np.ones((5, 5), np.uint8), name="mask")
     if setup == "more clusters than pixels":
         widget.n_clusters.value = 20
-    if setup == "rgb plus channel":
-        viewer.add_image(data.astronaut(), name="rgb", rgb=True)
-        widget.image.value = viewer.layers["rgb"]
-        widget.channels.value = []
-        job_error = None
-        try:
-            _layers.make_job(viewer.layers["rgb"], channel_layers=[viewer.layers["tiny"]])
-        except ValueError as err:
-            job_error = err
-        assert "single-channel" in str(job_error)
-        return
     from napari.utils.notifications import notification_manager
 
     before = [(layer.name, id(layer.data)) for layer in viewer.layers]
@@ -245,6 +254,36 @@ def test_bad_choices_notify_and_change_nothing(viewer, setup):
         "more clusters than pixels": "n_clusters=20 is larger than the number of pixels (16)",
     }[setup]
     assert any(expected in m for m in messages), messages
+
+
+def test_an_rgb_image_takes_no_channel_partners(viewer, qtbot):
+    """Grey layers of one shape are offered as more channels of each other; an RGB layer is
+    offered none, and partners chosen for a grey layer are dropped when the image becomes an
+    RGB one: the run clusters the RGB colours alone."""
+    camera = data.camera()
+    first = viewer.add_image(camera, name="first")
+    second = viewer.add_image(camera[::-1].copy(), name="second")
+    rgb = viewer.add_image(data.astronaut(), name="rgb", rgb=True)
+    widget = open_widget(viewer)
+    widget.image.value = first
+    assert list(widget.channels.choices) == [second]
+    widget.channels.value = [second]
+    assert not widget.channels.native.isHidden()
+    widget.image.value = rgb
+    assert widget.channels.choices == () and widget.channels.native.isHidden()
+    widget.n_clusters.value = 4
+    run_and_wait(qtbot, widget)
+    expected = kmeans(data.astronaut(), 4, random_state=0, max_iter=30)
+    np.testing.assert_array_equal(viewer.layers["rgb clusters"].data, expected.labels)
+
+
+def test_make_job_refuses_rgb_layers_with_channels(viewer):
+    rgb = viewer.add_image(data.astronaut(), name="rgb", rgb=True)
+    grey = viewer.add_image(data.astronaut()[..., 0], name="grey")
+    with pytest.raises(ValueError, match="single-channel"):
+        _layers.make_job(rgb, channel_layers=[grey])
+    with pytest.raises(ValueError, match="single-channel"):
+        _layers.make_job(grey, channel_layers=[rgb])
 
 
 def test_typed_commands_through_npe2():
@@ -357,7 +396,7 @@ def test_single_channel_layers_clustered_together(viewer, qtbot):
         )
     widget = open_widget(viewer)
     widget.image.value = viewer.layers["ch0"]
-    assert [name for name, _ in widget._grey_partners()] == ["ch1", "ch2"]
+    assert [layer.name for layer in widget.channels.choices] == ["ch1", "ch2"]
     widget.channels.value = [viewer.layers["ch1"], viewer.layers["ch2"]]
     widget.n_clusters.value = 4
     run_and_wait(qtbot, widget)
@@ -416,7 +455,8 @@ def test_multiscale_fit_level_is_chosen_in_the_widget(viewer, qtbot):
     full = data.astronaut()
     layer = viewer.add_image([full, full[::2, ::2], full[::4, ::4]], rgb=True, multiscale=True)
     widget = open_widget(viewer)
-    assert [label for label, _ in widget._levels()] == [
+    combo = widget.fit_level.native
+    assert [combo.itemText(i) for i in range(combo.count())] == [
         "auto (coarse)",
         "0: 512 x 512",
         "1: 256 x 256",
@@ -491,7 +531,7 @@ def test_a_multichannel_file_is_clustered_on_all_its_channels(viewer, qtbot):
     # the first covers the originals: the picture is the recoloured channels alone
     assert [layer.blending for layer in recoloured] == ["opaque", "additive", "additive"]
     widget.image.value = viewer.layers["r"]
-    partners = [name for name, _ in widget._grey_partners()]
+    partners = [layer.name for layer in widget.channels.choices]
     assert partners == ["g", "b"]  # never the plugin's own outputs
 
 

@@ -5,9 +5,10 @@ half and at twice it, in one run (the README's table of tuning constants quotes 
     .venv/bin/python benchmarks/bench_constants.py --quick    # a 2048x2048 crop of it
 
 Every workload is a whole ``kmeans`` call (10 rounds, ``tol=0``, seed 0), timed as the best
-of three (of six at the chosen value, timed before and after the others); a constant is set in the module that holds it (nothing else reads a copy of it).
-The figures are ratios to the time at the chosen value: above 1 means slower. Results do not
-depend on these constants (``benchmarks/fingerprints.py``), only time does.
+of three (of six at the chosen value, timed before and after the others); a constant is set
+in the module that holds it (nothing else reads a copy of it). The figures are ratios to the
+time at the chosen value: above 1 means slower. Results do not depend on these constants
+(``benchmarks/fingerprints.py``), only time does.
 """
 
 from __future__ import annotations

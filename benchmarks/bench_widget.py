@@ -10,7 +10,9 @@ Measured (issue "Trust"):
   ticks are timed, next to napari's own cost for the same layers, measured by the same timer
   around one callback: setting their data once (a rerun, whose layers exist) or adding them
   (a first run, which adds its layers). Cases: a 2048x2048 photo, k=50, spatial weight 1, 12
-  rounds; the immunohistochemistry sample with the widget's defaults;
+  rounds; the immunohistochemistry sample with the widget's defaults; and the two reported
+  freezes, a 512x512 RGBA photo (once 2 s at the run's end) and a 1024x1024 photo with
+  spatial weight 1 (once 4 frames a second);
 - the time from Cancel to the end of the run, in the middle of a long round, and during
   seeding (k=1000);
 - the time from Run to the first preview on a 4096x4096 photo (the widget's defaults).
@@ -189,6 +191,14 @@ def main():
     freeze_case(
         app, viewer, widget, "immunohistochemistry, defaults (rerun)", ihc, True, **DEFAULTS
     )
+
+    rgba = np.dstack([data.astronaut(), np.full((512, 512), 255, np.uint8)])
+    rgba[:128, :, 3] = 0  # a transparent band: those pixels are left out
+    freeze_case(app, viewer, widget, "512^2 RGBA, defaults (new layers)", rgba, **DEFAULTS)
+    freeze_case(
+        app, viewer, widget, "1024^2, k=16, spatial 1 (new layers)", photo(1024),
+        **{**DEFAULTS, "n_clusters": 16, "spatial_weight": 1.0},
+    )  # fmt: skip
 
     def mid_round(widget, viewer, name):  # a preview shown, the next round under way
         return f"{name} clusters" in viewer.layers and widget.status.value.startswith("round")

@@ -114,6 +114,19 @@ def test_lab_colour_space_option(tmp_path):
     assert read_report(tmp_path, "coffee")["parameters"]["color_space"] == "lab"
 
 
+def test_sigma_and_features_options(tmp_path):
+    done = run(
+        "camera", "-k", 3, "--sigma", 2, "--features", "gaussian,std", "-o", tmp_path, "--quiet"
+    )
+    assert done.returncode == 0, done.stderr
+    expected = kmeans(
+        data.camera(), 3, sigma=2, features=["gaussian", "std"], max_iter=5, random_state=0
+    )
+    np.testing.assert_array_equal(io.imread(tmp_path / "camera_labels.png"), expected.labels)
+    parameters = read_report(tmp_path, "camera")["parameters"]
+    assert parameters["sigma"] == 2 and parameters["features"] == ["gaussian", "std"]
+
+
 def test_sweep_writes_inertia_elbow_and_animation(tmp_path):
     done = run("coffee", "--sweep", "2:6", "-r", 10, "-o", tmp_path, "--quiet")
     assert done.returncode == 0, done.stderr
@@ -143,6 +156,10 @@ def test_sweep_writes_inertia_elbow_and_animation(tmp_path):
         (["astronaut", "--sweep", "9:3"], "argument --sweep: expected 1 <= KMIN <= KMAX"),
         (["astronaut", "--mask", "BROKEN"], "cannot read image"),
         (["camera", "-k", "300000"], "n_clusters=300000 is larger than the number of pixels"),
+        (["camera", "--sigma", "-1"], "argument --sigma: expected a number >= 0, got '-1'"),
+        (["camera", "--sigma", "1,2,3"], "sigma must be a number or 2 numbers"),
+        (["camera", "--features", "edges"], "argument --features: expected feature kinds"),
+        (["camera", "--features", "std"], "'std' is taken at a Gaussian scale; give sigma"),
     ],
 )
 def test_bad_input_exit_code_2_and_one_line(files, tmp_path, args, message):

@@ -221,6 +221,23 @@ def test_widget_defaults_are_the_documented_ones(viewer):
     assert job.kwargs["max_iter"] == _defaults.WIDGET["max_iter"]
 
 
+def test_smoothing_and_features_from_the_widget(viewer, qtbot):
+    noisy = data.camera()[::2, ::2] + np.random.default_rng(0).normal(0, 40, (256, 256))
+    layer = viewer.add_image(noisy, name="noisy", scale=(2.0, 2.0))
+    widget = open_widget(viewer)
+    widget.image.value = layer
+    widget.n_clusters.value = 3
+    widget.sigma.value = 4.0  # world units: 2 pixels of this layer
+    widget.features.value = ["gaussian", "std"]
+    run_and_wait(qtbot, widget)
+    parameters = viewer.layers["noisy clusters"].metadata["napari-kmeanz"]["parameters"]
+    assert parameters["sigma"] == 4.0 and parameters["features"] == ["gaussian", "std"]
+    expected = kmeans(
+        noisy, 3, sigma=2, features=["gaussian", "std"], random_state=0, max_iter=30
+    )
+    np.testing.assert_array_equal(viewer.layers["noisy clusters"].data, expected.labels)
+
+
 def test_same_footing_button(viewer):
     widget = open_widget(viewer)
     widget.same_footing.changed.emit(True)

@@ -75,6 +75,24 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _sigma(text: str) -> float | tuple[float, ...]:
+    """A number >= 0, or one per spatial axis separated by commas (``1,2,2``)."""
+    values = tuple(_non_negative(part) for part in text.split(","))
+    return values[0] if len(values) == 1 else values
+
+
+def _features(text: str) -> list[str]:
+    from ._filters import KINDS
+
+    kinds = [part.strip() for part in text.split(",") if part.strip()]
+    unknown = [kind for kind in kinds if kind not in KINDS]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(
+            f"expected feature kinds among {', '.join(KINDS)} separated by commas, got {text!r}"
+        )
+    return kinds
+
+
 def _k_range(text: str) -> list[int]:
     try:
         low, high = (int(part) for part in text.split(":"))
@@ -118,6 +136,13 @@ def parser() -> argparse.ArgumentParser:
                    choices=("rgb", "lab"), default="rgb",
                    help="cluster RGB colours as they are, or as CIE Lab, a perceptual space "
                    "(default: rgb)")  # fmt: skip
+    p.add_argument("--sigma", type=_sigma, metavar="SIGMA",
+                   help="Gaussian scale of the value features in pixels, or one per axis "
+                   "(2,1,1): smooths noisy images before clustering (default: none)")  # fmt: skip
+    p.add_argument("--features", type=_features, metavar="KINDS",
+                   help="value features at scale SIGMA, separated by commas: value, gaussian, "
+                   "gradient, laplace, std (texture), hessian (default: gaussian with "
+                   "--sigma, value without)")  # fmt: skip
     p.add_argument("--seed", type=_seed, default=0, help="random seed, >= 0 (default: 0)")
     p.add_argument("--init", choices=("k-means++", "random"), default="k-means++",
                    help="initialisation (default: k-means++)")  # fmt: skip
@@ -220,7 +245,8 @@ def _cluster(image, k, args, mask, progress: Progress, on_round: Callable | None
 
     states = iter_kmeans(
         image, k, spatial_weight=args.spatial, mask=mask, color_space=args.color_space,
-        init=args.init, max_iter=args.rounds, tol=args.tol, random_state=args.seed,
+        sigma=args.sigma, features=args.features, init=args.init, max_iter=args.rounds,
+        tol=args.tol, random_state=args.seed,
     )  # fmt: skip
     for state in states:
         if state.done:
@@ -361,6 +387,8 @@ def _parameters(args) -> dict:
         "rounds": args.rounds,
         "spatial_weight": args.spatial,
         "color_space": args.color_space,
+        "sigma": args.sigma,
+        "features": args.features,
         "every_round": args.every_round,
         "seed": args.seed,
         "init": args.init,

@@ -5,8 +5,8 @@ the modules behind them may be cut and renamed without touching the tests.
 
 - the sources of points that Lloyd's rounds pass over (:class:`_lloyd.Source`): points held
   in memory (:class:`PointSource`) and the pixels of a dask array (:class:`PixelSource`);
-- how a pixel becomes a point (:class:`FeatureSpace`), and how integer colours become codes
-  (:class:`ColorCodes`);
+- how a pixel becomes a point (:class:`FeatureSpace`, with :class:`Filters` for features that
+  need its neighbours), and how integer colours become codes (:class:`ColorCodes`);
 - the reference kernel, every row against every candidate centre (:func:`accumulate`), and
   the squared distance to the nearest centre (:func:`nearest_sqdist`), on raw rows with a
   ones column (:func:`with_ones`);
@@ -15,6 +15,7 @@ the modules behind them may be cut and renamed without touching the tests.
 
 from ._codes import ColorCodes
 from ._features import FeatureSpace
+from ._filters import Filters
 from ._grid import TileGrid
 from ._kernels import accumulate, nearest_sqdist, with_ones
 from ._lloyd import Source
@@ -24,6 +25,7 @@ from ._points import PointSource
 __all__ = [
     "ColorCodes",
     "FeatureSpace",
+    "Filters",
     "PixelSource",
     "PointSource",
     "Source",

@@ -15,19 +15,21 @@ integers, whatever the chunking. :meth:`FeatureSpace.image_values` says what the
 of a centre means in the image's own units.
 
 :class:`Chunk` is what a task holds: a block of the image, its mask and its offset. A kind
-of feature that needs a pixel's neighbours (smoothing, texture) will read them from an
-overlap around the chunk (``FeatureSpace.halo``, 0 for the two kinds so far); the passes take
-their rows from :class:`TileRows` and :func:`chunk_rows` and do not change.
+of feature that needs a pixel's neighbours (smoothing, edges, texture: ``_filters``) reads
+them from an overlap around the chunk; the passes take their rows from :class:`TileRows` and
+:func:`chunk_rows` whatever the features are.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from ._color import lab_to_rgb, rgb_to_lab
+from ._filters import Filters
 from ._grid import TileGrid
 from ._watch import checkpoint
 
@@ -48,36 +50,90 @@ class Chunk:
     Attributes
     ----------
     block : ndarray of shape (*spatial, channels)
-        The chunk's pixels; the last channel is alpha when ``alpha`` is true.
+        The chunk's pixels (with ``depth`` pixels of its neighbours on each side); the last
+        channel is alpha when ``alpha`` is true.
     mask : ndarray of shape (*spatial,) or None
-        Non-zero where pixels are clustered (None: all of them).
+        Non-zero where the chunk's pixels are clustered (None: all of them); no overlap.
     offset : tuple of int
         The index of the chunk's first pixel in the image.
     alpha : bool
+    filters : Filters or None
+        The value features that need neighbours (None: the channel values as they are).
+    depth : tuple of int
+        Pixels of overlap read around the chunk, per spatial axis (see ``_filters.depths``).
     """
 
     block: np.ndarray
     mask: np.ndarray | None
     offset: tuple[int, ...]
     alpha: bool
+    filters: Filters | None = None
+    depth: tuple[int, ...] = ()
 
     @property
     def shape(self) -> tuple[int, ...]:
         """The chunk's spatial shape."""
-        return self.block.shape[:-1]
+        if not self.depth:
+            return self.block.shape[:-1]
+        return tuple(n - 2 * d for n, d in zip(self.block.shape[:-1], self.depth, strict=True))
 
     def values(self):
-        """Channel values (n, C) of the chunk's pixels in C order, and which of them are
-        clustered (None: all of them); see :func:`chunk_values`."""
-        return chunk_values(self.block, self.mask, self.alpha)
+        """Value features (n, F) of the chunk's pixels in C order (the channel values, with
+        no filters), and which of them are clustered (None: all of them)."""
+        if self.filters is None:
+            return chunk_values(self.block, self.mask, self.alpha)
+        columns, valid = self._filtered
+        return columns.reshape(-1, columns.shape[-1]), valid.reshape(-1)
 
     def pick(self, local: tuple[np.ndarray, ...]):
-        """Channel values (m, C) of the pixels at local coordinates ``local`` (one array per
+        """Value features (m, F) of the pixels at local coordinates ``local`` (one array per
         spatial axis), and which of them are clustered (bool, m)."""
+        if self.filters is not None:
+            columns, valid = self._filtered
+            return columns[local], valid[local]
         picked = self.block[local]
         mask = None if self.mask is None else self.mask[local][:, None]
         values, valid = chunk_values(picked[:, None, :], mask, self.alpha)
         return values, np.ones(len(values), bool) if valid is None else valid
+
+    def tile_values(self, grid: TileGrid, tiles: np.ndarray):
+        """Value features (T * pixels, F) of the tiles' pixels, and which of them are
+        clustered ((T, pixels) bool; None: all of them)."""
+        t, p = len(tiles), grid.pixels
+        if self.filters is not None:
+            columns, valid = self._filtered
+            picked, inside = grid.gather(columns, tiles)
+            clustered = grid.gather(valid, tiles)[0].reshape(t, p)
+            return picked.reshape(t * p, -1), clustered if inside is None else clustered & inside
+        picked, inside = grid.gather(self.block, tiles)
+        mask = None if self.mask is None else grid.gather(self.mask, tiles)[0]
+        values, clustered = chunk_values(
+            picked.reshape(t * p, -1), None if mask is None else mask.reshape(-1), self.alpha
+        )
+        if clustered is not None:
+            clustered = clustered.reshape(t, p)
+            inside = clustered if inside is None else inside & clustered
+        return values, inside
+
+    @functools.cached_property
+    def _filtered(self):
+        """The filters' columns (*shape, F) and which pixels are clustered (*shape): masked
+        out, transparent, or with a value feature not finite are not."""
+        block = self.block
+        depth = self.depth or (0,) * (block.ndim - 1)
+        core = tuple(slice(d, n - d) for d, n in zip(depth, block.shape[:-1], strict=True))
+        values = block[..., :-1] if self.alpha else block
+        halo = self.filters.halo
+        pad = [(h - d, h - d) for h, d in zip(halo, depth, strict=True)]
+        if any(p for p, _ in pad):  # axes dask did not overlap: the nearest pixel repeated
+            values = np.pad(values, [*pad, (0, 0)], mode="edge")
+        columns = self.filters.apply(values, halo)
+        valid = np.isfinite(columns).all(axis=-1)
+        if self.mask is not None:
+            valid &= self.mask.astype(bool, copy=False)
+        if self.alpha:
+            valid &= block[core][..., -1] > 0
+        return columns, valid
 
 
 @dataclass(frozen=True)
@@ -87,6 +143,8 @@ class FeatureSpace:
     A pixel at integer coordinates ``(i_0, ..., i_{n-1})`` with values ``(v_0, ..., v_{C-1})``
     becomes ``(i_0 * spacing_0 * spatial_scale, ..., v_0, ..., v_{C-1})``. With
     ``spatial_scale == 0`` the position features are left out and the point is its values alone.
+    With ``filters``, the values are the filters' columns (smoothed values, edges, texture:
+    see ``_filters``), each kind times its weight.
 
     Attributes
     ----------
@@ -95,7 +153,7 @@ class FeatureSpace:
     spatial_scale : float
         Feature units per physical unit of position.
     n_channels : int
-        Number of value features (alpha excluded).
+        Number of channels (alpha excluded); without filters, the value features.
     color_space : {'rgb', 'lab'}
         'rgb': the values as they are; 'lab': RGB values as CIE L*a*b*.
     value_top : float
@@ -104,6 +162,13 @@ class FeatureSpace:
         Subtracted from every 'rgb' value: 0, unless the values sit far from zero compared
         with their spread (see :func:`value_origin`), where distances computed from raw values
         would lose their precision. Centres are in these shifted units; colours are not.
+    filters : Filters, optional
+        The value features that need a pixel's neighbours; None: the channel values.
+    weights : tuple of float, optional
+        With ``filters``, the weight of each value feature (its raw-to-feature scale): 1 for
+        the colour kind (0 when it is there for the colours alone), and for every other kind
+        the values' range over the kind's own, so that each kind weighs as much as the
+        values do.
     """
 
     spacing: tuple[float, ...]
@@ -112,6 +177,8 @@ class FeatureSpace:
     color_space: str = "rgb"
     value_top: float = 1.0  # full scale of the values (255 for 8-bit), for colour conversion
     origin: float = 0.0
+    filters: Filters | None = None
+    weights: tuple[float, ...] | None = None
 
     @property
     def raw_values(self) -> bool:
@@ -129,16 +196,20 @@ class FeatureSpace:
         return raw - self.origin
 
     def image_values(self, values: np.ndarray) -> np.ndarray:
-        """Value features (k, C) back in the image's own units."""
+        """Value features (k, n_values) back in the image's own units (k, C): with filters,
+        the colour kind's columns."""
+        if self.filters is not None:
+            return values[:, : self.n_channels]
         if self.color_space == "lab":
             return lab_to_rgb(values, self.value_top)
         return values + self.origin if self.origin else values
 
     @property
-    def halo(self) -> int:
-        """Pixels of overlap a chunk needs on each side for its features: 0, as position and
-        value features are each pixel's own."""
-        return 0
+    def n_values(self) -> int:
+        """Number of value features: the channels, or the filters' columns."""
+        if self.filters is None:
+            return self.n_channels
+        return self.filters.n_columns(self.n_channels)
 
     @property
     def n_spatial(self) -> int:
@@ -146,13 +217,15 @@ class FeatureSpace:
 
     @property
     def n_features(self) -> int:
-        return self.n_spatial + self.n_channels
+        return self.n_spatial + self.n_values
 
     @property
     def factor(self) -> np.ndarray:
-        """Raw-to-feature scale of each feature: ``spacing * spatial_scale`` then ones."""
+        """Raw-to-feature scale of each feature: ``spacing * spatial_scale``, then ones (or
+        the value features' ``weights``)."""
         spatial = np.asarray(self.spacing[: self.n_spatial], dtype=np.float64)
-        return np.concatenate([spatial * self.spatial_scale, np.ones(self.n_channels)])
+        values = np.ones(self.n_values) if self.weights is None else np.asarray(self.weights)
+        return np.concatenate([spatial * self.spatial_scale, values])
 
 
 def value_extent(vmin, vmax) -> tuple[float, float]:
@@ -231,15 +304,7 @@ class TileRows:
         starts = self.grid.origins(tiles)[:, : self.n_spatial] + self.offset
         for axis in range(self.n_spatial):
             np.add(starts[:, axis, None], self.grid.local[axis], out=rows[:, axis])
-        chunk = self.chunk
-        picked, valid = self.grid.gather(chunk.block, tiles)
-        mask = None if chunk.mask is None else self.grid.gather(chunk.mask, tiles)[0]
-        values, clustered = chunk_values(
-            picked.reshape(t * p, -1), None if mask is None else mask.reshape(-1), chunk.alpha
-        )
-        if clustered is not None:
-            clustered = clustered.reshape(t, p)
-            valid = clustered if valid is None else valid & clustered
+        values, valid = self.chunk.tile_values(self.grid, tiles)
         target = rows[:, self.n_spatial : -1]
         if self.space.raw_values:
             target[...] = values.reshape(t, p, -1).transpose(0, 2, 1)

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 from . import _watch
-from ._params import Params, check_image
+from ._params import Params, check_image, fit_overlap
 from ._result import KMeansResult, KMeansState
 from ._run import Run
 from ._watch import Cancelled
@@ -29,6 +29,8 @@ def kmeans(
     spacing: Sequence[float] | None = None,
     mask=None,
     color_space: str = "rgb",
+    sigma: float | Sequence[float] | None = None,
+    features: Sequence[str] | None = None,
     init: str | np.ndarray = "k-means++",
     max_iter: int = 100,
     tol: float = 1e-4,
@@ -82,6 +84,24 @@ def kmeans(
         L*a*b* (D65), a perceptual space where equal distances look about equally different;
         the value range for ``spatial_weight`` is then 100 (the range of L*), and ``colors``
         are still given in the image's own RGB units.
+    sigma : float or sequence of float, optional
+        Gaussian scale of the value features, in the units of ``spacing`` (pixels by
+        default): a number, or one per spatial axis. A z step of 4 with ``sigma=2`` smooths
+        over half a plane along z; an axis of spacing 0 is not smoothed. With ``features``
+        left out, the values are smoothed at this scale before clustering (noisy images).
+    features : sequence of str, optional
+        The value features of every pixel, for every channel, at the scale ``sigma``:
+        ``'value'`` (the value as it is; the default without ``sigma``), ``'gaussian'``
+        (smoothed; the default with it), ``'gradient'`` (magnitude of the Gaussian
+        gradient: edges), ``'laplace'`` (Laplacian of Gaussian: blobs), ``'std'`` (local
+        standard deviation: texture) and ``'hessian'`` (eigenvalues of the Hessian of
+        Gaussian, one per spatial axis, largest first: tubes, sheets). ``'value'`` or
+        ``'gaussian'`` weighs in the image's units; every other kind is scaled so that its
+        range over the image equals the values' range, so that each kind weighs as much as
+        the values do. The colours are the means of the first of ``'value'`` and
+        ``'gaussian'`` asked for (of the values, when neither is). Each chunk is read with
+        the overlap its filters need (4 sigmas and 2 pixels), so the result does not depend
+        on the chunking; beyond the image's edges the nearest pixel is repeated.
     init : {'k-means++', 'random'} or ndarray of shape (k, n_features), default='k-means++'
         ``'k-means++'``: k-means++ seeding, ``'random'``: k distinct random points; both drawn
         from a random sample of ``sample_size`` pixels (so their cost does not grow with the
@@ -171,6 +191,8 @@ def iter_kmeans(
     spacing: Sequence[float] | None = None,
     mask=None,
     color_space: str = "rgb",
+    sigma: float | Sequence[float] | None = None,
+    features: Sequence[str] | None = None,
     init: str | np.ndarray = "k-means++",
     max_iter: int = 100,
     tol: float = 1e-4,
@@ -194,5 +216,6 @@ def iter_kmeans(
         arguments.pop("image"), arguments.pop("channel_axis"), arguments.pop("alpha"),
         arguments.pop("mask"),
     )  # fmt: skip
-    states = Run(image, Params.check(arguments, image)).states()
+    params = Params.check(arguments, image)
+    states = Run(fit_overlap(image, params.filters), params).states()
     return states if watch is None else _watch.watched(states, watch)

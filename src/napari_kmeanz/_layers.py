@@ -124,6 +124,8 @@ def make_job(
     channel_layers=(),
     per_frame: bool = False,
     fit_level: int | None = None,
+    sigma: float = 0.0,
+    features=(),
 ) -> Job:
     """A job for ``layer`` and the widget's values.
 
@@ -145,6 +147,10 @@ def make_job(
     fit_level : int, optional
         For a multiscale layer, the level the centres are fitted on (every level is then
         labelled with them); default the coarsest level with at least FIT_LEVEL_PIXELS pixels.
+    sigma : float
+        Gaussian scale of the value features, in the layer's world units (its scale); 0: none.
+    features : sequence of str
+        Feature kinds (see :func:`napari_kmeanz.kmeans`); empty: the default for ``sigma``.
 
     Raises
     ------
@@ -181,6 +187,8 @@ def make_job(
         "spacing": spacing,
         "mask": mask,
         "color_space": color_space if layer.rgb else "rgb",
+        "sigma": float(sigma) or None,
+        "features": list(features) or None,
         "init": init,
         "max_iter": max_iter,
         "tol": tol,

@@ -19,6 +19,7 @@ import dask.array as da
 import numpy as np
 
 from ._features import value_extent
+from ._filters import Filters, check_features, check_width, merged_chunks
 
 INITS = ("k-means++", "random")
 COLOR_SPACES = ("rgb", "lab")
@@ -320,6 +321,7 @@ class Params:
     random_state: int | np.random.Generator | None
     sample_size: int
     n_init: int
+    filters: Filters | None = None  # from ``sigma`` and ``features``
 
     @classmethod
     def check(cls, arguments: dict, image: Image) -> Params:
@@ -341,19 +343,27 @@ class Params:
         }
         spacing = check_spacing(a["spacing"], len(image.spatial_shape))
         color_space = check_color_space(a["color_space"], image.n_channels)
+        filters = check_features(a["features"], a["sigma"], spacing)
+        if filters is not None and color_space == "lab":
+            raise ValueError(
+                "color_space='lab' cannot be combined with sigma or features yet: cluster the "
+                "RGB values (color_space='rgb')."
+            )
+        check_width(filters, image.spatial_shape)
         n_pixels = math.prod(image.spatial_shape)
         if n_clusters > n_pixels:
             raise ValueError(
                 f"n_clusters={n_clusters} is larger than the number of pixels ({n_pixels})."
             )
-        n_features = image.n_channels + (len(spacing) if spatial_weight > 0 else 0)
+        n_values = image.n_channels if filters is None else filters.n_columns(image.n_channels)
+        n_features = n_values + (len(spacing) if spatial_weight > 0 else 0)
         init = check_init(a["init"], n_clusters, n_features)
         random_state = a["random_state"]
         if random_state is not None and not isinstance(random_state, np.random.Generator):
             check_int("random_state", random_state, 0)
         return cls(
             n_clusters, spatial_weight, spacing, color_space, init, random_state=random_state,
-            **numbers,
+            filters=filters, **numbers,
         )  # fmt: skip
 
 
@@ -388,3 +398,18 @@ def check_init(init, n_clusters: int, n_features: int):
             f"({n_clusters}, {n_features}), got shape {init.shape}."
         )
     return init
+
+
+def fit_overlap(image: Image, filters: Filters | None) -> Image:
+    """The image with every chunk at least as long as the filters' overlap along each axis
+    cut into several chunks (a short chunk joins its neighbour), so that each chunk can be
+    read with the overlap from its neighbours alone."""
+    if filters is None:
+        return image
+    spatial = image.data.chunks[:-1]
+    chunks = tuple(merged_chunks(c, h) for c, h in zip(spatial, filters.halo, strict=True))
+    if chunks == spatial:
+        return image
+    data = image.data.rechunk((*chunks, image.data.chunks[-1]))
+    mask = None if image.mask is None else image.mask.rechunk(chunks)
+    return Image(data, mask, image.layout, image.dtype, image.lazy)

@@ -20,15 +20,17 @@ from . import _tiles, _watch
 from ._codes import ColorCodes, dense_table, histogram_task, lookup_task, merge_histograms
 from ._compute import assemble, chunk_grid, compute
 from ._features import Chunk, FeatureSpace, chunk_rows
+from ._filters import depths
 from ._kernels import nearest_sqdist, top_farthest
 from ._watch import bind, checkpoint
 
 # -- the tasks: each runs on one chunk --------------------------------------------------------
 
 
-def _on_chunk(task, block, mask_block, offset, alpha, *args):
-    """``task(chunk, *args)`` for the chunk of these parts."""
-    return task(Chunk(block, mask_block, offset, alpha), *args)
+def _on_chunk(task, reading, block, mask_block, offset, *args):
+    """``task(chunk, *args)`` for the chunk of these parts; ``reading`` is ``(alpha,
+    filters, depth)``, how every chunk of the image is read."""
+    return task(Chunk(block, mask_block, offset, *reading), *args)
 
 
 def _channel_extrema(values: np.ndarray):
@@ -129,13 +131,18 @@ class PixelSource:
     alpha : bool
     space : FeatureSpace, optional
         How pixels become points, for the assignment passes (see :meth:`with_space`).
+    filters : Filters, optional
+        The value features that need neighbours (default: the space's); each chunk is then
+        read with the overlap they need.
     """
 
-    def __init__(self, data: da.Array, mask: da.Array | None, alpha: bool, space=None):
+    def __init__(self, data: da.Array, mask: da.Array | None, alpha: bool, space=None,
+                 filters=None):  # fmt: skip
         self.data = data
         self.mask = mask
         self.alpha = alpha
         self.space: FeatureSpace | None = space
+        self.filters = filters if space is None else space.filters
         self._sq: np.ndarray | None = None  # per-feature sums of squares, from the first pass
         self._tiles: list[_tiles.ChunkTiles] | None = None  # each chunk's, from the first pass
 
@@ -143,6 +150,23 @@ class PixelSource:
         """The same pixels as points of ``space`` (a new source: what a pass learns of the
         chunks belongs to one feature space)."""
         return PixelSource(self.data, self.mask, self.alpha, space)
+
+    @functools.cached_property
+    def _depth(self) -> tuple[int, ...]:
+        return depths(self.filters, self.data.chunks[:-1])
+
+    @functools.cached_property
+    def _read(self) -> da.Array:
+        """The data as the tasks read it: each chunk with the overlap its filters need."""
+        if not any(self._depth):
+            return self.data
+        depth = dict(enumerate(self._depth))
+        depth[self.data.ndim - 1] = 0
+        return da.overlap.overlap(self.data, depth, "nearest", allow_rechunk=False)
+
+    @property
+    def _reading(self):
+        return (self.alpha, self.filters, self._depth if any(self._depth) else ())
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -156,7 +180,7 @@ class PixelSource:
 
     def _blocks(self):
         """``(chunk, mask chunk, offset)`` for every chunk, as delayed objects."""
-        data = self.data.to_delayed()
+        data = self._read.to_delayed()
         mask = None if self.mask is None else self.mask.to_delayed()
         for idx, offset in zip(self._ids(), self._offsets(), strict=True):
             yield data[(*idx, 0)], None if mask is None else mask[idx], offset
@@ -165,8 +189,8 @@ class PixelSource:
         """A delayed ``task(chunk, *args)`` for one ``(chunk, mask chunk, offset)`` of
         :meth:`_blocks`."""
         block, mask_block, offset = part
-        call = bind(functools.partial(_on_chunk, task))
-        return dask.delayed(call, pure=pure)(block, mask_block, offset, self.alpha, *args)
+        call = bind(functools.partial(_on_chunk, task, self._reading))
+        return dask.delayed(call, pure=pure)(block, mask_block, offset, *args)
 
     def _map(self, task, *args, per_chunk=None):
         """``task(chunk, *args[, per_chunk[i]])`` over the chunks, computed."""
@@ -292,30 +316,31 @@ class PixelSource:
         """Map ``task(chunk, *args[, per_chunk[i]])`` lazily to a spatial array;
         ``per_chunk`` (delayed) holds one object per chunk, in C order."""
         watch = _watch.travelling()  # map_blocks needs run's own signature: no bind()
+        reading = self._reading
 
         def run(block, mask_block, *task_args, block_info=None):
             with _watch.watching(watch):
                 checkpoint()
-                return on_chunk(block, mask_block, *task_args, info=block_info[0])
+                return on_chunk(block, mask_block, *task_args, info=block_info[None])
 
         def on_chunk(block, mask_block, *task_args, info):
-            location = info["array-location"][:-1]
             mask_block = None if mask_block is None else mask_block[..., 0]
             if per_chunk is not None:
                 *task_args, objects = task_args
-                index = np.ravel_multi_index(info["chunk-location"][:-1], info["num-chunks"][:-1])
+                index = np.ravel_multi_index(info["chunk-location"], info["num-chunks"])
                 task_args.append(objects[index])
-            offset = tuple(lo for lo, _ in location)
-            return task(Chunk(block, mask_block, offset, self.alpha), *task_args)
+            offset = tuple(lo for lo, _ in info["array-location"])
+            return task(Chunk(block, mask_block, offset, *reading), *task_args)
 
         mask = None if self.mask is None else self.mask[..., None]
         return da.map_blocks(
             run,
-            self.data,
+            self._read,
             mask,
             *args,
             *(() if per_chunk is None else (per_chunk,)),
             drop_axis=self.data.ndim - 1,
+            chunks=self.data.chunks[:-1],
             dtype=dtype,
             meta=np.empty((0,) * (self.data.ndim - 1), dtype=dtype),
         )

@@ -11,13 +11,16 @@ import numpy as np
 
 from ._compute import to_numpy
 from ._features import FeatureSpace
+from ._filters import check_width
 from ._params import (
+    Image,
     Layout,
     as_array,
     channels_last,
     channels_text,
     check_mask,
     check_spacing,
+    fit_overlap,
     full_scale,
     label_dtype,
     layout_of,
@@ -209,10 +212,25 @@ def predict(image, model: KMeansResult, *, mask=None, spacing=None):
     mask = check_mask(mask, data.shape[:-1], data.chunks[:-1], masked)
     space = model.feature_space
     if spacing is not None:
-        space = replace(space, spacing=check_spacing(spacing, layout.spatial_ndim))
-    source = PixelSource(data, mask, layout.alpha, space)
+        space = respaced(space, check_spacing(spacing, layout.spatial_ndim))
+    check_width(space.filters, data.shape[:-1])
+    image = fit_overlap(Image(data, mask, layout, array.dtype, True), space.filters)
+    source = PixelSource(image.data, image.mask, layout.alpha, space)
     labels = source.labels(model.centers, label_dtype(model.n_clusters))
     return labels if isinstance(array, da.Array) else to_numpy(labels)
+
+
+def respaced(space: FeatureSpace, spacing: tuple[float, ...]) -> FeatureSpace:
+    """``space`` for pixels of another size: the same physical scale of the position
+    features and of the filters (a Gaussian of 2 units is 1 pixel where pixels are 2 wide)."""
+    filters = space.filters
+    if filters is not None:
+        sigma = tuple(
+            s * old / new if new > 0 else 0.0
+            for s, old, new in zip(filters.sigma, space.spacing, spacing, strict=True)
+        )
+        filters = replace(filters, sigma=sigma)
+    return replace(space, spacing=spacing, filters=filters)
 
 
 def recolor(labels, colors, *, dtype=None, alpha=False):

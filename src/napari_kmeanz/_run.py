@@ -23,6 +23,7 @@ import numpy as np
 from ._codes import ColorCodes, cell_shifts, distinct_colors
 from ._compute import to_numpy
 from ._features import FeatureSpace, value_origin
+from ._filters import Filters
 from ._lloyd import Lloyd, Source, TooFewDistinctPoints
 from ._params import Image, Params, check_magnitudes, full_scale, label_dtype
 from ._pixels import PixelSource
@@ -88,7 +89,7 @@ class Run:
         )  # fmt: skip
         lloyd = Lloyd(prepared.source, centers, factor, p.max_iter, p.tol, check_distinct=True)
         for _ in lloyd.rounds():
-            ordered = lloyd.centers[cluster_order(lloyd.centers, self.image.n_channels)]
+            ordered = lloyd.centers[cluster_order(lloyd.centers, prepared.space.n_values)]
             values = prepared.space.image_values(ordered[:, prepared.space.n_spatial :].copy())
             yield self._state(lloyd, ordered, values)
         result = self.finish(lloyd)
@@ -133,8 +134,9 @@ class Run:
         and, read along with it, the sample.
         """
         image = self.image
-        pixels = PixelSource(image.data, image.mask, image.layout.alpha)  # no space yet
-        if self.params.spatial_weight == 0 and image.dtype.kind in "iu":
+        filters = self.params.filters
+        pixels = PixelSource(image.data, image.mask, image.layout.alpha, filters=filters)
+        if self.params.spatial_weight == 0 and image.dtype.kind in "iu" and filters is None:
             info = np.iinfo(image.dtype)
             n = image.n_channels
             colors = self._histogram(pixels, [info.min] * n, [info.max] * n)
@@ -172,19 +174,25 @@ class Run:
             )
 
     def _space(self, vmin, vmax) -> FeatureSpace:
-        p = self.params
+        """The feature space for values between ``vmin`` and ``vmax`` (per value feature)."""
+        p, filters = self.params, self.params.filters
         check_magnitudes(vmin, vmax, p.spatial_weight)
+        n = self.image.n_channels
+        colour = slice(None) if filters is None else slice(0, n)  # what colours are made of
         scale = 0.0
         if p.spatial_weight > 0:
-            value_range = float(np.max(vmax)) - float(np.min(vmin)) or 1.0
+            value_range = float(np.max(vmax[colour])) - float(np.min(vmin[colour])) or 1.0
             if p.color_space == "lab":
                 value_range = 100.0  # the range of L*
             sizes = zip(self.image.spatial_shape, p.spacing, strict=True)
             extent = max(n * s for n, s in sizes)
             scale = p.spatial_weight * value_range / extent if extent > 0 else 0.0
-        origin = value_origin(vmin, vmax) if p.color_space == "rgb" else 0.0
         top = full_scale(self.image.dtype)
-        return FeatureSpace(p.spacing, scale, self.image.n_channels, p.color_space, top, origin)
+        if filters is not None:
+            weights = kind_weights(filters, n, vmin, vmax)
+            return FeatureSpace(p.spacing, scale, n, "rgb", top, 0.0, filters, weights)
+        origin = value_origin(vmin, vmax) if p.color_space == "rgb" else 0.0
+        return FeatureSpace(p.spacing, scale, n, p.color_space, top, origin)
 
     def _table(self, space: FeatureSpace, colors) -> ColorTable:
         """The distinct colours as weighted points of ``space``, in nested cells."""
@@ -263,7 +271,7 @@ class Run:
     def finish(self, lloyd: Lloyd) -> KMeansResult:
         prepared = self.prepared
         space = prepared.space
-        centers = lloyd.centers[cluster_order(lloyd.centers, self.image.n_channels)]
+        centers = lloyd.centers[cluster_order(lloyd.centers, space.n_values)]
         if prepared.table is not None:  # distinct colours: sums from them, labels by table
             labels, counts, sums = self._table_labels(centers)
         elif self.image.lazy:  # final sums now, labels lazily
@@ -303,3 +311,21 @@ def cluster_order(centers: np.ndarray, n_channels: int) -> np.ndarray:
     ``color_space='lab'``, the mean of L*, a* and b*."""
     values = centers[:, centers.shape[1] - n_channels :]
     return np.lexsort((*centers.T[::-1], values.mean(axis=1)))
+
+
+def kind_weights(filters: Filters, n_channels: int, vmin, vmax) -> tuple[float, ...]:
+    """The weight of each value feature: 1 for the colour kind's (0 when it is there for the
+    colours alone); for every other kind, the values' range over the kind's range (over its
+    columns), so that each kind spans what the values span."""
+    vmin, vmax = np.asarray(vmin, np.float64), np.asarray(vmax, np.float64)
+    weights = np.ones(len(vmin))
+    kinds = list(filters.kind_columns(n_channels))
+    _, colour = kinds[0]
+    value_range = float(vmax[colour].max() - vmin[colour].min())
+    if filters.colour_only:
+        weights[colour] = 0.0
+    for _, columns in kinds[1:]:
+        spread = float(vmax[columns].max() - vmin[columns].min())
+        if spread > 0 and value_range > 0:
+            weights[columns] = value_range / spread
+    return tuple(float(w) for w in weights)

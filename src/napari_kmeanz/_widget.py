@@ -29,6 +29,7 @@ from magicgui.widgets import (
 
 from . import _io, _layers, _report
 from ._defaults import WIDGET
+from ._filters import KINDS
 from ._watch import Cancelled
 
 if TYPE_CHECKING:
@@ -70,6 +71,15 @@ class KMeansWidget(Container):
         self.color_space = ComboBox(
             label="colour space", choices=[("RGB", "rgb"), ("CIE Lab (perceptual)", "lab")]
         )
+        self.sigma = FloatSpinBox(
+            label="smoothing (sigma)", value=0.0, min=0.0, max=1000.0, step=0.5,
+            tooltip="Gaussian scale of the value features, in world units; 0: none",
+        )  # fmt: skip
+        self.features = Select(
+            label="features", choices=list(KINDS), value=[],
+            tooltip="value features at the smoothing scale; none chosen: the values "
+            "(smoothed when sigma > 0)",
+        )  # fmt: skip
         self.init = ComboBox(label="init", choices=["k-means++", "random"], value="k-means++")
         self.max_iter = SpinBox(label="max rounds", value=WIDGET["max_iter"], min=1, max=10000)
         self.tol = FloatSpinBox(label="tolerance", value=1e-4, min=0.0, max=1.0, step=1e-5)
@@ -88,9 +98,10 @@ class KMeansWidget(Container):
         self.use_suggested = PushButton(text="use suggested k", visible=False)
         self.palette_path = FileEdit(label="palette PNG", mode="w", filter="*.png")
         self.save_button = PushButton(text="Save palette PNG", enabled=False)
-        order = """image channels n_clusters spatial_weight same_footing color_space init max_iter
-            tol seed mask stack fit_level run_button cancel_button status compression plot
-            sweep_from sweep_to sweep_button use_suggested palette_path save_button"""
+        order = """image channels n_clusters spatial_weight same_footing color_space sigma
+            features init max_iter tol seed mask stack fit_level run_button cancel_button
+            status compression plot sweep_from sweep_to sweep_button use_suggested
+            palette_path save_button"""
         return [getattr(self, name) for name in order.split()]
 
     def _connect(self, viewer) -> None:
@@ -202,6 +213,8 @@ class KMeansWidget(Container):
             channel_layers=partners,  # in the layer list's order
             per_frame=source is not None and source.ndim >= 3 and self.stack.value == PER_FRAME,
             fit_level=self.fit_level.value,
+            sigma=self.sigma.value,
+            features=self.features.value,
         )
 
     def run(self):

@@ -1,0 +1,218 @@
+"""Value features that need a pixel's neighbours: smoothed values, edges, texture.
+
+A :class:`Filters` turns a chunk's channel values, read with an overlap of ``halo`` pixels on
+each side, into per-pixel feature columns on the chunk itself. Every filter is computed on the
+padded chunk and trimmed to it, so a pixel's features are the same numbers whatever the
+chunking (the overlap holds every neighbour a filter reads; beyond the image's edges the
+nearest pixel is repeated, as ``scipy.ndimage``'s ``mode='nearest'`` does).
+
+The kinds, each for every channel, at the Gaussian scale ``sigma`` (in pixels per axis):
+
+- ``"value"``: the channel value as it is;
+- ``"gaussian"``: the value smoothed by a Gaussian;
+- ``"gradient"``: the magnitude of the Gaussian gradient (edges);
+- ``"laplace"``: the Laplacian of the Gaussian (blobs and ridges);
+- ``"std"``: the local standard deviation in the Gaussian window (texture);
+- ``"hessian"``: the eigenvalues of the Hessian of the Gaussian, largest first (one column
+  per spatial axis: tubes, sheets, blobs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+KINDS = ("value", "gaussian", "gradient", "laplace", "std", "hessian")
+NEEDS_SIGMA = frozenset(KINDS) - {"value"}
+# Gaussian kernels are cut at this many sigmas (scipy's default); the overlap adds two pixels
+# for the finite differences of the Hessian.
+TRUNCATE = 4.0
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which value features a chunk's pixels get, and at which scale.
+
+    ``kinds`` are in the order of their columns; the first is the *colour kind*, whose
+    columns (one per channel) are what a cluster's colour is the mean of: ``"value"`` or
+    ``"gaussian"``, or ``"value"`` added for colours alone (``colour_only``: weight 0 in the
+    distances) when neither was asked for. ``sigma`` is in pixels, per spatial axis (0: no
+    smoothing along that axis).
+    """
+
+    kinds: tuple[str, ...]
+    sigma: tuple[float, ...]
+    colour_only: bool = False
+
+    @classmethod
+    def of(cls, kinds, sigma: tuple[float, ...]) -> Filters:
+        """Filters for the kinds asked for (checked names, in the user's order, no repeats)."""
+        kinds = tuple(dict.fromkeys(kinds))
+        colour = next((k for k in kinds if k in ("value", "gaussian")), None)
+        if colour is None:
+            return cls(("value", *kinds), sigma, colour_only=True)
+        return cls((colour, *(k for k in kinds if k != colour)), sigma)
+
+    @property
+    def halo(self) -> tuple[int, ...]:
+        """Pixels of overlap each filter needs on each side, per spatial axis."""
+        if self.kinds == ("value",):
+            return (0,) * len(self.sigma)
+        return tuple(int(TRUNCATE * s + 0.5) + 2 if s > 0 else 2 for s in self.sigma)
+
+    def width(self, kind: str) -> int:
+        """Columns per channel of a kind."""
+        return len(self.sigma) if kind == "hessian" else 1
+
+    def n_columns(self, n_channels: int) -> int:
+        return n_channels * sum(self.width(kind) for kind in self.kinds)
+
+    def kind_columns(self, n_channels: int):
+        """``(kind, slice of its columns)`` for each kind, in column order."""
+        start = 0
+        for kind in self.kinds:
+            stop = start + n_channels * self.width(kind)
+            yield kind, slice(start, stop)
+            start = stop
+
+    def apply(self, padded: np.ndarray, halo: tuple[int, ...]) -> np.ndarray:
+        """The feature columns (*core, F) of channel values ``padded`` (*padded, C), read
+        with ``halo`` pixels of overlap on each side of the core."""
+        core = tuple(slice(h, n - h) for h, n in zip(halo, padded.shape[:-1], strict=True))
+        columns = []
+        for kind in self.kinds:
+            for channel in range(padded.shape[-1]):
+                values = np.asarray(padded[..., channel], dtype=np.float64)
+                columns.extend(part[core] for part in _filtered(kind, values, self.sigma))
+        return np.stack(columns, axis=-1)
+
+
+def _filtered(kind: str, values: np.ndarray, sigma: tuple[float, ...]):
+    """The columns of one kind for one channel, on the whole padded array."""
+    mode = {"mode": "nearest", "truncate": TRUNCATE}
+    if kind == "value":
+        return [values]
+    if kind == "gaussian":
+        return [ndimage.gaussian_filter(values, sigma, **mode)]
+    if kind == "gradient":
+        return [ndimage.gaussian_gradient_magnitude(values, sigma, **mode)]
+    if kind == "laplace":
+        return [ndimage.gaussian_laplace(values, sigma, **mode)]
+    if kind == "std":
+        mean = ndimage.gaussian_filter(values, sigma, **mode)
+        square = ndimage.gaussian_filter(values * values, sigma, **mode)
+        return [np.sqrt(np.maximum(square - mean * mean, 0.0))]
+    return _hessian_eigenvalues(ndimage.gaussian_filter(values, sigma, **mode))
+
+
+def _hessian_eigenvalues(smooth: np.ndarray) -> list[np.ndarray]:
+    """Eigenvalues of the Hessian (central differences of the smoothed values), largest
+    first, one array per spatial axis."""
+    ndim = smooth.ndim
+    first = np.gradient(smooth)
+    first = first if ndim > 1 else [first]
+    hessian = np.empty((*smooth.shape, ndim, ndim))
+    for i in range(ndim):
+        second = np.gradient(first[i])
+        second = second if ndim > 1 else [second]
+        for j in range(ndim):
+            hessian[..., i, j] = second[j]
+    hessian = 0.5 * (hessian + np.swapaxes(hessian, -1, -2))  # exactly symmetric
+    eigenvalues = np.linalg.eigvalsh(hessian)[..., ::-1]
+    return [eigenvalues[..., axis] for axis in range(ndim)]
+
+
+def check_features(features, sigma, spacing: tuple[float, ...]) -> Filters | None:
+    """The filters that ``features`` and ``sigma`` (see :func:`napari_kmeanz.kmeans`) ask for,
+    or None for the plain values; raises before any work for a bad value."""
+    pixel_sigma = check_sigma(sigma, spacing)
+    if features is None:
+        kinds = ("value",) if pixel_sigma is None else ("gaussian",)
+    else:
+        if isinstance(features, str):
+            features = (features,)
+        try:
+            kinds = tuple(features)
+        except TypeError:
+            raise TypeError(
+                f"features must be a sequence of feature kinds {KINDS}, got {features!r}."
+            ) from None
+        unknown = [k for k in kinds if not isinstance(k, str) or k not in KINDS]
+        if unknown or not kinds:
+            raise ValueError(
+                f"features must be a non-empty sequence of kinds among {KINDS}, got {features!r}."
+            )
+        needing = [k for k in kinds if k in NEEDS_SIGMA]
+        if needing and pixel_sigma is None:
+            raise ValueError(
+                f"features={list(kinds)!r}: {needing[0]!r} is taken at a Gaussian scale; give "
+                "sigma (> 0)."
+            )
+    if kinds == ("value",) and pixel_sigma is None:
+        return None
+    return Filters.of(kinds, pixel_sigma or (0.0,) * len(spacing))
+
+
+def check_sigma(sigma, spacing: tuple[float, ...]) -> tuple[float, ...] | None:
+    """``sigma`` (physical units, a scalar or one per spatial axis) in pixels per axis, or
+    None for no smoothing (None or 0)."""
+    if sigma is None:
+        return None
+    ndim = len(spacing)
+    values = None
+    if not isinstance(sigma, str | bytes | bool):
+        try:
+            values = np.atleast_1d(np.asarray(sigma, dtype=np.float64))
+        except (TypeError, ValueError):
+            values = None
+    if values is None or values.ndim != 1 or len(values) not in (1, ndim):
+        raise ValueError(
+            f"sigma must be a number or {ndim} numbers (one per spatial axis), got {sigma!r}."
+        )
+    if not np.all(np.isfinite(values)) or np.any(values < 0):
+        raise ValueError(f"sigma must be finite and >= 0, got {sigma!r}.")
+    values = np.broadcast_to(values, (ndim,))
+    if not values.any():
+        return None
+    # physical units: a pixel of spacing s along an axis is s units wide
+    return tuple(float(v / s) if s > 0 else 0.0 for v, s in zip(values, spacing, strict=True))
+
+
+def check_width(filters: Filters | None, shape: tuple[int, ...]) -> None:
+    """Refuse filters whose overlap is wider than the image along an axis (they would read
+    mostly repeated edge pixels, and pad every chunk to many times its size)."""
+    if filters is None:
+        return
+    for axis, (halo, n) in enumerate(zip(filters.halo, shape, strict=True)):
+        if halo > n and filters.sigma[axis] > 0:
+            raise ValueError(
+                f"sigma is {filters.sigma[axis]:g} pixels along axis {axis}: its filters "
+                f"need {halo} pixels on each side, more than the image's {n} pixels along "
+                "it; use a smaller sigma."
+            )
+
+
+def merged_chunks(sizes: tuple[int, ...], least: int) -> tuple[int, ...]:
+    """Chunk sizes along an axis with every chunk at least ``least`` long (or the axis
+    whole): a short chunk joins the one after it (the last, the one before it)."""
+    if len(sizes) == 1 or min(sizes) >= least:
+        return tuple(sizes)
+    merged: list[int] = []
+    for size in sizes:
+        if merged and merged[-1] < least:
+            merged[-1] += size
+        else:
+            merged.append(size)
+    if len(merged) > 1 and merged[-1] < least:
+        merged[-2:] = [merged[-2] + merged[-1]]
+    return tuple(merged)
+
+
+def depths(filters: Filters | None, chunks: tuple[tuple[int, ...], ...]) -> tuple[int, ...]:
+    """The overlap dask reads around each chunk, per spatial axis: the filters' halo along
+    axes cut into several chunks, 0 along the others (a chunk pads those itself)."""
+    if filters is None:
+        return (0,) * len(chunks)
+    return tuple(h if len(c) > 1 else 0 for h, c in zip(filters.halo, chunks, strict=True))

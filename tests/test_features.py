@@ -1,0 +1,177 @@
+"""Smoothed and texture features: what they compute, that they help, and that chunking and
+predict leave them as they are."""
+
+import dask.array as da
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage import data, feature
+
+from napari_kmeanz import _engine as engine
+from napari_kmeanz import kmeans, predict
+
+SIX = ["value", "gaussian", "gradient", "laplace", "std", "hessian"]
+
+
+def adjusted_rand(truth, labels) -> float:
+    """The adjusted Rand index of two labelings (Hubert and Arabie), by hand."""
+    _, a = np.unique(np.ravel(truth), return_inverse=True)
+    _, b = np.unique(np.ravel(labels), return_inverse=True)
+    table = np.zeros((a.max() + 1, b.max() + 1))
+    np.add.at(table, (a, b), 1)
+
+    def pairs(x):
+        return (x * (x - 1) / 2).sum()
+
+    index, rows, cols = pairs(table), pairs(table.sum(1)), pairs(table.sum(0))
+    expected = rows * cols / pairs(np.array([a.size]))
+    return float((index - expected) / ((rows + cols) / 2 - expected))
+
+
+def three_classes(shape=(192, 192), noise=1.0, seed=0):
+    """Three piecewise-constant classes (0, 1, 2: bands and a disc) plus Gaussian noise."""
+    truth = np.zeros(shape, int)
+    truth[:, shape[1] // 3 :] = 1
+    truth[:, 2 * shape[1] // 3 :] = 2
+    yy, xx = np.indices(shape)
+    truth[(yy - shape[0] // 2) ** 2 + (xx - shape[1] // 5) ** 2 < (shape[0] // 6) ** 2] = 2
+    return truth, truth + np.random.default_rng(seed).normal(0, noise, shape)
+
+
+def test_smoothing_recovers_classes_at_snr_1():
+    truth, image = three_classes()
+    raw = kmeans(image, 3, random_state=0)
+    smoothed = kmeans(image, 3, sigma=2, random_state=0)
+    assert adjusted_rand(truth, raw.labels) < 0.3
+    assert adjusted_rand(truth, smoothed.labels) >= 0.88
+    # colours: the means of the smoothed values, close to the classes' levels
+    np.testing.assert_allclose(np.sort(smoothed.colors[:, 0]), [0, 1, 2], atol=0.15)
+
+
+def test_texture_separates_equal_means():
+    """Two regions of the same mean and different variance: values alone cannot tell them
+    apart, the local standard deviation can."""
+    rng = np.random.default_rng(1)
+    truth = np.zeros((160, 160), int)
+    truth[:, 80:] = 1
+    image = 100 + rng.normal(0, 1, truth.shape) * np.where(truth == 1, 12.0, 2.0)
+    raw = kmeans(image, 2, random_state=0)
+    texture = kmeans(image, 2, sigma=3, features=["std"], random_state=0)
+    assert adjusted_rand(truth, raw.labels) < 0.2
+    assert adjusted_rand(truth, texture.labels) >= 0.9
+    # the values are there for the colours only (weight 0), 'std' weighs as the values do
+    factor = texture.feature_space.factor
+    assert factor[0] == 0.0 and factor[1] > 0
+
+
+@pytest.mark.parametrize(
+    ("kinds", "sigma"), [(None, 2.0), (SIX, 1.5), (["std", "hessian"], (1.0, 2.5))]
+)
+def test_same_labels_whatever_the_chunking(kinds, sigma):
+    _, image = three_classes((150, 170), seed=2)
+    whole = kmeans(image, 4, sigma=sigma, features=kinds, spatial_weight=0.3, random_state=0)
+    # small chunks, a short last one (6 rows: joined to its neighbour), uneven ones
+    for chunks in [(48, 170), (36, 40), ((100, 44, 6), (90, 80))]:
+        lazy = kmeans(
+            da.from_array(image, chunks=chunks), 4, sigma=sigma, features=kinds,
+            spatial_weight=0.3, random_state=0,
+        )  # fmt: skip
+        np.testing.assert_array_equal(lazy.labels.compute(), whole.labels)
+        np.testing.assert_allclose(lazy.inertia, whole.inertia, rtol=1e-10)
+    np.testing.assert_array_equal(predict(image, whole), whole.labels)
+
+
+def test_sigma_is_in_physical_units():
+    """With a z step 4 times the pixel size, sigma=4 smooths one plane along z and four
+    pixels in plane: the same as sigma (1, 4, 4) in pixels."""
+    stack = np.stack([data.camera()[::4, ::4][:, i : i + 96] for i in range(0, 30, 3)])
+    stack = stack + np.random.default_rng(0).normal(0, 20, stack.shape)
+    physical = kmeans(stack, 3, sigma=4, spacing=(4, 1, 1), random_state=0)
+    pixels = kmeans(stack, 3, sigma=(1, 4, 4), random_state=0)
+    np.testing.assert_array_equal(physical.labels, pixels.labels)
+    # a zero spacing (frames clustered together) is not smoothed along its axis
+    frames = kmeans(stack, 3, sigma=4, spacing=(0, 1, 1), random_state=0)
+    assert frames.feature_space.filters.sigma == (0.0, 4.0, 4.0)
+
+
+def test_predict_applies_the_fitted_features_to_another_image():
+    truth, image = three_classes(seed=3)
+    model = kmeans(image[:96], 3, sigma=2, features=["gaussian", "std"], random_state=0)
+    labels = predict(image, model)
+    assert labels.shape == image.shape
+    assert adjusted_rand(truth[110:], labels[110:]) > 0.8  # rows never seen when fitting
+    np.testing.assert_array_equal(labels[:80], model.labels[:80])  # away from the fit's edge
+    # at half the resolution, spacing 2: the same physical smoothing, 1 pixel there (over a
+    # quarter as many pixels: noisier)
+    half = predict(image[::2, ::2], model, spacing=(2, 2))
+    assert adjusted_rand(truth[::2, ::2], half) > 0.7
+    coarse = predict(image[::2, ::2], model)  # 2 pixels there: 4 units, smoother than fitted
+    assert not np.array_equal(coarse, half)
+
+
+def test_filters_compute_the_documented_features():
+    """Each kind, on a chunk padded by its overlap, equals scipy's and scikit-image's filter
+    on the whole image with mode='nearest' (the Hessian's finite differences inside the
+    image: scikit-image's are one-sided at its edges, ours see the repeated edge pixel)."""
+    image = data.camera()[100:220, 50:190].astype(np.float64)
+    sigma = (1.5, 2.0)
+    filters = engine.Filters.of(SIX, sigma)
+    halo = filters.halo
+    padded = np.pad(image, [(h, h) for h in halo], mode="edge")[..., None]
+    columns = filters.apply(padded, halo)
+    mode = {"mode": "nearest"}
+    expected = [
+        image,
+        ndimage.gaussian_filter(image, sigma, **mode),
+        ndimage.gaussian_gradient_magnitude(image, sigma, **mode),
+        ndimage.gaussian_laplace(image, sigma, **mode),
+    ]
+    mean = ndimage.gaussian_filter(image, sigma, **mode)
+    expected.append(
+        np.sqrt(np.maximum(ndimage.gaussian_filter(image**2, sigma, **mode) - mean**2, 0))
+    )
+    hessian = feature.hessian_matrix(image, sigma, mode="nearest", use_gaussian_derivatives=False)
+    expected.extend(feature.hessian_matrix_eigvals(hessian))
+    assert columns.shape == (*image.shape, len(expected))
+    for column, reference in enumerate(expected[:5]):
+        np.testing.assert_array_equal(columns[..., column], reference, err_msg=SIX[column])
+    inside = (slice(2, -2), slice(2, -2))
+    for column, reference in enumerate(expected[5:], start=5):  # eigenvalues, largest first
+        np.testing.assert_allclose(columns[inside][..., column], reference[inside], atol=1e-9)
+
+
+def test_features_with_alpha_mask_and_nan():
+    rgba = np.dstack([data.coffee()[::2, ::2], np.full((200, 300), 255, np.uint8)])
+    rgba[:50, :, 3] = 0
+    mask = np.ones((200, 300), bool)
+    mask[:, :20] = False
+    result = kmeans(rgba, 4, sigma=1, features=["gaussian", "std"], mask=mask, random_state=0)
+    assert (result.labels[:50] == 0).all() and (result.labels[:, :20] == 0).all()
+    assert (result.labels[60:, 30:] > 0).all()
+    assert result.colors.shape == (4, 3)
+    grey = data.camera()[::2, ::2].astype(np.float64)
+    grey[100:110, 100:110] = np.nan  # the NaN spreads through the filters' window
+    result = kmeans(grey, 3, sigma=1, random_state=0)
+    assert (result.labels[100:110, 100:110] == 0).all()
+    assert (result.labels[:50] > 0).all()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sigma": -1}, "sigma must be finite and >= 0, got -1"),
+        ({"sigma": float("nan")}, "sigma must be finite and >= 0"),
+        ({"sigma": (1, 2, 3)}, "sigma must be a number or 2 numbers (one per spatial axis)"),
+        ({"sigma": "2"}, "sigma must be a number or 2 numbers"),
+        ({"sigma": 1, "features": ["value", "edges"]}, "features must be a non-empty sequence"),
+        ({"sigma": 1, "features": []}, "features must be a non-empty sequence"),
+        ({"features": ["std"]}, "'std' is taken at a Gaussian scale; give sigma"),
+        ({"sigma": 1, "color_space": "lab"}, "color_space='lab' cannot be combined with sigma"),
+        ({"sigma": 200}, "more than the image's 64 pixels"),
+    ],
+)
+def test_bad_sigma_and_features_are_refused_before_any_work(kwargs, message):
+    image = np.zeros((64, 64, 3), np.uint8) if "color_space" in kwargs else np.zeros((64, 80))
+    with pytest.raises(ValueError) as err:
+        kmeans(image, 2, **kwargs)
+    assert message in str(err.value)

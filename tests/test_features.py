@@ -167,7 +167,7 @@ def test_features_with_alpha_mask_and_nan():
         ({"sigma": 1, "features": []}, "features must be a non-empty sequence"),
         ({"features": ["std"]}, "'std' is taken at a Gaussian scale; give sigma"),
         ({"sigma": 1, "color_space": "lab"}, "color_space='lab' cannot be combined with sigma"),
-        ({"sigma": 200}, "more than the image's 64 pixels"),
+        ({"sigma": 200}, "sigma is 200 pixels along axis 0, wider than the image's 64 pixels"),
     ],
 )
 def test_bad_sigma_and_features_are_refused_before_any_work(kwargs, message):

@@ -232,9 +232,7 @@ def test_smoothing_and_features_from_the_widget(viewer, qtbot):
     run_and_wait(qtbot, widget)
     parameters = viewer.layers["noisy clusters"].metadata["napari-kmeanz"]["parameters"]
     assert parameters["sigma"] == 4.0 and parameters["features"] == ["gaussian", "std"]
-    expected = kmeans(
-        noisy, 3, sigma=2, features=["gaussian", "std"], random_state=0, max_iter=30
-    )
+    expected = kmeans(noisy, 3, sigma=2, features=["gaussian", "std"], random_state=0, max_iter=30)
     np.testing.assert_array_equal(viewer.layers["noisy clusters"].data, expected.labels)
 
 

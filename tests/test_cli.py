@@ -127,6 +127,22 @@ def test_sigma_and_features_options(tmp_path):
     assert parameters["sigma"] == 2 and parameters["features"] == ["gaussian", "std"]
 
 
+def test_save_a_model_and_apply_it_to_another_image(tmp_path):
+    model_file = tmp_path / "models" / "astronaut.json"
+    model_file.parent.mkdir()
+    done = run("astronaut", "-k", 6, "-o", tmp_path / "fit", "--save-model", model_file, "--quiet")
+    assert done.returncode == 0, done.stderr
+    applied = run("coffee", "--model", model_file, "-o", tmp_path / "applied", "--quiet")
+    assert applied.returncode == 0, applied.stderr
+    from napari_kmeanz import load, predict
+
+    expected = predict(data.coffee(), load(model_file))
+    np.testing.assert_array_equal(io.imread(tmp_path / "applied" / "coffee_labels.png"), expected)
+    report = read_report(tmp_path / "applied", "coffee")
+    assert report["model"] == str(model_file)
+    assert report["pixels_per_cluster"] == np.bincount(expected.ravel())[1:].tolist()
+
+
 def test_sweep_writes_inertia_elbow_and_animation(tmp_path):
     done = run("coffee", "--sweep", "2:6", "-r", 10, "-o", tmp_path, "--quiet")
     assert done.returncode == 0, done.stderr
@@ -160,6 +176,9 @@ def test_sweep_writes_inertia_elbow_and_animation(tmp_path):
         (["camera", "--sigma", "1,2,3"], "sigma must be a number or 2 numbers"),
         (["camera", "--features", "edges"], "argument --features: expected feature kinds"),
         (["camera", "--features", "std"], "'std' is taken at a Gaussian scale; give sigma"),
+        (["camera", "--model", "nope.json"], "no such model file: 'nope.json'"),
+        (["camera", "--model", "BROKEN", "--sweep", "2:3"], "cannot be combined with --sweep"),
+        (["camera", "--model", "BROKEN"], "is not a napari-kmeanz model"),
     ],
 )
 def test_bad_input_exit_code_2_and_one_line(files, tmp_path, args, message):

@@ -10,7 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ._features import FeatureSpace
 from ._kmeans import iter_kmeans, kmeans
-from ._result import KMeansResult, KMeansState, predict, recolor
+from ._result import KMeansResult, KMeansState, load, predict, recolor
 from ._segment import Objects, clean, objects
 from ._watch import Cancelled
 
@@ -29,6 +29,7 @@ __all__ = [
     "clean",
     "iter_kmeans",
     "kmeans",
+    "load",
     "objects",
     "predict",
     "recolor",

@@ -103,6 +103,15 @@ def _k_range(text: str) -> list[int]:
     return list(range(low, high + 1))
 
 
+def _model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--save-model", type=Path, metavar="FILE",
+                   help="also write the fitted model (JSON) to FILE, to apply it to other "
+                   "images with --model")  # fmt: skip
+    p.add_argument("--model", type=Path, metavar="FILE",
+                   help="label the image with a saved model instead of fitting one (-k, -r, "
+                   "-s, --sigma and --features come from the model)")  # fmt: skip
+
+
 def parser() -> argparse.ArgumentParser:
     p = _Parser(
         prog="napari-kmeanz",
@@ -156,6 +165,7 @@ def parser() -> argparse.ArgumentParser:
                    help="cluster for every k in the range instead of one k: writes the "
                    "inertia per k, an elbow plot (PNG), the suggested k and an animation "
                    "(GIF)")  # fmt: skip
+    _model_options(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -283,9 +293,12 @@ def run_single(args, image, stem, mask, outputs: OutputFolder) -> dict:
         _save_image(outputs, f"{stem}_round_{state.round:03d}", painted)
 
     start = time.perf_counter()
-    result = _cluster(
-        image, args.clusters, args, mask, progress, each_round if args.every_round else None
-    )
+    if args.model is not None:
+        result = _apply_model(image, args.model, mask)
+    else:
+        result = _cluster(
+            image, args.clusters, args, mask, progress, each_round if args.every_round else None
+        )
     seconds = time.perf_counter() - start
     progress.finish(result)
 
@@ -314,7 +327,25 @@ def run_single(args, image, stem, mask, outputs: OutputFolder) -> dict:
         "unique_colors_after": distinct_colors(painted, channel_axis),
         "compression": compression(result),
     }
+    if args.model is not None:
+        report["model"] = str(args.model)
+    if args.save_model is not None:  # with the outputs: gone again if the run fails
+        result.save(args.save_model)
+        outputs.wrote(args.save_model)
     return _finish_report(outputs, f"{stem}_report.json", report)
+
+
+def _apply_model(image, path, mask):
+    """The image labelled by the model saved at ``path``, as a result (the model's fit
+    figures, this image's labels and pixel counts)."""
+    from dataclasses import replace
+
+    from ._result import load, predict
+
+    model = load(path)
+    labels = np.asarray(predict(image, model, mask=mask))
+    counts = np.bincount(labels.ravel(), minlength=model.n_clusters + 1)[1:]
+    return replace(model, labels=labels, counts=counts.astype(np.int64))
 
 
 def run_sweep(args, image, stem, mask, outputs: OutputFolder) -> dict:
@@ -404,6 +435,17 @@ def _finish_report(outputs: OutputFolder, name: str, report: dict) -> dict:
     return report
 
 
+def _check_model_options(args) -> None:
+    if args.model is not None and args.sweep is not None:
+        raise UsageError("--model labels with a saved model: it cannot be combined with --sweep")
+    if args.model is not None and not args.model.is_file():
+        raise UsageError(f"no such model file: {str(args.model)!r}")
+    if args.save_model is not None:
+        if args.save_model.is_dir():
+            raise UsageError(f"--save-model {str(args.save_model)!r} is a folder, not a file")
+        OutputFolder(args.save_model.parent).check()
+
+
 class _Terminated(BaseException):
     """SIGTERM, raised in the main thread so that a run unwinds like on Ctrl-C."""
 
@@ -424,6 +466,7 @@ def main(argv=None) -> int:
         args = parser().parse_args(argv)
         outputs = OutputFolder(args.outdir)
         outputs.check()  # before any work
+        _check_model_options(args)
         image, stem = read_image(args.image)
         mask = None
         if args.mask is not None:

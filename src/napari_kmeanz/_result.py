@@ -9,6 +9,7 @@ from dataclasses import dataclass, field, replace
 import dask.array as da
 import numpy as np
 
+from . import _model
 from ._compute import to_numpy
 from ._features import FeatureSpace
 from ._filters import check_width
@@ -36,11 +37,12 @@ class KMeansResult:
 
     Attributes
     ----------
-    labels : ndarray or dask.array.Array of shape (*spatial,)
+    labels : ndarray or dask.array.Array of shape (*spatial,), or None
         Cluster of each pixel, 1..k; 0 for pixels that were not clustered (masked out, fully
-        transparent, or NaN). A dask array when the input was one (computed lazily): lazy
-        labels read the input again when computed, so changing a store (zarr) after the run
-        changes them too; compute or write them (``labels.to_zarr``) before changing it.
+        transparent, or NaN); None for a model read by :func:`load`. A dask array when the
+        input was one (computed lazily): lazy labels read the input again when computed, so
+        changing a store (zarr) after the run changes them too; compute or write them
+        (``labels.to_zarr``) before changing it.
     colors : ndarray of shape (k, C)
         Mean value of each cluster's pixels, per channel, in the image's own units (alpha left
         out); with ``color_space='lab'``, the cluster's mean Lab colour in the image's RGB
@@ -89,7 +91,7 @@ class KMeansResult:
         Returns an array of the input's dtype and shape; where the input had alpha, clustered
         pixels are opaque and the others fully transparent. Lazy when ``labels`` is.
         """
-        out = recolor(self.labels, self.colors, dtype=self.dtype, alpha=self.layout.alpha)
+        out = recolor(self._labels(), self.colors, dtype=self.dtype, alpha=self.layout.alpha)
         if self.layout.channel_axis is None:
             return out[..., 0]
         if self.layout.channel_axis != self.layout.ndim - 1:
@@ -101,13 +103,27 @@ class KMeansResult:
         """Labels of another image by these centres; see :func:`predict`."""
         return predict(image, self, mask=mask, spacing=spacing)
 
+    def save(self, path) -> None:
+        """Write the model (everything :func:`predict` needs, not the labels) to exactly
+        ``path``, as JSON (the format: ``napari_kmeanz._model``); :func:`load` reads it."""
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        _model.write(path, fields)
+
+    def _labels(self):
+        if self.labels is None:
+            raise ValueError(
+                "This model was read from a file and has no labels: label an image with "
+                "predict(image, model)."
+            )
+        return self.labels
+
     def centroids(self) -> np.ndarray:
         """Mean pixel position of each cluster, shape (k, spatial ndim), in pixel indices.
 
         Computed chunk by chunk from :attr:`labels` (a pass over them when they are lazy); NaN
         for a cluster without pixels.
         """
-        return label_centroids(self.labels, self.n_clusters)
+        return label_centroids(self._labels(), self.n_clusters)
 
 
 @dataclass(frozen=True, eq=False)
@@ -218,6 +234,27 @@ def predict(image, model: KMeansResult, *, mask=None, spacing=None):
     source = PixelSource(image.data, image.mask, layout.alpha, space)
     labels = source.labels(model.centers, label_dtype(model.n_clusters))
     return labels if isinstance(array, da.Array) else to_numpy(labels)
+
+
+def load(path) -> KMeansResult:
+    """The model written by :meth:`KMeansResult.save` at ``path`` (its ``labels`` None).
+
+    ``predict(image, load(path))`` labels any image exactly as the saved model does. Raises
+    ValueError, saying what is wrong, for a file that is not such a model (corrupt,
+    truncated, or of another format version).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from skimage import data
+    >>> from napari_kmeanz import kmeans, load, predict
+    >>> model = kmeans(data.astronaut(), 4, random_state=0)
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "astronaut.kmeanz.json"
+    >>> model.save(path)
+    >>> bool((predict(data.astronaut(), load(path)) == model.labels).all())
+    True
+    """
+    return KMeansResult(**_model.read(path))
 
 
 def respaced(space: FeatureSpace, spacing: tuple[float, ...]) -> FeatureSpace:

@@ -1,0 +1,97 @@
+"""A model as a file: save, load, and the same labels as the model saved."""
+
+import json
+
+import dask.array as da
+import numpy as np
+import pytest
+from skimage import data, util
+
+from napari_kmeanz import kmeans, load, predict
+
+CASES = {
+    "rgb": lambda: (data.astronaut(), {"n_clusters": 6}),
+    "5-D": lambda: (data.astronaut(), {"n_clusters": 6, "spatial_weight": 1.0}),
+    "lab": lambda: (data.coffee(), {"n_clusters": 5, "color_space": "lab"}),
+    "features": lambda: (
+        util.img_as_float(data.camera()),
+        {"n_clusters": 3, "sigma": 2.0, "features": ["gaussian", "std", "hessian"]},
+    ),
+    "int32 far from zero": lambda: (
+        (data.camera().astype(np.int64) + 2**31 - 300).astype(np.int32),
+        {"n_clusters": 4},
+    ),
+    "rgba, spacing": lambda: (
+        np.dstack([data.chelsea(), np.full(data.chelsea().shape[:2], 200, np.uint8)]),
+        {"n_clusters": 4, "spatial_weight": 0.5, "spacing": (2.0, 1.0)},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_a_loaded_model_labels_exactly_as_the_saved_one(case, tmp_path):
+    image, options = CASES[case]()
+    model = kmeans(image, random_state=0, **options)
+    path = tmp_path / "model.json"
+    model.save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.json"]  # exactly there
+    loaded = load(path)
+    assert loaded.labels is None
+    np.testing.assert_array_equal(loaded.centers, model.centers)
+    np.testing.assert_array_equal(loaded.colors, model.colors)
+    assert loaded.feature_space == model.feature_space
+    np.testing.assert_array_equal(predict(image, loaded), model.labels)
+    flipped = image[::-1].copy()
+    np.testing.assert_array_equal(predict(flipped, loaded), predict(flipped, model))
+    lazy = da.from_array(image, chunks=(100, *image.shape[1:]))
+    np.testing.assert_array_equal(predict(lazy, loaded).compute(), model.labels)
+
+
+def test_the_file_is_documented_json(tmp_path):
+    model = kmeans(data.astronaut(), 3, random_state=0)
+    model.save(tmp_path / "m.json")
+    document = json.loads((tmp_path / "m.json").read_text())
+    assert document["format"] == "napari-kmeanz model" and document["version"] == 1
+    assert document["dtype"] == "uint8"
+    assert np.array(document["centers"]).shape == (3, 3)
+    assert document["layout"] == {"ndim": 3, "channel_axis": 2, "alpha": False}
+
+
+def test_a_loaded_model_has_no_labels_to_recolor(tmp_path):
+    model = kmeans(data.camera(), 3, random_state=0)
+    model.save(tmp_path / "m.json")
+    with pytest.raises(ValueError, match="has no labels: label an image with predict"):
+        load(tmp_path / "m.json").recolor()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda text: text[: len(text) // 2], "is not a napari-kmeanz model"),  # truncated
+        (lambda text: "\x00\xff garbage", "is not a napari-kmeanz model"),
+        (lambda text: text.replace('"version": 1', '"version": 2'), "format version 2"),
+        (lambda text: text.replace("napari-kmeanz model", "something else"), "'format' is not"),
+        (lambda text: text.replace('"centers"', '"centres"'), "it has no 'centers'"),
+        (
+            lambda text: text.replace('"n_channels": 3', '"n_channels": 4'),
+            "its centres have shape",
+        ),
+        (lambda text: "[1, 2, 3]", "'format' is not"),
+    ],
+)
+def test_bad_model_files_are_refused_saying_why(edit, message, tmp_path):
+    path = tmp_path / "m.json"
+    kmeans(data.astronaut(), 3, random_state=0).save(path)
+    path.write_text(edit(path.read_text()))
+    with pytest.raises(ValueError) as err:
+        load(path)
+    assert message in str(err.value) and str(path) in str(err.value)
+
+
+def test_a_model_that_does_not_fit_the_image_is_refused(tmp_path):
+    kmeans(data.astronaut(), 3, random_state=0).save(tmp_path / "m.json")
+    model = load(tmp_path / "m.json")
+    with pytest.raises(ValueError, match="the model was fitted on 3 channels"):
+        predict(data.camera()[..., None].repeat(2, axis=-1), model)
+    with pytest.raises(ValueError, match="dtype float64, whose values are on another scale"):
+        predict(util.img_as_float(data.astronaut()), model)

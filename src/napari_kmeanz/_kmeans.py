@@ -7,14 +7,28 @@ Both check every argument before any pass over the pixels (``_params``) and hand
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 
 import numpy as np
 
 from . import _watch
+from ._many import fit_pooled, is_several
 from ._params import Params, check_image, fit_overlap
-from ._result import KMeansResult, KMeansState
+from ._result import KMeansResult, KMeansState, predict
 from ._run import Run
 from ._watch import Cancelled
+
+
+def _several(arguments: dict) -> KMeansResult:
+    """:func:`kmeans` of several images: a model on their pooled sample, and the labels of
+    each image by it (lazy for a dask image)."""
+    images = list(arguments.pop("image"))
+    for name in ("cancel", "progress"):
+        if arguments.pop(name) is not None:
+            raise TypeError(f"{name} is not taken with several images yet.")
+    model = fit_pooled(images, arguments)
+    return replace(model, labels=[predict(image, model) for image in images])
+
 
 __all__ = ["Cancelled", "KMeansResult", "KMeansState", "iter_kmeans", "kmeans"]
 
@@ -52,7 +66,13 @@ def kmeans(
     image : array_like or dask.array.Array
         Integer or float image: 2-D grey, 2-D RGB/RGBA (channels last), a multichannel image
         with an explicit ``channel_axis``, a 3-D volume, ... . A dask (or zarr) array is read
-        chunk by chunk: memory stays bounded by the chunk size.
+        chunk by chunk: memory stays bounded by the chunk size. A list or tuple of arrays is
+        several images (of any shapes, the same channels and value scale), fitted together
+        by one model on a pooled sample of ``sample_size`` pixels from all of them (about the
+        same number from each: memory does not grow with their number); the result's
+        ``labels`` is then a list, one per image, with the same ids and colours in all, and
+        its counts, inertia and rounds are those of the pooled sample. (For the frames of
+        one stack, pass the stack with ``spacing=(0, ...)`` instead.)
     n_clusters : int, default=8
         Number of clusters k.
     spatial_weight : float, default=0.0
@@ -174,6 +194,8 @@ def kmeans(
     callback = arguments.pop("callback")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be callable or None, got {callback!r}.")
+    if is_several(image):
+        return _several(arguments)
     state = None
     for state in iter_kmeans(**arguments):
         if callback is not None:
@@ -212,6 +234,8 @@ def iter_kmeans(
     """
     arguments = dict(locals())  # the parameters, by name (nothing else is bound yet)
     watch = _watch.Watch.check_arguments(arguments.pop("cancel"), arguments.pop("progress"))
+    if is_several(image):
+        raise TypeError("iter_kmeans takes one image; kmeans fits several (a list) at once.")
     image = check_image(
         arguments.pop("image"), arguments.pop("channel_axis"), arguments.pop("alpha"),
         arguments.pop("mask"),

@@ -174,25 +174,7 @@ class Run:
             )
 
     def _space(self, vmin, vmax) -> FeatureSpace:
-        """The feature space for values between ``vmin`` and ``vmax`` (per value feature)."""
-        p, filters = self.params, self.params.filters
-        check_magnitudes(vmin, vmax, p.spatial_weight)
-        n = self.image.n_channels
-        colour = slice(None) if filters is None else slice(0, n)  # what colours are made of
-        scale = 0.0
-        if p.spatial_weight > 0:
-            value_range = float(np.max(vmax[colour])) - float(np.min(vmin[colour])) or 1.0
-            if p.color_space == "lab":
-                value_range = 100.0  # the range of L*
-            sizes = zip(self.image.spatial_shape, p.spacing, strict=True)
-            extent = max(n * s for n, s in sizes)
-            scale = p.spatial_weight * value_range / extent if extent > 0 else 0.0
-        top = full_scale(self.image.dtype)
-        if filters is not None:
-            weights = kind_weights(filters, n, vmin, vmax)
-            return FeatureSpace(p.spacing, scale, n, "rgb", top, 0.0, filters, weights)
-        origin = value_origin(vmin, vmax) if p.color_space == "rgb" else 0.0
-        return FeatureSpace(p.spacing, scale, n, p.color_space, top, origin)
+        return feature_space(self.params, self.image, vmin, vmax)
 
     def _table(self, space: FeatureSpace, colors) -> ColorTable:
         """The distinct colours as weighted points of ``space``, in nested cells."""
@@ -311,6 +293,34 @@ def cluster_order(centers: np.ndarray, n_channels: int) -> np.ndarray:
     ``color_space='lab'``, the mean of L*, a* and b*."""
     values = centers[:, centers.shape[1] - n_channels :]
     return np.lexsort((*centers.T[::-1], values.mean(axis=1)))
+
+
+def feature_space(params: Params, image: Image, vmin, vmax, shapes=None) -> FeatureSpace:
+    """The feature space of a run for values between ``vmin`` and ``vmax`` (per value
+    feature): position scaled so that crossing the longest extent (of ``image``, or of all
+    the spatial ``shapes`` when several images are fitted together) costs ``spatial_weight``
+    times the value range."""
+    p, filters = params, params.filters
+    check_magnitudes(vmin, vmax, p.spatial_weight)
+    n = image.n_channels
+    colour = slice(None) if filters is None else slice(0, n)  # what colours are made of
+    scale = 0.0
+    if p.spatial_weight > 0:
+        value_range = float(np.max(vmax[colour])) - float(np.min(vmin[colour])) or 1.0
+        if p.color_space == "lab":
+            value_range = 100.0  # the range of L*
+        extent = max(
+            size * s
+            for shape in (shapes or [image.spatial_shape])
+            for size, s in zip(shape, p.spacing, strict=True)
+        )
+        scale = p.spatial_weight * value_range / extent if extent > 0 else 0.0
+    top = full_scale(image.dtype)
+    if filters is not None:
+        weights = kind_weights(filters, n, vmin, vmax)
+        return FeatureSpace(p.spacing, scale, n, "rgb", top, 0.0, filters, weights)
+    origin = value_origin(vmin, vmax) if p.color_space == "rgb" else 0.0
+    return FeatureSpace(p.spacing, scale, n, p.color_space, top, origin)
 
 
 def kind_weights(filters: Filters, n_channels: int, vmin, vmax) -> tuple[float, ...]:

@@ -143,6 +143,37 @@ def test_save_a_model_and_apply_it_to_another_image(tmp_path):
     assert report["pixels_per_cluster"] == np.bincount(expected.ravel())[1:].tolist()
 
 
+def test_several_images_one_model_and_a_table(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    io.imsave(folder / "a.png", data.astronaut())
+    io.imsave(folder / "b.png", data.coffee())
+    (folder / "broken.png").write_bytes(b"not an image")
+    io.imsave(folder / "grey.png", data.camera())  # not the others' channels
+    model_file = tmp_path / "model.json"
+    done = run(folder, "-k", 5, "-o", tmp_path / "out", "--save-model", model_file, "--quiet")
+    assert done.returncode == 1  # two files skipped, the others done
+    skipped = [line for line in done.stderr.splitlines() if "skipped" in line]
+    assert len(skipped) == 2 and "broken.png" in skipped[0] and "grey.png" in skipped[1]
+    from napari_kmeanz import load, predict
+
+    model = load(model_file)
+    for stem, image in (("a", data.astronaut()), ("b", data.coffee())):
+        labels = io.imread(tmp_path / "out" / f"{stem}_labels.png")
+        np.testing.assert_array_equal(labels, predict(image, model))
+    rows = (tmp_path / "out" / "clusters.csv").read_text().splitlines()
+    assert rows[0] == "file,cluster,count,fraction" and len(rows) == 1 + 2 * 5
+    report = json.loads((tmp_path / "out" / "batch_report.json").read_text())
+    assert [Path(name).name for name in report["images"]] == ["a.png", "b.png"]
+    # the model applied to a quoted pattern, without fitting: the same labels
+    again = run(f"{folder}/[ab].png", "--model", model_file, "-o", tmp_path / "again", "--quiet")
+    assert again.returncode == 0, again.stderr
+    np.testing.assert_array_equal(
+        io.imread(tmp_path / "again" / "a_labels.png"),
+        io.imread(tmp_path / "out" / "a_labels.png"),
+    )
+
+
 def test_sweep_writes_inertia_elbow_and_animation(tmp_path):
     done = run("coffee", "--sweep", "2:6", "-r", 10, "-o", tmp_path, "--quiet")
     assert done.returncode == 0, done.stderr
@@ -179,6 +210,8 @@ def test_sweep_writes_inertia_elbow_and_animation(tmp_path):
         (["camera", "--model", "nope.json"], "no such model file: 'nope.json'"),
         (["camera", "--model", "BROKEN", "--sweep", "2:3"], "cannot be combined with --sweep"),
         (["camera", "--model", "BROKEN"], "is not a napari-kmeanz model"),
+        (["camera", "coffee", "--sweep", "2:3"], "--sweep cannot be used with several images"),
+        (["nothing/*.png"], "no file matches 'nothing/*.png'"),
     ],
 )
 def test_bad_input_exit_code_2_and_one_line(files, tmp_path, args, message):

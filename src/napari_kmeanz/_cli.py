@@ -30,7 +30,7 @@ SAMPLES = (
 TIFF = (".tif", ".tiff")
 
 
-class UsageError(Exception):
+class UsageError(ValueError):
     """Bad input: reported as one line on stderr with exit code 2."""
 
 
@@ -124,10 +124,11 @@ def parser() -> argparse.ArgumentParser:
         epilog=f"Bundled samples (scikit-image, no download): {', '.join(SAMPLES)}.",
     )
     p.add_argument(
-        "image",
+        "images", nargs="+", metavar="IMAGE",
         help="an image file scikit-image reads (JPEG; PNG, also RGBA and palette; TIFF, also "
-        "16-bit and stacks) or the name of a bundled sample",
-    )
+        "16-bit and stacks) or the name of a bundled sample; several of them, folders or "
+        "quoted patterns ('slides/*.tif') fit one model on all and label each",
+    )  # fmt: skip
     k, rounds = CLI["n_clusters"], CLI["max_iter"]  # why these: see _defaults
     p.add_argument("-k", "--clusters", type=_positive_int, default=k, metavar="K",
                    help=f"number of clusters (default: {k})")  # fmt: skip
@@ -467,6 +468,12 @@ def main(argv=None) -> int:
         outputs = OutputFolder(args.outdir)
         outputs.check()  # before any work
         _check_model_options(args)
+        from . import _batch  # (it builds on this module)
+
+        names = _batch.expand(args.images)
+        if len(names) > 1 or names[0] != args.images[0]:
+            return _run_batch(args, names, outputs)
+        args.image = names[0]
         image, stem = read_image(args.image)
         mask = None
         if args.mask is not None:
@@ -489,6 +496,20 @@ def main(argv=None) -> int:
         names = ", ".join(report["files"])
         print(f"wrote {names} to {args.outdir}/", file=sys.stderr)
     return 0
+
+
+def _run_batch(args, names, outputs) -> int:
+    """Several images: one model, each labelled; 1 when some were skipped."""
+    from . import _batch
+
+    _batch.check_batch_options(args)
+    report, failures = _batch.run_batch(args, names, outputs)
+    for failure in failures:
+        print(f"napari-kmeanz: skipped {failure}", file=sys.stderr)
+    if not args.quiet:
+        print(f"wrote {len(report['files'])} files for {len(report['images'])} images to "
+              f"{args.outdir}/", file=sys.stderr)  # fmt: skip
+    return 1 if failures else 0
 
 
 def _fail(outputs: OutputFolder | None, message: str, code: int) -> int:

@@ -18,8 +18,7 @@ from ._lloyd import Lloyd
 from ._params import Image, Params, check_image, fit_overlap, value_scale
 from ._pixels import PixelSource
 from ._points import PointSource
-from ._result import KMeansResult
-from ._run import cluster_order, feature_space
+from ._run import cluster_order, feature_space, result_of
 from ._seeding import SAMPLE_ROUNDS, Sample, seed
 
 
@@ -130,22 +129,7 @@ def _fit(params: Params, first: Image, space, pooled: np.ndarray, n_valid: int, 
         pass
     centers = lloyd.centers[cluster_order(lloyd.centers, space.n_values)]
     _, counts, sums = points.nearest_and_stats(centers, factor)
-    colors = centers[:, space.n_spatial :].copy()
-    full = counts > 0
-    colors[full] = sums[full, space.n_spatial :] / counts[full, None]
-    return KMeansResult(
-        labels=None,
-        colors=space.image_values(colors),
-        centers=centers,
-        counts=counts.astype(np.int64),
-        inertia=lloyd.inertia(centers, counts, sums),
-        inertia_history=np.asarray(lloyd.inertia_history),
-        n_iter=lloyd.n_iter,
-        converged=lloyd.converged,
-        feature_space=space,
-        dtype=first.dtype,
-        layout=first.layout,
-    )
+    return result_of(lloyd, centers, (counts, sums), space, first, None)
 
 
 def cluster_table(labels: Sequence, n_clusters: int, names: Sequence[str] | None = None):

@@ -262,29 +262,37 @@ class Run:
         else:  # labels and final sums in one pass
             dtype = label_dtype(self.params.n_clusters)
             labels, counts, sums = prepared.pixels.labels_and_stats(centers, dtype)
-        colors = centers[:, space.n_spatial :].copy()
-        full = counts > 0
-        colors[full] = sums[full, space.n_spatial :] / counts[full, None]
-        if not full.all():
+        if not (counts > 0).all():
             warnings.warn(
-                f"Found {int(full.sum())} distinct clusters, fewer than n_clusters="
+                f"Found {int((counts > 0).sum())} distinct clusters, fewer than n_clusters="
                 f"{self.params.n_clusters}: the pixels hold fewer distinct points. Empty "
                 "clusters keep their ids but label no pixel.",
                 stacklevel=4,
             )
-        return KMeansResult(
-            labels=labels,
-            colors=space.image_values(colors),
-            centers=centers,
-            counts=counts.astype(np.int64),
-            inertia=lloyd.inertia(centers, counts, sums),
-            inertia_history=np.asarray(lloyd.inertia_history),
-            n_iter=lloyd.n_iter,
-            converged=lloyd.converged,
-            feature_space=space,
-            dtype=self.image.dtype,
-            layout=self.image.layout,
-        )
+        return result_of(lloyd, centers, (counts, sums), space, self.image, labels)
+
+
+def result_of(lloyd: Lloyd, centers, stats, space: FeatureSpace, image: Image, labels):
+    """The result of a run from its last centres (ordered) and their final ``stats``
+    (counts and raw sums): a cluster's colour is the mean of its points' values (the value
+    part of its centre when it has none)."""
+    counts, sums = stats
+    colors = centers[:, space.n_spatial :].copy()
+    full = counts > 0
+    colors[full] = sums[full, space.n_spatial :] / counts[full, None]
+    return KMeansResult(
+        labels=labels,
+        colors=space.image_values(colors),
+        centers=centers,
+        counts=counts.astype(np.int64),
+        inertia=lloyd.inertia(centers, counts, sums),
+        inertia_history=np.asarray(lloyd.inertia_history),
+        n_iter=lloyd.n_iter,
+        converged=lloyd.converged,
+        feature_space=space,
+        dtype=image.dtype,
+        layout=image.layout,
+    )
 
 
 def cluster_order(centers: np.ndarray, n_channels: int) -> np.ndarray:

@@ -18,6 +18,7 @@ import numpy as np
 
 from ._defaults import WIDGET
 from ._kmeans import iter_kmeans
+from ._model import model_dict
 from ._params import full_scale
 from ._result import KMeansResult, KMeansState, predict, recolor
 
@@ -30,6 +31,8 @@ LIVE_PIXELS = 1 << 24
 FIT_LEVEL_PIXELS = 1 << 18
 TRANSFORMS = ("scale", "translate", "rotate", "shear", "axis_labels", "units")
 PREFIX = "napari-kmeanz"
+MODEL_FIELDS = ("centers", "colors", "counts", "inertia", "inertia_history", "n_iter",
+                "converged", "feature_space", "dtype", "layout")  # fmt: skip
 
 
 @dataclass
@@ -275,6 +278,8 @@ def _metadata(job: Job, result: KMeansResult) -> dict:
             "centers": result.centers.tolist(),
             "colors": result.colors.tolist(),
             "spatial_scale": result.feature_space.spatial_scale,
+            # the whole model, as napari_kmeanz.load reads it: Save model writes it out
+            "model": model_dict({name: getattr(result, name) for name in MODEL_FIELDS}),
         }
     }
 
@@ -364,6 +369,20 @@ def result_layers(job: Job, outcome: KMeansState | KMeansResult) -> list:
     if isinstance(outcome, KMeansState):
         return [(labels, labels_kwargs, "labels")]
     return [(labels, labels_kwargs, "labels"), *_recoloured(job, labels, colors)]
+
+
+def model_labels(layer, model: KMeansResult, labels) -> tuple:
+    """A labels layer tuple for ``layer`` labelled by a model (read from a file): drawn in the
+    model's colours as the layer shows them, aligned with it, the model in its metadata."""
+    job = Job(layer, [layer], layer.data, {}, [], bool(layer.rgb), layer.data)
+    fields = {name: getattr(model, name) for name in MODEL_FIELDS}
+    kwargs = {
+        "name": f"{layer.name} clusters",
+        "colormap": _colormap(job, model.colors),
+        "metadata": {PREFIX: {"source": layer.name, "model": model_dict(fields)}},
+        **_transforms(layer),
+    }
+    return labels, kwargs, "labels"
 
 
 # -- choosing k -----------------------------------------------------------------------------------

@@ -85,6 +85,11 @@ def write(path, fields: dict) -> None:
         temporary.write_text(text, encoding="utf-8")
 
 
+def from_dict(document: dict) -> dict:
+    """The fields of a model from its JSON object (as :func:`model_dict` makes it)."""
+    return _fields(document)
+
+
 def read(path) -> dict:
     """The fields of the model in the file at ``path``; ValueError for a file that is not
     one (saying what is wrong), OSError when it cannot be read."""

@@ -1,0 +1,186 @@
+"""The dock widget "Clusters to segmentation": clean a clustering, turn clusters into objects
+or a mask, and save, load and apply the model behind it.
+
+It works on the "<name> clusters" layers of the K-means widget (their metadata holds the
+model). Every step runs in a napari worker thread; its layer is added when it is done.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Select, SpinBox
+
+from . import _layers, _model
+from ._result import KMeansResult, load, predict
+from ._segment import clean, objects
+
+if TYPE_CHECKING:
+    import napari
+
+
+class SegmentWidget(Container):
+    """Clean, objects, mask of chosen clusters; Save model, Load model and apply it."""
+
+    def __init__(self, viewer: napari.viewer.Viewer):
+        self._viewer = viewer
+        self.clusters = ComboBox(label="clusters layer", choices=self._clusters_layers)
+        self.min_size = SpinBox(label="min region size", value=50, min=0, max=10**9)
+        self.radius = SpinBox(label="majority radius", value=1, min=0, max=50)
+        self.clean_button = PushButton(text="Clean")
+        self.chosen = Select(label="chosen clusters", choices=self._cluster_ids)
+        self.objects_button = PushButton(text="Objects of chosen clusters")
+        self.mask_button = PushButton(text="Mask of chosen clusters")
+        self.model_path = FileEdit(label="model file", mode="w", filter="*.json")
+        self.save_button = PushButton(text="Save model")
+        self.target = ComboBox(label="apply to", choices=self._images)
+        self.apply_button = PushButton(text="Load model and apply")
+        self.status = Label(value="")
+        super().__init__(widgets=[
+            self.clusters, self.min_size, self.radius, self.clean_button, self.chosen,
+            self.objects_button, self.mask_button, self.model_path, self.save_button,
+            self.target, self.apply_button, self.status,
+        ])  # fmt: skip
+        self.clean_button.changed.connect(self.clean)
+        self.objects_button.changed.connect(self.objects)
+        self.mask_button.changed.connect(self.mask)
+        self.save_button.changed.connect(self.save_model)
+        self.apply_button.changed.connect(self.apply_model)
+        self.clusters.changed.connect(lambda _=None: self.chosen.reset_choices())
+        for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
+            event.connect(lambda _=None: self.reset_choices())
+
+    # choices
+
+    def _clusters_layers(self, _widget=None):
+        from napari.layers import Labels
+
+        return [
+            (layer.name, layer)
+            for layer in self._viewer.layers
+            if isinstance(layer, Labels) and "model" in layer.metadata.get(_layers.PREFIX, {})
+        ]
+
+    def _cluster_ids(self, _widget=None):
+        layer = self.clusters.value if hasattr(self, "clusters") else None
+        if layer is None:
+            return []
+        return list(range(1, len(layer.metadata[_layers.PREFIX]["model"]["centers"]) + 1))
+
+    def _images(self, _widget=None):
+        from napari.layers import Image
+
+        return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Image)]
+
+    # actions: each in a worker, its layer added when done
+
+    def clean(self):
+        layer = self._layer()
+        if layer is None:
+            return None
+        min_size, radius = self.min_size.value, self.radius.value
+        return self._work(
+            lambda: clean(np.asarray(layer.data), min_size=min_size, radius=radius),
+            lambda data: self._add_like(layer, data, f"{layer.name} cleaned"),
+        )
+
+    def objects(self):
+        layer = self._layer()
+        if layer is None:
+            return None
+        chosen = list(self.chosen.value) or None
+        source = self._source_image(layer)
+
+        def work():
+            return objects(
+                np.asarray(layer.data), clusters=chosen, spacing=tuple(layer.scale),
+                origin=tuple(layer.translate), image=source,
+            )  # fmt: skip
+
+        def done(found):
+            self._viewer.add_labels(
+                found.labels, name=f"{layer.name} objects", features=found.table,
+                **_layers._transforms(layer),
+            )  # fmt: skip
+
+        return self._work(work, done)
+
+    def mask(self):
+        layer = self._layer()
+        if layer is None:
+            return None
+        chosen = list(self.chosen.value)
+        name = f"{layer.name} mask of {', '.join(map(str, chosen)) or 'none'}"
+        return self._work(
+            lambda: np.isin(np.asarray(layer.data), chosen).astype(np.uint8),
+            lambda data: self._viewer.add_labels(data, name=name, **_layers._transforms(layer)),
+        )
+
+    def save_model(self):
+        layer = self._layer()
+        path = Path(self.model_path.value)
+        if layer is None:
+            return
+        if path.is_dir() or not path.parent.is_dir():
+            self._refuse(f"Choose a model file in an existing folder (not {str(path)!r}).")
+            return
+        model = KMeansResult(**_model.from_dict(layer.metadata[_layers.PREFIX]["model"]))
+        model.save(path)
+        self.status.value = f"saved {path.name}"
+
+    def apply_model(self):
+        image, path = self.target.value, Path(self.model_path.value)
+        if image is None or not path.is_file():
+            self._refuse(f"Choose an image layer and a model file (not {str(path)!r}).")
+            return None
+        try:
+            model = load(path)
+        except (OSError, ValueError) as err:
+            self._refuse(str(err))
+            return None
+
+        def done(labels):
+            data, kwargs, _ = _layers.model_labels(image, model, labels)
+            self._viewer.add_labels(data, **kwargs)
+
+        return self._work(lambda: np.asarray(predict(image.data, model)), done)
+
+    # plumbing
+
+    def _layer(self):
+        layer = self.clusters.value
+        if layer is None:
+            self._refuse("No clusters layer: run the K-means widget first.")
+        return layer
+
+    def _source_image(self, layer):
+        """The image the clusters layer was made from, when it is still in the viewer."""
+        name = layer.metadata[_layers.PREFIX].get("source")
+        if name in self._viewer.layers:
+            data = np.asarray(self._viewer.layers[name].data)
+            if data.shape[: layer.ndim] == layer.data.shape:
+                return data
+        return None
+
+    def _add_like(self, layer, data, name):
+        self._viewer.add_labels(data, name=name, colormap=layer.colormap,
+                                **_layers._transforms(layer))  # fmt: skip
+
+    def _work(self, function, done):
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(function)
+        worker.returned.connect(done)
+        worker.returned.connect(lambda _=None: setattr(self.status, "value", "done"))
+        worker.errored.connect(lambda err: self._refuse(str(err)))
+        self.status.value = "working..."
+        worker.start()
+        return worker
+
+    def _refuse(self, message: str):
+        from napari.utils.notifications import show_error
+
+        self.status.value = message
+        show_error(message)

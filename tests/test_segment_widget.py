@@ -1,0 +1,80 @@
+"""The "Clusters to segmentation" widget in a real viewer: clean, objects, mask, models."""
+
+import numpy as np
+import pytest
+from skimage import data
+
+from napari_kmeanz import clean, kmeans, load, objects, predict
+from test_plugin import PLUGIN, astronaut_run
+
+
+@pytest.fixture
+def viewer(make_napari_viewer):
+    return make_napari_viewer()
+
+
+def open_segment_widget(viewer):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Clusters to segmentation")
+    return widget
+
+
+def wait_for(qtbot, viewer, worker, name):
+    """Wait for the worker's layer (a fast worker may finish before a signal is waited for)."""
+    assert worker is not None
+    qtbot.waitUntil(lambda: name in viewer.layers, timeout=60_000)
+    return viewer.layers[name]
+
+
+def test_clean_objects_and_mask_of_a_clustering(viewer, qtbot):
+    astronaut_run(viewer, qtbot)
+    widget = open_segment_widget(viewer)
+    clusters = viewer.layers["astronaut clusters"]
+    assert widget.clusters.value is clusters
+    assert list(widget.chosen.choices) == [1, 2, 3, 4]
+    widget.min_size.value, widget.radius.value = 40, 1
+    cleaned = wait_for(qtbot, viewer, widget.clean(), "astronaut clusters cleaned")
+    np.testing.assert_array_equal(cleaned.data, clean(clusters.data, min_size=40, radius=1))
+    assert cleaned.colormap is clusters.colormap or cleaned.colormap == clusters.colormap
+    widget.chosen.value = [2]
+    found = wait_for(qtbot, viewer, widget.objects(), "astronaut clusters objects")
+    expected = objects(clusters.data, clusters=[2], image=data.astronaut())
+    np.testing.assert_array_equal(found.data, expected.labels)
+    np.testing.assert_allclose(found.features["area"], expected.table["area"])
+    assert "intensity_mean-2" in found.features  # the source image's channels
+    mask = wait_for(qtbot, viewer, widget.mask(), "astronaut clusters mask of 2")
+    np.testing.assert_array_equal(mask.data, (clusters.data == 2).astype(np.uint8))
+
+
+def test_save_a_model_and_apply_it_to_another_layer(viewer, qtbot, tmp_path):
+    astronaut_run(viewer, qtbot)
+    widget = open_segment_widget(viewer)
+    path = tmp_path / "astronaut.json"
+    widget.model_path.value = path
+    widget.save_model()
+    model = load(path)
+    fitted = kmeans(data.astronaut(), 4, random_state=0, max_iter=30)
+    np.testing.assert_array_equal(model.centers, fitted.centers)
+    coffee = viewer.add_image(data.coffee(), name="coffee", rgb=True)
+    widget.target.value = coffee
+    labels = wait_for(qtbot, viewer, widget.apply_model(), "coffee clusters")
+    np.testing.assert_array_equal(labels.data, predict(data.coffee(), fitted))
+    # the applied layer carries its model: it can be cleaned and saved in turn
+    assert labels in widget.clusters.choices
+
+
+def test_bad_model_choices_are_refused(viewer, tmp_path):
+    from napari.utils.notifications import notification_manager
+
+    widget = open_segment_widget(viewer)
+    viewer.add_image(data.camera(), name="camera")
+    seen = len(notification_manager.records)
+    widget.model_path.value = tmp_path / "missing.json"
+    assert widget.apply_model() is None
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    widget.model_path.value = broken
+    assert widget.apply_model() is None
+    messages = [str(n.message) for n in notification_manager.records[seen:]]
+    assert any("missing.json" in m for m in messages)
+    assert any("is not a napari-kmeanz model" in m for m in messages)
+    assert len(viewer.layers) == 1

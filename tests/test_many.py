@@ -68,3 +68,15 @@ def test_bad_sets_of_images_are_refused(images, kwargs, error, message):
 def test_iter_kmeans_takes_one_image():
     with pytest.raises(TypeError, match="iter_kmeans takes one image"):
         iter_kmeans([data.camera(), data.camera()], 3)
+
+
+def test_a_table_per_frame_of_a_stack():
+    from napari_kmeanz import cluster_table as public_table
+
+    stack = np.stack([data.camera(), data.camera()[::-1], data.camera() // 2])
+    result = kmeans(stack, 3, spacing=(0, 1, 1), random_state=0)  # shared centres
+    table = public_table(result.labels, 3)
+    assert table["image"] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    np.testing.assert_allclose(table["fraction"][:3], table["fraction"][3:6])  # flipped frame
+    for frame in range(3):
+        assert sum(table["count"][3 * frame : 3 * frame + 3]) == 512 * 512

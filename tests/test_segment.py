@@ -116,3 +116,27 @@ def test_bad_arguments_are_refused(call, message):
     with pytest.raises((ValueError, TypeError)) as err:
         call()
     assert message in str(err.value)
+
+
+def test_margins_are_low_where_the_clustering_is_unsure():
+    from skimage import data
+
+    from napari_kmeanz import margins
+
+    image = np.dstack([data.astronaut(), np.full((512, 512), 255, np.uint8)])
+    image[:20, :, 3] = 0  # transparent: not clustered
+    result = kmeans(image, 5, spatial_weight=0.5, random_state=0)
+    margin = margins(image, result)
+    assert margin.dtype == np.float32 and margin.shape == (512, 512)
+    assert np.isnan(margin[:20]).all() and not np.isnan(margin[20:]).any()
+    inside = margin[20:]
+    assert inside.min() >= 0 and inside.max() <= 1
+    labels = result.labels[20:]
+    boundary = np.zeros(labels.shape, bool)
+    boundary[:-1] |= labels[:-1] != labels[1:]
+    boundary[:, :-1] |= labels[:, :-1] != labels[:, 1:]
+    assert inside[boundary].mean() < 0.5 * inside[~boundary].mean()
+    lazy = margins(da.from_array(image, chunks=(100, 200, 4)), result)
+    np.testing.assert_array_equal(lazy.compute(), margin)
+    one = kmeans(data.camera(), 1, random_state=0)
+    assert (margins(data.camera(), one) == 1).all()

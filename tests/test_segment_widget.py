@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from skimage import data
 
-from napari_kmeanz import clean, kmeans, load, objects, predict
+from napari_kmeanz import clean, kmeans, load, margins, objects, predict
 from test_plugin import PLUGIN, astronaut_run
 
 
@@ -43,6 +43,9 @@ def test_clean_objects_and_mask_of_a_clustering(viewer, qtbot):
     assert "intensity_mean-2" in found.features  # the source image's channels
     mask = wait_for(qtbot, viewer, widget.mask(), "astronaut clusters mask of 2")
     np.testing.assert_array_equal(mask.data, (clusters.data == 2).astype(np.uint8))
+    unsure = wait_for(qtbot, viewer, widget.uncertainty(), "astronaut clusters uncertainty")
+    fitted = kmeans(data.astronaut(), 4, random_state=0, max_iter=30)
+    np.testing.assert_allclose(unsure.data, 1 - margins(data.astronaut(), fitted), atol=1e-6)
 
 
 def test_save_a_model_and_apply_it_to_another_layer(viewer, qtbot, tmp_path):

@@ -10,7 +10,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ._features import FeatureSpace
 from ._kmeans import iter_kmeans, kmeans
-from ._result import KMeansResult, KMeansState, load, predict, recolor
+from ._many import cluster_table
+from ._result import KMeansResult, KMeansState, load, margins, predict, recolor
 from ._segment import Objects, clean, objects
 from ._watch import Cancelled
 
@@ -27,9 +28,11 @@ __all__ = [
     "Objects",
     "__version__",
     "clean",
+    "cluster_table",
     "iter_kmeans",
     "kmeans",
     "load",
+    "margins",
     "objects",
     "predict",
     "recolor",

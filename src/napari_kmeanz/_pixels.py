@@ -21,8 +21,11 @@ from ._codes import ColorCodes, dense_table, histogram_task, lookup_task, merge_
 from ._compute import assemble, chunk_grid, compute
 from ._features import Chunk, FeatureSpace, chunk_rows
 from ._filters import depths
-from ._kernels import nearest_sqdist, top_farthest
+from ._kernels import distance_weights, nearest_sqdist, top_farthest
 from ._watch import bind, checkpoint
+
+# Distances (pixels x centres) computed at a time for the margins: 32 MiB of float64.
+MARGIN_DISTANCES = 1 << 22
 
 # -- the tasks: each runs on one chunk --------------------------------------------------------
 
@@ -110,6 +113,27 @@ def _labels_stats_task(chunk: Chunk, space, centers, dtype, tiles=None):
 
 def _labels_task(chunk: Chunk, space, centers, dtype, tiles=None):
     return _labels_stats_task(chunk, space, centers, dtype, tiles)[0]
+
+
+def _margin_task(chunk: Chunk, space, centers):
+    """Each pixel's margin between its two nearest centres (see ``margins``)."""
+    out = np.full(chunk.shape, np.nan, dtype=np.float32)
+    weights = distance_weights(centers, space.factor)
+    step = max(1, MARGIN_DISTANCES // len(centers))
+    for rows, coords in chunk_rows(chunk, space):
+        for start in range(0, len(rows), step):
+            part, where = rows[start : start + step], coords[start : start + step]
+            features = part[:, :-1] * space.factor
+            d2 = part @ weights + np.einsum("ij,ij->i", features, features)[:, None]
+            if len(centers) == 1:
+                margin = np.ones(len(part))
+            else:
+                near = np.sqrt(np.maximum(np.partition(d2, 1, axis=1)[:, :2], 0.0))
+                total = near[:, 0] + near[:, 1]
+                margin = np.divide(near[:, 1] - near[:, 0], total, out=np.zeros(len(part)),
+                                   where=total > 0)  # fmt: skip
+            out[tuple(where.T)] = margin
+    return out
 
 
 # -- the source --------------------------------------------------------------------------------
@@ -357,6 +381,10 @@ class PixelSource:
         known = np.empty(len(self._tiles), dtype=object)
         known[:] = self._tiles
         return self._lazy(*args, per_chunk=dask.delayed(known, pure=False))
+
+    def margins(self, centers: np.ndarray) -> da.Array:
+        """Lazy margins of every pixel between its two nearest centres (float32)."""
+        return self._lazy(_margin_task, np.float32, self.space, centers)
 
     def lookup_labels(self, codes, labels, coder: ColorCodes) -> da.Array:
         """Lazy labels through a colour lookup table.

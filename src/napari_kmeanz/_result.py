@@ -199,6 +199,29 @@ def predict(image, model: KMeansResult, *, mask=None, spacing=None):
     >>> predict(image[256:], model).shape
     (256, 512)
     """
+    source, lazy = _pixels_of(image, model, mask, spacing)
+    labels = source.labels(model.centers, label_dtype(model.n_clusters))
+    return labels if lazy else to_numpy(labels)
+
+
+def margins(image, model: KMeansResult, *, mask=None, spacing=None):
+    """How sure the clustering is of each pixel: its margin between the nearest and the
+    second-nearest centre of ``model``, normalised.
+
+    The margin is ``(d2 - d1) / (d2 + d1)`` for the distances ``d1 <= d2`` (in feature space)
+    to the two nearest centres: 0 where two centres are equally near (the boundary between
+    two clusters: unsure), towards 1 on a centre far from the others. Takes the arguments of
+    :func:`predict`; returns float32 of the image's spatial shape (lazy for a dask image),
+    NaN where pixels are not clustered; 1 everywhere for a model of one cluster.
+    """
+    source, lazy = _pixels_of(image, model, mask, spacing)
+    margin = source.margins(model.centers)
+    return margin if lazy else to_numpy(margin)
+
+
+def _pixels_of(image, model: KMeansResult, mask, spacing):
+    """The pixels of ``image`` as points of ``model``'s feature space, checked against the
+    model; and whether the image is lazy."""
     if not isinstance(model, KMeansResult):
         raise TypeError(f"model must be a KMeansResult, got {type(model).__name__}.")
     array = as_array(image)
@@ -232,8 +255,7 @@ def predict(image, model: KMeansResult, *, mask=None, spacing=None):
     check_width(space.filters, data.shape[:-1])
     image = fit_overlap(Image(data, mask, layout, array.dtype, True), space.filters)
     source = PixelSource(image.data, image.mask, layout.alpha, space)
-    labels = source.labels(model.centers, label_dtype(model.n_clusters))
-    return labels if isinstance(array, da.Array) else to_numpy(labels)
+    return source, isinstance(array, da.Array)
 
 
 def load(path) -> KMeansResult:

@@ -14,7 +14,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Select, SpinBox
 
 from . import _layers, _model
-from ._result import KMeansResult, load, predict
+from ._result import KMeansResult, load, margins, predict
 from ._segment import clean, objects
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ class SegmentWidget(Container):
         self.chosen = Select(label="chosen clusters", choices=self._cluster_ids)
         self.objects_button = PushButton(text="Objects of chosen clusters")
         self.mask_button = PushButton(text="Mask of chosen clusters")
+        self.uncertainty_button = PushButton(text="Uncertainty (where clusters meet)")
         self.model_path = FileEdit(label="model file", mode="w", filter="*.json")
         self.save_button = PushButton(text="Save model")
         self.target = ComboBox(label="apply to", choices=self._images)
@@ -40,12 +41,14 @@ class SegmentWidget(Container):
         self.status = Label(value="")
         super().__init__(widgets=[
             self.clusters, self.min_size, self.radius, self.clean_button, self.chosen,
-            self.objects_button, self.mask_button, self.model_path, self.save_button,
+            self.objects_button, self.mask_button, self.uncertainty_button, self.model_path,
+            self.save_button,
             self.target, self.apply_button, self.status,
         ])  # fmt: skip
         self.clean_button.changed.connect(self.clean)
         self.objects_button.changed.connect(self.objects)
         self.mask_button.changed.connect(self.mask)
+        self.uncertainty_button.changed.connect(self.uncertainty)
         self.save_button.changed.connect(self.save_model)
         self.apply_button.changed.connect(self.apply_model)
         self.clusters.changed.connect(lambda _=None: self.chosen.reset_choices())
@@ -117,6 +120,27 @@ class SegmentWidget(Container):
             lambda: np.isin(np.asarray(layer.data), chosen).astype(np.uint8),
             lambda data: self._viewer.add_labels(data, name=name, **_layers._transforms(layer)),
         )
+
+    def uncertainty(self):
+        """An image layer of 1 - the margin between each pixel's two nearest centres (see
+        :func:`napari_kmeanz.margins`): bright where the clustering is unsure."""
+        layer = self._layer()
+        if layer is None:
+            return None
+        name = layer.metadata[_layers.PREFIX].get("source")
+        if name not in self._viewer.layers:
+            self._refuse(f"The image {name!r} that {layer.name!r} was made from is gone.")
+            return None
+        image = self._viewer.layers[name]
+        model = KMeansResult(**_model.from_dict(layer.metadata[_layers.PREFIX]["model"]))
+
+        def done(margin):
+            self._viewer.add_image(
+                1.0 - margin, name=f"{layer.name} uncertainty", colormap="inferno",
+                contrast_limits=(0.0, 1.0), **_layers._transforms(layer),
+            )  # fmt: skip
+
+        return self._work(lambda: np.asarray(margins(image.data, model)), done)
 
     def save_model(self):
         layer = self._layer()

@@ -1,5 +1,6 @@
 """The "Clusters to segmentation" widget in a real viewer: clean, objects, mask, models."""
 
+import dask.array as da
 import numpy as np
 import pytest
 from skimage import data
@@ -63,6 +64,13 @@ def test_save_a_model_and_apply_it_to_another_layer(viewer, qtbot, tmp_path):
     np.testing.assert_array_equal(labels.data, predict(data.coffee(), fitted))
     # the applied layer carries its model: it can be cleaned and saved in turn
     assert labels in widget.clusters.choices
+    # a dask layer gets lazy labels
+    lazy = viewer.add_image(da.from_array(data.coffee(), chunks=(100, 600, 3)), name="lazy",
+                            rgb=True)  # fmt: skip
+    widget.target.value = lazy
+    lazy_labels = wait_for(qtbot, viewer, widget.apply_model(), "lazy clusters")
+    assert isinstance(lazy_labels.data, da.Array)
+    np.testing.assert_array_equal(np.asarray(lazy_labels.data), labels.data)
 
 
 def test_bad_model_choices_are_refused(viewer, tmp_path):

@@ -169,7 +169,8 @@ class SegmentWidget(Container):
             data, kwargs, _ = _layers.model_labels(image, model, labels)
             self._viewer.add_labels(data, **kwargs)
 
-        return self._work(lambda: np.asarray(predict(image.data, model)), done)
+        # a dask layer (a stack, a store) gets lazy labels, computed as napari shows them
+        return self._work(lambda: predict(image.data, model), done)
 
     # plumbing
 

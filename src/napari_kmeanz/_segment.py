@@ -12,8 +12,6 @@ from numbers import Integral
 
 import dask.array as da
 import numpy as np
-from scipy import ndimage
-from skimage import measure
 
 from ._filters import merged_chunks
 from ._params import check_int, check_spacing
@@ -96,6 +94,8 @@ def _clean(labels: np.ndarray, *, min_size: int, radius: int, connectivity: int)
 def _majority(labels: np.ndarray, radius: int) -> np.ndarray:
     """Each clustered pixel's most frequent cluster in the ball of ``radius`` around it
     (label 0 not counted; its own cluster on a tie, else the lowest id)."""
+    from scipy import ndimage
+
     grid = np.indices((2 * radius + 1,) * labels.ndim) - radius
     ball = (grid**2).sum(axis=0) <= radius * radius
     ids = np.unique(labels[labels > 0])
@@ -117,6 +117,9 @@ def _majority(labels: np.ndarray, radius: int) -> np.ndarray:
 def _merge_small(labels: np.ndarray, min_size: int, connectivity: int) -> None:
     """Merge regions under ``min_size`` into their most shared neighbouring cluster, in
     place, smallest first, until none that can merge is left."""
+    from scipy import ndimage
+    from skimage import measure
+
     structure = ndimage.generate_binary_structure(labels.ndim, connectivity)
     while True:
         regions = measure.label(labels, background=0, connectivity=connectivity)
@@ -135,6 +138,8 @@ def _merge_small(labels: np.ndarray, min_size: int, connectivity: int) -> None:
 def _merge_one(labels, regions, region, box, structure) -> bool:
     """Give one region to the cluster it shares the most boundary with; False when it has
     no clustered neighbour."""
+    from scipy import ndimage
+
     grown = tuple(slice(max(s.start - 1, 0), s.stop + 1) for s in box)
     inside = regions[grown] == region
     ring = ndimage.binary_dilation(inside, structure) & ~inside
@@ -203,6 +208,8 @@ def objects(labels, *, clusters=None, connectivity: int = 1, image=None, spacing
         if wanted.ndim != 1 or wanted.dtype.kind not in "iu":
             raise ValueError(f"clusters must be a sequence of cluster ids, got {clusters!r}.")
         chosen &= np.isin(array, wanted)
+    from skimage import measure  # (when used: importing it takes a while)
+
     selected = np.where(chosen, array, 0)
     numbered = measure.label(selected, background=0, connectivity=connectivity)
     return Objects(numbered, _table(numbered, array, image, spacing, origin))

@@ -89,3 +89,29 @@ def test_bad_model_choices_are_refused(viewer, tmp_path):
     assert any("missing.json" in m for m in messages)
     assert any("is not a napari-kmeanz model" in m for m in messages)
     assert len(viewer.layers) == 1
+
+
+def test_merge_clusters_with_undo_and_a_merged_model(viewer, qtbot, tmp_path):
+    astronaut_run(viewer, qtbot)
+    widget = open_segment_widget(viewer)
+    clusters = viewer.layers["astronaut clusters"]
+    before = clusters.data.copy()
+    widget.chosen.value = [2, 3]
+    assert widget.merge() is not None
+    qtbot.waitUntil(lambda: not (clusters.data == 3).any(), timeout=60_000)
+    expected = np.where(before == 3, 2, before)
+    np.testing.assert_array_equal(clusters.data, expected)
+    # the model: both ids on the pixel-weighted mean centre, so it labels them 2
+    widget.model_path.value = tmp_path / "merged.json"
+    widget.save_model()
+    merged = load(tmp_path / "merged.json")
+    n2, n3 = (before == 2).sum(), (before == 3).sum()
+    fitted = kmeans(data.astronaut(), 4, random_state=0, max_iter=30)
+    centre = (n2 * fitted.centers[1] + n3 * fitted.centers[2]) / (n2 + n3)
+    np.testing.assert_allclose(merged.centers[1], centre)
+    np.testing.assert_allclose(merged.centers[2], centre)
+    relabelled = predict(data.astronaut(), merged)
+    assert not (relabelled == 3).any()
+    assert (relabelled == expected).mean() > 0.95  # boundary pixels may move to the new centre
+    clusters.undo()  # napari's undo takes the merge back
+    np.testing.assert_array_equal(clusters.data, before)

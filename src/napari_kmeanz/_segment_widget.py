@@ -34,6 +34,7 @@ class SegmentWidget(Container):
         self.objects_button = PushButton(text="Objects of chosen clusters")
         self.mask_button = PushButton(text="Mask of chosen clusters")
         self.uncertainty_button = PushButton(text="Uncertainty (where clusters meet)")
+        self.merge_button = PushButton(text="Merge chosen clusters")
         self.model_path = FileEdit(label="model file", mode="w", filter="*.json")
         self.save_button = PushButton(text="Save model")
         self.target = ComboBox(label="apply to", choices=self._images)
@@ -41,7 +42,8 @@ class SegmentWidget(Container):
         self.status = Label(value="")
         super().__init__(widgets=[
             self.clusters, self.min_size, self.radius, self.clean_button, self.chosen,
-            self.objects_button, self.mask_button, self.uncertainty_button, self.model_path,
+            self.objects_button, self.mask_button, self.uncertainty_button, self.merge_button,
+            self.model_path,
             self.save_button,
             self.target, self.apply_button, self.status,
         ])  # fmt: skip
@@ -49,6 +51,7 @@ class SegmentWidget(Container):
         self.objects_button.changed.connect(self.objects)
         self.mask_button.changed.connect(self.mask)
         self.uncertainty_button.changed.connect(self.uncertainty)
+        self.merge_button.changed.connect(self.merge)
         self.save_button.changed.connect(self.save_model)
         self.apply_button.changed.connect(self.apply_model)
         self.clusters.changed.connect(lambda _=None: self.chosen.reset_choices())
@@ -142,6 +145,35 @@ class SegmentWidget(Container):
 
         return self._work(lambda: np.asarray(margins(image.data, model)), done)
 
+    def merge(self):
+        """Merge the chosen clusters into the lowest of their ids, in the layer (napari's
+        undo takes it back) and in its model: the merged centre and colour are the means of
+        theirs, weighted by their pixels, and every merged id keeps that centre, so the
+        model labels the merged cluster with the lowest id."""
+        layer = self._layer()
+        chosen = sorted(self.chosen.value)
+        if layer is None or len(chosen) < 2:
+            if layer is not None:
+                self._refuse("Choose two clusters or more to merge.")
+            return None
+        data = layer.data
+
+        def work():
+            values = np.asarray(data)
+            counts = np.bincount(values.ravel(), minlength=max(chosen) + 1)
+            return np.nonzero(np.isin(values, chosen[1:])), counts[chosen]
+
+        def done(found):
+            where, counts = found
+            layer.data_setitem(where, chosen[0])  # (recorded for undo)
+            layer.metadata = {**layer.metadata, _layers.PREFIX: {
+                **layer.metadata[_layers.PREFIX],
+                "model": merged_model(layer.metadata[_layers.PREFIX]["model"], chosen, counts),
+            }}  # fmt: skip
+            self.chosen.reset_choices()
+
+        return self._work(work, done)
+
     def save_model(self):
         layer = self._layer()
         path = Path(self.model_path.value)
@@ -209,3 +241,21 @@ class SegmentWidget(Container):
 
         self.status.value = message
         show_error(message)
+
+
+def merged_model(document: dict, chosen: list[int], counts) -> dict:
+    """The model's JSON object with clusters ``chosen`` (ids, lowest first) merged: each
+    takes the pixel-weighted mean centre and colour of all of them."""
+    weights = np.asarray(counts, np.float64)
+    weights = (
+        weights / weights.sum() if weights.sum() > 0 else np.full(len(chosen), 1 / len(chosen))
+    )
+    rows = [c - 1 for c in chosen]
+    merged = {}
+    for key in ("centers", "colors"):
+        values = np.array(document[key], dtype=np.float64)
+        values[rows] = weights @ values[rows]
+        merged[key] = values.tolist()
+    totals = np.array(document["counts"])
+    totals[rows[0]], totals[rows[1:]] = totals[rows].sum(), 0
+    return {**document, **merged, "counts": totals.tolist()}

@@ -115,3 +115,27 @@ def test_merge_clusters_with_undo_and_a_merged_model(viewer, qtbot, tmp_path):
     assert (relabelled == expected).mean() > 0.95  # boundary pixels may move to the new centre
     clusters.undo()  # napari's undo takes the merge back
     np.testing.assert_array_equal(clusters.data, before)
+
+
+def test_fractions_over_the_frames_of_a_stack(viewer, qtbot):
+    from test_plugin import open_widget, run_and_wait
+
+    small = data.camera()[::2, ::2]
+    frames = np.stack([small, small // 2, data.moon()[::2, ::2]])
+    stack = viewer.add_image(frames, name="movie")
+    kmeans_widget = open_widget(viewer)
+    kmeans_widget.image.value = stack
+    kmeans_widget.n_clusters.value = 3
+    kmeans_widget.stack.value = "frame by frame (shared centres)"
+    run_and_wait(qtbot, kmeans_widget)
+    widget = open_segment_widget(viewer)
+    widget.clusters.value = viewer.layers["movie clusters"]
+    assert widget.plot.native.isHidden()
+    assert widget.fractions() is not None
+    qtbot.waitUntil(lambda: not widget.plot.native.isHidden(), timeout=60_000)
+    picture = np.asarray(widget.plot.value)
+    assert picture.shape[:2] == (220, 360) and picture.std() > 5
+    # a 2-D clustering has no frames: refused
+    astronaut_run(viewer, qtbot)
+    widget.clusters.value = viewer.layers["astronaut clusters"]
+    assert widget.fractions() is None

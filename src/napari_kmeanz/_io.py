@@ -143,6 +143,38 @@ def line_plot(xs, ys, title: str, xlabel: str, mark=None, size=(640, 420)) -> np
     return np.asarray(picture)
 
 
+def fractions_plot(fractions: np.ndarray, colors: np.ndarray, size=(640, 420)) -> np.ndarray:
+    """Each cluster's fraction of the clustered pixels over the frames, one line per cluster
+    in its colour (``colors``: RGB in 0..1, one row per cluster), as RGB."""
+    from PIL import Image, ImageDraw
+
+    width, height = size
+    left, right, top, bottom = 50, 20, 30, 40
+    picture = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(picture)
+    n_frames = len(fractions)
+
+    def xy(frame, fraction):
+        x = left + (frame / max(n_frames - 1, 1)) * (width - left - right)
+        return x, top + (1.0 - fraction) * (height - top - bottom)
+
+    draw.line([(left, top), (left, height - bottom), (width - right, height - bottom)], "black")
+    for cluster in range(fractions.shape[1]):
+        colour = tuple(round(255 * float(c)) for c in np.clip(colors[cluster][:3], 0, 0.85))
+        points = [xy(f, fractions[f, cluster]) for f in range(n_frames)]
+        if len(points) > 1:
+            draw.line(points, fill=colour, width=2)
+        else:
+            draw.ellipse([points[0][0] - 3, points[0][1] - 3, points[0][0] + 3,
+                          points[0][1] + 3], fill=colour)  # fmt: skip
+    draw.text((left, 8), "fraction of each cluster over frames", fill="black")
+    draw.text((width // 2 - 10, height - 20), "frame", fill="black")
+    draw.text((4, top), "1", fill="black")
+    draw.text((4, height - bottom - 12), "0", fill="black")
+    draw.text((width - right - 20, height - bottom + 6), str(n_frames - 1), fill="black")
+    return np.asarray(picture)
+
+
 def elbow_plot(ks, inertias, suggested: int, size=(640, 420)) -> np.ndarray:
     """Inertia over k, the suggested k marked."""
     title = f"inertia over k (suggested k = {suggested})"

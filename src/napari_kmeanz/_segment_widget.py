@@ -11,9 +11,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from magicgui.widgets import ComboBox, Container, FileEdit, Label, PushButton, Select, SpinBox
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    Image,
+    Label,
+    PushButton,
+    Select,
+    SpinBox,
+)
 
-from . import _layers, _model
+from . import _io, _layers, _model
+from ._many import cluster_table
 from ._result import KMeansResult, load, margins, predict
 from ._segment import clean, objects
 
@@ -35,6 +45,8 @@ class SegmentWidget(Container):
         self.mask_button = PushButton(text="Mask of chosen clusters")
         self.uncertainty_button = PushButton(text="Uncertainty (where clusters meet)")
         self.merge_button = PushButton(text="Merge chosen clusters")
+        self.fractions_button = PushButton(text="Fractions over frames")
+        self.plot = Image(visible=False)
         self.model_path = FileEdit(label="model file", mode="w", filter="*.json")
         self.save_button = PushButton(text="Save model")
         self.target = ComboBox(label="apply to", choices=self._images)
@@ -43,7 +55,7 @@ class SegmentWidget(Container):
         super().__init__(widgets=[
             self.clusters, self.min_size, self.radius, self.clean_button, self.chosen,
             self.objects_button, self.mask_button, self.uncertainty_button, self.merge_button,
-            self.model_path,
+            self.fractions_button, self.plot, self.model_path,
             self.save_button,
             self.target, self.apply_button, self.status,
         ])  # fmt: skip
@@ -52,6 +64,7 @@ class SegmentWidget(Container):
         self.mask_button.changed.connect(self.mask)
         self.uncertainty_button.changed.connect(self.uncertainty)
         self.merge_button.changed.connect(self.merge)
+        self.fractions_button.changed.connect(self.fractions)
         self.save_button.changed.connect(self.save_model)
         self.apply_button.changed.connect(self.apply_model)
         self.clusters.changed.connect(lambda _=None: self.chosen.reset_choices())
@@ -171,6 +184,30 @@ class SegmentWidget(Container):
                 "model": merged_model(layer.metadata[_layers.PREFIX]["model"], chosen, counts),
             }}  # fmt: skip
             self.chosen.reset_choices()
+
+        return self._work(work, done)
+
+    def fractions(self):
+        """A plot of each cluster's fraction of the pixels, frame by frame (the first axis of
+        a stack, a time-lapse say), in the clusters' colours."""
+        layer = self._layer()
+        if layer is None:
+            return None
+        if layer.ndim < 3:
+            self._refuse(f"{layer.name!r} has no frames: it is {layer.ndim}-D.")
+            return None
+        k = len(layer.metadata[_layers.PREFIX]["model"]["centers"])
+        colors = np.asarray(layer.colormap.map(np.arange(1, k + 1)))[:, :3]
+        data = layer.data
+
+        def work():
+            table = cluster_table(data, k)
+            fractions = np.asarray(table["fraction"]).reshape(-1, k)
+            return _io.fractions_plot(fractions, colors, (360, 220))
+
+        def done(picture):
+            self.plot.value = picture
+            self.plot.visible = True
 
         return self._work(work, done)
 

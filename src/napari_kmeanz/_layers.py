@@ -371,6 +371,13 @@ def result_layers(job: Job, outcome: KMeansState | KMeansResult) -> list:
     return [(labels, labels_kwargs, "labels"), *_recoloured(job, labels, colors)]
 
 
+def image_choices(viewer) -> list:
+    """``(name, layer)`` for every image layer of the viewer: the widgets' choices."""
+    from napari.layers import Image
+
+    return [(layer.name, layer) for layer in viewer.layers if isinstance(layer, Image)]
+
+
 def model_labels(layer, model: KMeansResult, labels) -> tuple:
     """A labels layer tuple for ``layer`` labelled by a model (read from a file): drawn in the
     model's colours as the layer shows them, aligned with it, the model in its metadata."""

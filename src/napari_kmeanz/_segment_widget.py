@@ -89,9 +89,7 @@ class SegmentWidget(Container):
         return list(range(1, len(layer.metadata[_layers.PREFIX]["model"]["centers"]) + 1))
 
     def _images(self, _widget=None):
-        from napari.layers import Image
-
-        return [(layer.name, layer) for layer in self._viewer.layers if isinstance(layer, Image)]
+        return _layers.image_choices(self._viewer)
 
     # actions: each in a worker, its layer added when done
 

@@ -120,10 +120,7 @@ class KMeansWidget(Container):
     # choices
 
     def _images(self, _widget=None):
-        from napari.layers import Image as ImageLayer
-
-        layers = self._viewer.layers
-        return [(layer.name, layer) for layer in layers if isinstance(layer, ImageLayer)]
+        return _layers.image_choices(self._viewer)
 
     def _grey_partners(self, _widget=None):
         source = self.image.value if hasattr(self, "image") else None

@@ -10,13 +10,22 @@ from __future__ import annotations
 
 import csv
 import glob
+import inspect
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from ._cli import Progress, UsageError, _save_image, _suffix, _write_json, read_image
+from ._cli import (
+    Progress,
+    UsageError,
+    _save_image,
+    _suffix,
+    _write_json,
+    kmeans_options,
+    read_image,
+)
 from ._io import OutputFolder, atomic, save_palette_png
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
@@ -105,14 +114,16 @@ def _failure(name: str, err: Exception) -> str:
 
 
 def _arguments(args) -> dict:
-    """The keyword arguments of :func:`kmeans` that the command line's options give."""
-    return {
-        "n_clusters": args.clusters, "spatial_weight": args.spatial, "channel_axis": "auto",
-        "alpha": None, "spacing": None, "mask": None, "color_space": args.color_space,
-        "sigma": args.sigma, "features": args.features, "init": args.init,
-        "max_iter": args.rounds, "tol": args.tol, "random_state": args.seed,
-        "sample_size": 65536, "n_init": 4,
-    }  # fmt: skip
+    """Every keyword argument of :func:`kmeans`, by name: the options' values, and the
+    function's own defaults for the rest."""
+    from ._kmeans import kmeans
+
+    defaults = {
+        name: parameter.default
+        for name, parameter in inspect.signature(kmeans).parameters.items()
+        if parameter.default is not inspect.Parameter.empty
+    }
+    return {**defaults, **kmeans_options(args), "n_clusters": args.clusters}
 
 
 def _stems(names: list[str]) -> list[str]:

@@ -251,14 +251,20 @@ class Progress:
 # -- the runs -----------------------------------------------------------------------------------
 
 
+def kmeans_options(args) -> dict:
+    """The keyword arguments of :func:`napari_kmeanz.kmeans` that the options give (all but
+    the image, k and the mask)."""
+    return {
+        "spatial_weight": args.spatial, "color_space": args.color_space, "sigma": args.sigma,
+        "features": args.features, "init": args.init, "max_iter": args.rounds,
+        "tol": args.tol, "random_state": args.seed,
+    }  # fmt: skip
+
+
 def _cluster(image, k, args, mask, progress: Progress, on_round: Callable | None = None):
     from ._kmeans import iter_kmeans
 
-    states = iter_kmeans(
-        image, k, spatial_weight=args.spatial, mask=mask, color_space=args.color_space,
-        sigma=args.sigma, features=args.features, init=args.init, max_iter=args.rounds,
-        tol=args.tol, random_state=args.seed,
-    )  # fmt: skip
+    states = iter_kmeans(image, k, mask=mask, **kmeans_options(args))
     for state in states:
         if state.done:
             return state.result

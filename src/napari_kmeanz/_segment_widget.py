@@ -146,7 +146,7 @@ class SegmentWidget(Container):
             self._refuse(f"The image {name!r} that {layer.name!r} was made from is gone.")
             return None
         image = self._viewer.layers[name]
-        model = KMeansResult(**_model.from_dict(layer.metadata[_layers.PREFIX]["model"]))
+        model = _model_of(layer)
 
         def done(margin):
             self._viewer.add_image(
@@ -217,7 +217,7 @@ class SegmentWidget(Container):
         if path.is_dir() or not path.parent.is_dir():
             self._refuse(f"Choose a model file in an existing folder (not {str(path)!r}).")
             return
-        model = KMeansResult(**_model.from_dict(layer.metadata[_layers.PREFIX]["model"]))
+        model = _model_of(layer)
         model.save(path)
         self.status.value = f"saved {path.name}"
 
@@ -294,3 +294,8 @@ def merged_model(document: dict, chosen: list[int], counts) -> dict:
     totals = np.array(document["counts"])
     totals[rows[0]], totals[rows[1:]] = totals[rows].sum(), 0
     return {**document, **merged, "counts": totals.tolist()}
+
+
+def _model_of(layer) -> KMeansResult:
+    """The model a clusters layer's metadata holds."""
+    return KMeansResult(**_model.from_dict(layer.metadata[_layers.PREFIX]["model"]))

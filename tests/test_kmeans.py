@@ -426,14 +426,38 @@ def test_cancel_stops_inside_a_pass(astronaut, lazy):
     assert looks_in_a_run > 20 and cancel.looks <= 5 + 4
 
 
+def test_seeding_is_bounded_by_the_rounds_it_serves():
+    from napari_kmeanz._seeding import SEED_POINTS_MIN, budget, plan
+
+    # the default run of few clusters: the whole plan, whatever the image
+    for n_pixels in (10_000, 10**8):
+        bound = budget(100, n_pixels, 16)
+        got = plan(65536, 16, "k-means++", 4, 8, bound)
+        assert (got.n_sub, got.n_init, got.refine_rounds) == (SEED_POINTS_MIN, 4, 8)
+    # many clusters, few rounds: a smaller subsample, then fewer seedings and refinements,
+    # within the budget (to its floors)
+    big = plan(65536, 1000, "k-means++", 4, 100, None)
+    assert (big.n_sub, big.n_init, big.refine_rounds) == (65536, 4, 100)
+    cases = ((6_291_456, (SEED_POINTS_MIN, 2, 5)), (10_000, (SEED_POINTS_MIN, 1, 1)))
+    for n_pixels, expected in cases:
+        bound = budget(3, n_pixels, 1000)
+        got = plan(65536, 1000, "k-means++", 4, 100, bound)
+        assert (got.n_sub, got.n_init, got.refine_rounds) == expected
+    # an explicit plan is kept where it fits
+    assert plan(65536, 1000, "random", 1, 3, budget(100, 10**9, 1000)).n_sub == 65536
+
+
 def test_seeding_reports_progress_and_can_be_cancelled_there(astronaut):
     from napari_kmeanz import Cancelled
 
     steps = []
     kmeans(astronaut[::4, ::4], 50, random_state=0, n_init=2, progress=lambda *s: steps.append(s))
     assert steps and all(stage == "seeding" for stage, _, _ in steps)
-    assert [total for _, _, total in steps] == [100] * len(steps)
-    assert [done for _, done, _ in steps] == sorted(done for _, done, _ in steps)
+    # two seedings of 50 centres and 10 rounds each, then the refinement's rounds
+    (total,) = {total for _, _, total in steps}
+    assert 2 * (50 + 10) < total <= 2 * (50 + 10) + 100
+    done = [done for _, done, _ in steps]
+    assert done == sorted(done) and done[-1] == total
     stop = __import__("threading").Event()
 
     def stop_at_first_step(*_):

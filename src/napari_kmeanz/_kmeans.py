@@ -140,7 +140,10 @@ def kmeans(
         Number of clustered pixels sampled for the initialisation.
     n_init : int, default=4
         Number of seedings tried on the sample; the one with the lowest inertia on the sample
-        starts the rounds over all pixels. Ignored when ``init`` is an array.
+        starts the rounds over all pixels. Ignored when ``init`` is an array. The seedings,
+        and the refinement of the best on the sample, each cost at most a small share of the
+        rounds over all pixels (a seeding runs on fewer points where it would cost more), so
+        a run of a few rounds with many clusters does not wait on its seeding.
     callback : callable, optional
         Called with a :class:`KMeansState` after every round; raising from it stops the run.
     cancel : threading.Event or any object with ``is_set()``, optional
@@ -149,7 +152,8 @@ def kmeans(
         Under a ``dask.distributed`` client, the run stops at the end of the pass under way.
     progress : callable, optional
         Called as ``progress(stage, done, total)`` while a long stage runs (``'seeding'``:
-        the centres chosen so far), at most every 0.1 s, from the thread running the run.
+        the centres chosen and the rounds on the sample run so far), at most every 0.1 s,
+        from the thread running the run.
 
     Returns
     -------

@@ -19,7 +19,7 @@ from ._params import Image, Params, check_image, fit_overlap, value_scale
 from ._pixels import PixelSource
 from ._points import PointSource
 from ._run import cluster_order, feature_space, result_of
-from ._seeding import SAMPLE_ROUNDS, Sample, seed
+from ._seeding import SAMPLE_ROUNDS, Sample, budget, plan, seed
 
 
 def is_several(image) -> bool:
@@ -120,9 +120,13 @@ def _fit(params: Params, first: Image, space, pooled: np.ndarray, n_valid: int, 
     exhaustive = len(pooled) == n_valid
     sample = Sample(pooled, weights, exhaustive)
     factor = space.factor
-    centers = seed(
-        sample, params.n_clusters, params.init, params.n_init, rng, factor, SAMPLE_ROUNDS
+    bound = budget(
+        params.max_iter, len(pooled), params.n_clusters
+    )  # the rounds run over the pooled sample
+    seeding = plan(
+        len(pooled), params.n_clusters, params.init, params.n_init, SAMPLE_ROUNDS, bound
     )
+    centers = seed(sample, params.n_clusters, params.init, rng, factor, seeding)
     points = PointSource(pooled, weights)
     lloyd = Lloyd(points, centers, factor, params.max_iter, params.tol, check_distinct=exhaustive)
     for _ in lloyd.rounds():

@@ -29,7 +29,7 @@ from ._params import Image, Params, check_magnitudes, full_scale, label_dtype
 from ._pixels import PixelSource
 from ._points import PointSource
 from ._result import KMeansResult, KMeansState
-from ._seeding import SAMPLE_ROUNDS, Sample, seed
+from ._seeding import SAMPLE_ROUNDS, Plan, Sample, budget, plan, seed
 
 
 @dataclass(frozen=True, eq=False)
@@ -58,7 +58,7 @@ class Prepared:
 
     ``pixels`` are the image's pixels as points of ``space``; ``source`` is what the rounds
     pass over: the pixels, or the distinct colours (``table`` set); ``sample`` is what seeding
-    draws from, and ``refine_rounds`` how many rounds refine the seed on it.
+    draws from, and ``seeding`` how (:class:`_seeding.Plan`).
     """
 
     space: FeatureSpace
@@ -66,7 +66,7 @@ class Prepared:
     source: Source
     sample: Sample
     table: ColorTable | None
-    refine_rounds: int
+    seeding: Plan
 
 
 class Run:
@@ -83,10 +83,7 @@ class Run:
         p = self.params
         prepared = self.prepared = self.prepare()
         factor = prepared.space.factor
-        centers = seed(
-            prepared.sample, p.n_clusters, p.init, p.n_init, self.rng, factor,
-            prepared.refine_rounds,
-        )  # fmt: skip
+        centers = seed(prepared.sample, p.n_clusters, p.init, self.rng, factor, prepared.seeding)
         lloyd = Lloyd(prepared.source, centers, factor, p.max_iter, p.tol, check_distinct=True)
         for _ in lloyd.rounds():
             ordered = lloyd.centers[cluster_order(lloyd.centers, prepared.space.n_values)]
@@ -116,7 +113,8 @@ class Run:
         if colors is not None:
             table = self._table(space, colors)
             sample = self._weighted_sample(table.points.raw, table.points.weights)
-            return Prepared(space, pixels, table.points, sample, table, 1)
+            seeding = self._plan(len(sample.rows), 1, len(table.points.raw))
+            return Prepared(space, pixels, table.points, sample, table, seeding)
         sample = self._sample(pixels, scan.n_valid, sampled)
         # Refining the seed on the sample pays where a round over all points costs many
         # rounds over the sample: not for the distinct colours (a round over them costs
@@ -124,7 +122,14 @@ class Run:
         # over its pixels.
         per_pass = scan.n_valid / max(len(sample.rows), 1)
         refine_rounds = int(min(SAMPLE_ROUNDS, max(1, 2 * per_pass)))
-        return Prepared(space, pixels, pixels, sample, None, refine_rounds)
+        seeding = self._plan(len(sample.rows), refine_rounds, scan.n_valid)
+        return Prepared(space, pixels, pixels, sample, None, seeding)
+
+    def _plan(self, n_sample: int, refine_rounds: int, n_points: int) -> Plan:
+        """The seeding's plan, bounded by the rounds over ``n_points`` points."""
+        p = self.params
+        bound = budget(p.max_iter, n_points, p.n_clusters)
+        return plan(n_sample, p.n_clusters, p.init, p.n_init, refine_rounds, bound)
 
     def _read(self):
         """The first passes over the pixels: ``(scan, colors, sampled)``.

@@ -220,7 +220,7 @@ def _tile_cases():
 
 
 @pytest.mark.parametrize("case", list(_tile_cases()))
-@pytest.mark.parametrize("k", [12, 50])
+@pytest.mark.parametrize("k", [12, 50, 300])  # 300: tiles with over ONE_HOT_MAX candidates
 @pytest.mark.parametrize("cache_tiles", [True, False])
 def test_tiled_passes_equal_plain_passes(case, k, cache_tiles, monkeypatch):
     """Tiles and blocks given whole to one centre from their boxes, the rest read in padded
@@ -235,18 +235,21 @@ def test_tiled_passes_equal_plain_passes(case, k, cache_tiles, monkeypatch):
     values, valid = _clustered(block, mask, alpha)
     picks = rng.choice(np.flatnonzero(valid), k, replace=False)
     _, raw = _raw_rows(block, offset, space, values)
-    centers = raw[picks] * space.factor
+    # centres near pixels, not on them: a pixel as far from two pixels as each other (a tie
+    # in exact arithmetic) goes to the one the products' rounding favours, which depends on
+    # their shapes (exact ties are the next test's)
+    centers = raw[picks] * space.factor + rng.uniform(-0.25, 0.25, (k, raw.shape[1]))
     expected_labels, counts, sums = _plain_pass(block, mask, offset, space, alpha, centers)
     pixels, region = _pixels_at(block, mask, offset, alpha, space)
     for _ in range(2):  # the first pass finds the tiles' boxes, the second starts from them
         got = pixels.stats(centers, space.factor)
         np.testing.assert_array_equal(got[0], counts)
         np.testing.assert_array_equal(got[1], sums)
-    labels, *got = pixels.labels_and_stats(centers, np.uint8)
+    labels, *got = pixels.labels_and_stats(centers, np.uint16)
     np.testing.assert_array_equal(labels[region], expected_labels)
     np.testing.assert_array_equal(got[0], counts)
     np.testing.assert_array_equal(got[1], sums)
-    np.testing.assert_array_equal(pixels.labels(centers, np.uint8).compute(), labels)
+    np.testing.assert_array_equal(pixels.labels(centers, np.uint16).compute(), labels)
     # the sum of squares of the clustered pixels' raw rows (for the inertia)
     expected_sq = float((raw[valid] ** 2).sum(0) @ space.factor**2)
     np.testing.assert_allclose(pixels.sq_total(space.factor), expected_sq, rtol=1e-12)
@@ -280,11 +283,16 @@ def test_farthest_pixels_of_a_chunk(case):
     np.testing.assert_array_equal(got[1], raw[top])
 
 
-def test_tiled_pass_gives_a_tie_to_the_first_centre():
-    """Pixels halfway between two centres (exact in floating point) take the first one."""
+@pytest.mark.parametrize("many", [False, True])
+def test_tiled_pass_gives_a_tie_to_the_first_centre(many):
+    """Pixels halfway between two centres (exact in floating point) take the first one; with
+    ``many``, every pixel is a tie and each tile has over ONE_HOT_MAX candidates."""
     image = np.tile(np.arange(0, 40, 2, dtype=np.uint8), (32, 3))[..., None]  # 32 x 60
     space = engine.FeatureSpace((1.0, 1.0), 0.0, 1)
     centers = np.array([[9.0], [11.0], [29.0], [31.0]])  # 10 and 30 are ties
+    if many:
+        image = np.tile(np.arange(2, 82, 2, dtype=np.uint8), (32, 2))[..., None]  # 32 x 80
+        centers = np.arange(1.0, 82.0, 2.0)[:, None]  # 41 centres, every pixel a tie
     expected = _plain_pass(image, None, (0, 0), space, False, centers)
     assert np.isin([10, 30], image).all()
     pixels, _ = _pixels_at(image, None, (0, 0), False, space)

@@ -10,7 +10,8 @@ pixels being read.
 The pixels of the open tiles are read in batches, each tile's pixels as one block of a
 ``(tiles, d + 1, pixels)`` array of raw rows (``_features.TileRows``); tiles with the same
 number of candidate centres (padded, see ``_BUCKETS``) are batched together, and each tile's
-distances to its own candidates are one small product (:func:`_kernels.nearest_sums`).
+distances to its own candidates are one small product (:func:`_kernels.nearest_sums`, or
+:func:`_kernels.nearest_sums_many` for over ``ONE_HOT_MAX`` candidates).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import numpy as np
 from ._compute import zeros
 from ._features import Chunk, FeatureSpace, TileRows
 from ._grid import TileGrid
-from ._kernels import distance_weights, nearest_sums
+from ._kernels import ONE_HOT_MAX, distance_weights, nearest_sums, nearest_sums_many
 from ._prune import split_cells
 
 # Distances computed per batch of open tiles (tiles x candidates x pixels): 1 MiB of float64.
@@ -171,9 +172,13 @@ def chunk_pass(chunk: Chunk, space: FeatureSpace, centers, tiles: ChunkTiles, la
         return counts, sums, out
     found, all_weights = [], _padded_weights(centers, space.factor)
     for batch, chosen, rows, valid in _open_batches(grid, chunk, space, open_tiles, is_candidate):
-        weights = all_weights[:, chosen].transpose(1, 2, 0).copy()
-        distances_of = functools.partial(np.matmul, weights, rows)
-        partial, local = nearest_sums(distances_of, rows.transpose(0, 2, 1), want_labels)
+        if chosen.shape[1] > ONE_HOT_MAX:
+            weights = all_weights[:, chosen].transpose(1, 0, 2)
+            partial, local = nearest_sums_many(rows.transpose(0, 2, 1), weights)
+        else:
+            weights = all_weights[:, chosen].transpose(1, 2, 0).copy()
+            distances_of = functools.partial(np.matmul, weights, rows)
+            partial, local = nearest_sums(distances_of, rows.transpose(0, 2, 1), want_labels)
         found.append((chosen, partial))
         if want_labels:
             labels = np.take_along_axis(chosen, local, axis=1) + 1

@@ -438,7 +438,7 @@ def test_seeding_is_bounded_by_the_rounds_it_serves():
     # within the budget (to its floors)
     big = plan(65536, 1000, "k-means++", 4, 100, None)
     assert (big.n_sub, big.n_init, big.refine_rounds) == (65536, 4, 100)
-    cases = ((6_291_456, (SEED_POINTS_MIN, 2, 5)), (10_000, (SEED_POINTS_MIN, 1, 1)))
+    cases = ((6_291_456, (SEED_POINTS_MIN, 1, 3)), (10_000, (SEED_POINTS_MIN, 1, 1)))
     for n_pixels, expected in cases:
         bound = budget(3, n_pixels, 1000)
         got = plan(65536, 1000, "k-means++", 4, 100, bound)

@@ -24,7 +24,11 @@ BOX_SLICE = 4096
 
 
 def box_candidates(
-    lows: np.ndarray, highs: np.ndarray, centers: np.ndarray, factor: np.ndarray
+    lows: np.ndarray,
+    highs: np.ndarray,
+    centers: np.ndarray,
+    factor: np.ndarray,
+    centre_scale: float | None = None,
 ) -> np.ndarray:
     """Which centres can be the nearest one to some point of each of several boxes.
 
@@ -39,6 +43,9 @@ def box_candidates(
         Raw per-feature minimum and maximum of each box.
     centers : ndarray of shape (k, d)
     factor : ndarray of shape (d,)
+    centre_scale : float, optional
+        The largest squared norm of the centres, for the rounding margin; given when
+        ``centers`` are some of a run's centres, so that the margin is the same as with all.
 
     Returns
     -------
@@ -49,7 +56,8 @@ def box_candidates(
         for start in range(0, len(lows), BOX_SLICE):
             checkpoint()
             end = start + BOX_SLICE
-            parts.append(box_candidates(lows[start:end], highs[start:end], centers, factor))
+            part = (lows[start:end], highs[start:end], centers, factor, centre_scale)
+            parts.append(box_candidates(*part))
         return np.concatenate(parts)
     # Worked out feature by feature on (k, b) arrays: a (b, k, d) temporary costs ten times as
     # much for many boxes.
@@ -74,7 +82,9 @@ def box_candidates(
         below *= below
         upper += below
     reach = np.minimum.reduce(upper, axis=0)
-    scale = float(np.max(np.einsum("ij,ij->i", centers, centers))) + high_sq
+    if centre_scale is None:
+        centre_scale = float(np.max(np.einsum("ij,ij->i", centers, centers)))
+    scale = centre_scale + high_sq
     reach += 1e-9 * (reach + scale)
     return (lower <= reach).T
 
@@ -157,15 +167,20 @@ def split_cells(lows, highs, totals, parents, centers, factor, counts, sums, wan
     is_candidate : ndarray of bool, shape (len(open_cells), k)
         The candidate centres of each open cell.
     """
-    is_open = owner_of = is_candidate = None
+    is_open = owner_of = still_open = None
     for level, (low, high, total) in enumerate(zip(lows, highs, totals, strict=True)):
         if is_open is None:
             tested = np.arange(len(low))
+            is_candidate = box_candidates(low[tested], high[tested], centers, factor)
         else:
             tested = np.flatnonzero(is_open[parents[level - 1]])
             if want_labels:
                 owner_of = owner_of[parents[level - 1]]
-        is_candidate = box_candidates(low[tested], high[tested], centers, factor)
+            # the open cells above, in order, and their candidates: each tested cell's lie
+            # among its parent's
+            above = (np.cumsum(is_open) - 1)[parents[level - 1][tested]]
+            boxes = (low[tested], high[tested])
+            is_candidate = inner_candidates(*boxes, above, still_open, centers, factor)
         single = np.count_nonzero(is_candidate, axis=1) == 1
         whole = tested[single]
         owner = is_candidate[single].argmax(axis=1)
@@ -176,7 +191,38 @@ def split_cells(lows, highs, totals, parents, centers, factor, counts, sums, wan
             owner_of[whole] = owner
         is_open = np.zeros(len(low), dtype=bool)
         is_open[tested[~single]] = True
-    return np.flatnonzero(is_open), owner_of, is_candidate[~single]
+        still_open = is_candidate[~single]
+    return np.flatnonzero(is_open), owner_of, still_open
+
+
+# With more centres than this, the cells inside open cells are tested against their parents'
+# candidates only (the others cannot be nearest to any of their points), INNER_SLICE cells
+# at a time against their parents' candidates together. Measured on a 2048x3072 photo, 5-D,
+# k=1000, 3 rounds: 9.2 s against 12.8 s for the run; with few centres, every test weighs
+# them all, as before.
+INNER_FROM = 64
+INNER_SLICE = 64
+
+
+def inner_candidates(lows, highs, parent_row, parent_candidates, centers, factor):
+    """:func:`box_candidates` of cells inside cells already tested: ``parent_row`` is each
+    cell's row in ``parent_candidates`` (the candidates of the cells above, (p, k)), and the
+    cells are in the order of their parents. The same answer as testing every centre: a
+    centre that cannot be nearest to a point of the parent cannot be to one of its cells,
+    and it is not the one nearest to the cell's farthest corner either."""
+    k = len(centers)
+    if k <= INNER_FROM:
+        return box_candidates(lows, highs, centers, factor)
+    centre_scale = float(np.max(np.einsum("ij,ij->i", centers, centers)))
+    out = np.zeros((len(lows), k), dtype=bool)
+    for start in range(0, len(lows), INNER_SLICE):
+        checkpoint()
+        part = slice(start, start + INNER_SLICE)
+        rows = parent_row[part]
+        chosen = np.flatnonzero(parent_candidates[rows[0] : rows[-1] + 1].any(axis=0))
+        found = box_candidates(lows[part], highs[part], centers[chosen], factor, centre_scale)
+        out[part, chosen] = found
+    return out
 
 
 def add_owned(owner: np.ndarray, totals: np.ndarray, counts: np.ndarray, sums: np.ndarray):

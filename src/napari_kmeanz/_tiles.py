@@ -220,16 +220,24 @@ def _open_batches(grid, chunk, space, open_tiles, is_candidate):
     k = is_candidate.shape[1]
     m = np.count_nonzero(is_candidate, axis=1)
     padded = _bucket(m, k)
-    # each tile's candidates in increasing order, then padding (k)
-    order = np.argsort(~is_candidate, axis=1, kind="stable")
     most = max(1, BATCH_DISTANCES // (int(padded.min()) * grid.pixels))
     builder = TileRows(grid, chunk, space, min(most, len(open_tiles)))
     for size in np.unique(padded):
         group = np.flatnonzero(padded == size)
-        candidates = order[group, :size]
-        candidates = np.where(np.arange(size) < m[group, None], candidates, k)
+        candidates = _padded_candidates(is_candidate[group], m[group], size)
         per_batch = max(1, BATCH_DISTANCES // (size * grid.pixels))
         for start in range(0, len(group), per_batch):
             batch = open_tiles[group[start : start + per_batch]]
             rows, valid = builder.build(batch)
             yield batch, candidates[start : start + per_batch], rows, valid
+
+
+def _padded_candidates(is_candidate: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
+    """Each tile's candidates (``is_candidate``, (T, k)) in increasing order, padded with k
+    to ``size``: (T, size). From the candidates' positions (in order, tile by tile), not by
+    sorting each tile's k flags (0.8 s of a 2048x3072 5-D k=1000 run)."""
+    tile, centre = np.nonzero(is_candidate)
+    place = np.arange(len(tile)) - np.repeat(np.cumsum(m) - m, m)
+    out = np.full((len(is_candidate), size), is_candidate.shape[1], dtype=np.intp)
+    out[tile, place] = centre
+    return out

@@ -151,9 +151,13 @@ def channels_last(array, layout: Layout) -> da.Array:
         return array.rechunk({array.ndim - 1: -1})
     spatial = array.shape[:-1]
     # one chunk per core (the passes work in cache-sized tiles inside a chunk), at least
-    # NUMPY_CHUNK_PIXELS pixels each
-    per_chunk = max(NUMPY_CHUNK_PIXELS, -(-math.prod(spatial) // (os.cpu_count() or 1)))
-    rows = max(1, per_chunk // max(1, math.prod(spatial[1:])))
+    # NUMPY_CHUNK_PIXELS pixels each, as even as whole rows allow: over chunks of 1365 and
+    # 683 rows of a 2048x3072 photo, two threads could run a pass at most 1.5x faster than
+    # one (measured with two of 1024 rows: 1.2x to 1.7x, on this machine's noisy cores)
+    n_pixels = math.prod(spatial)
+    per_chunk = max(NUMPY_CHUNK_PIXELS, -(-n_pixels // (os.cpu_count() or 1)))
+    n_chunks = -(-n_pixels // per_chunk)
+    rows = max(1, -(-spatial[0] // n_chunks))
     return _view_chunks(array, rows)
 
 

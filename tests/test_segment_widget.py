@@ -73,6 +73,46 @@ def test_save_a_model_and_apply_it_to_another_layer(viewer, qtbot, tmp_path):
     np.testing.assert_array_equal(np.asarray(lazy_labels.data), labels.data)
 
 
+def test_fit_one_model_on_several_layers(viewer, qtbot):
+    from napari.utils.notifications import notification_manager
+
+    widget = open_segment_widget(viewer)
+    astronaut, coffee = data.astronaut(), data.coffee()
+    viewer.add_image(astronaut, name="astronaut", rgb=True)
+    viewer.add_image(coffee, name="coffee", rgb=True)
+    lazy = viewer.add_image(da.from_array(coffee, chunks=(200, 300, 3)), name="lazy", rgb=True)
+    widget.fit_layers.value = [viewer.layers["astronaut"], viewer.layers["coffee"], lazy]
+    widget.fit_k.value, widget.fit_weight.value = 5, 0.5
+    wait_for(qtbot, viewer, widget.fit_several(), "lazy clusters")
+    expected = kmeans([astronaut, coffee, coffee], 5, spatial_weight=0.5, random_state=0,
+                      max_iter=30)  # fmt: skip
+    made = [viewer.layers[f"{name} clusters"] for name in ("astronaut", "coffee", "lazy")]
+    for layer, labels in zip(made, expected.labels, strict=True):
+        np.testing.assert_array_equal(np.asarray(layer.data), labels)
+        # one model in every layer's metadata, and the same colours for the same ids
+        np.testing.assert_array_equal(_layers_model(layer).centers, expected.centers)
+        assert (
+            layer.colormap.map(np.arange(1, 6)).tolist()
+            == made[0].colormap.map(np.arange(1, 6)).tolist()
+        )
+    assert isinstance(made[2].data, da.Array)  # lazy labels for a dask layer
+    # layers that cannot share a model are refused, before any work
+    viewer.add_image(data.camera(), name="camera")
+    widget.fit_layers.value = [viewer.layers["astronaut"], viewer.layers["camera"]]
+    before = len(notification_manager.records)
+    assert widget.fit_several() is None
+    assert "cannot share a model" in widget.status.value
+    assert len(notification_manager.records) == before + 1
+    widget.fit_layers.value = []
+    assert widget.fit_several() is None and "Choose the image layers" in widget.status.value
+
+
+def _layers_model(layer):
+    from napari_kmeanz._segment_widget import _model_of
+
+    return _model_of(layer)
+
+
 def test_bad_model_choices_are_refused(viewer, tmp_path):
     from napari.utils.notifications import notification_manager
 

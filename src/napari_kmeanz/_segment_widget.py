@@ -1,5 +1,5 @@
 """The dock widget "Clusters to segmentation": clean a clustering, turn clusters into objects
-or a mask, and save, load and apply the model behind it.
+or a mask, save, load and apply the model behind it, and fit one model on several layers.
 
 It works on the "<name> clusters" layers of the K-means widget (their metadata holds the
 model). Every step runs in a napari worker thread; its layer is added when it is done.
@@ -7,6 +7,7 @@ model). Every step runs in a napari worker thread; its layer is added when it is
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
+    FloatSpinBox,
     Image,
     Label,
     PushButton,
@@ -23,6 +25,8 @@ from magicgui.widgets import (
 )
 
 from . import _io, _layers, _model
+from ._defaults import WIDGET
+from ._kmeans import kmeans
 from ._many import cluster_table
 from ._result import KMeansResult, load, margins, predict
 from ._segment import clean, objects
@@ -51,13 +55,18 @@ class SegmentWidget(Container):
         self.save_button = PushButton(text="Save model")
         self.target = ComboBox(label="apply to", choices=self._images)
         self.apply_button = PushButton(text="Load model and apply")
+        self.fit_layers = Select(label="fit one model on", choices=self._images)
+        self.fit_k = SpinBox(label="clusters (k)", value=WIDGET["n_clusters"], min=1, max=65535)
+        self.fit_weight = FloatSpinBox(label="spatial weight", value=0.0, min=0.0, max=1e6)
+        self.fit_button = PushButton(text="Fit one model on chosen layers")
         self.status = Label(value="")
         super().__init__(widgets=[
             self.clusters, self.min_size, self.radius, self.clean_button, self.chosen,
             self.objects_button, self.mask_button, self.uncertainty_button, self.merge_button,
             self.fractions_button, self.plot, self.model_path,
             self.save_button,
-            self.target, self.apply_button, self.status,
+            self.target, self.apply_button,
+            self.fit_layers, self.fit_k, self.fit_weight, self.fit_button, self.status,
         ])  # fmt: skip
         self.clean_button.changed.connect(self.clean)
         self.objects_button.changed.connect(self.objects)
@@ -67,6 +76,7 @@ class SegmentWidget(Container):
         self.fractions_button.changed.connect(self.fractions)
         self.save_button.changed.connect(self.save_model)
         self.apply_button.changed.connect(self.apply_model)
+        self.fit_button.changed.connect(self.fit_several)
         self.clusters.changed.connect(lambda _=None: self.chosen.reset_choices())
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
             event.connect(lambda _=None: self.reset_choices())
@@ -239,6 +249,34 @@ class SegmentWidget(Container):
         # a dask layer (a stack, a store) gets lazy labels, computed as napari shows them
         return self._work(lambda: predict(image.data, model), done)
 
+    def fit_several(self):
+        """One model fitted on a pooled sample of the chosen image layers (see
+        :func:`napari_kmeanz.kmeans` of several images), and a "<name> clusters" layer of
+        each by it: the same ids and colours in every layer (lazy labels for dask layers).
+        Position, with a spatial weight, is in the first layer's world units."""
+        layers = list(self.fit_layers.value)
+        problem = _fit_problem(layers)
+        if problem:
+            self._refuse(problem)
+            return None
+        images = [layer.data for layer in layers]
+        options = {
+            "spatial_weight": self.fit_weight.value,
+            "spacing": tuple(layers[0].scale),
+            "channel_axis": -1 if layers[0].rgb else None,
+            "random_state": 0,
+            "max_iter": WIDGET["max_iter"],
+        }
+        k = self.fit_k.value
+
+        def done(result):
+            model = replace(result, labels=None)
+            for layer, labels in zip(layers, result.labels, strict=True):
+                data, kwargs, _ = _layers.model_labels(layer, model, labels)
+                self._viewer.add_labels(data, **kwargs)
+
+        return self._work(lambda: kmeans(images, k, **options), done)
+
     # plumbing
 
     def _layer(self):
@@ -276,6 +314,23 @@ class SegmentWidget(Container):
 
         self.status.value = message
         show_error(message)
+
+
+def _fit_problem(layers) -> str | None:
+    """Why these layers cannot be fitted together, or None."""
+    if not layers:
+        return "Choose the image layers to fit one model on."
+    if any(layer.multiscale for layer in layers):
+        return "Multiscale layers cannot be fitted together yet: choose single-scale ones."
+    first = layers[0]
+    for layer in layers[1:]:
+        if layer.rgb != first.rgb or layer.ndim != first.ndim:
+            return (
+                f"{layer.name!r} and {first.name!r} cannot share a model: one is "
+                f"{'RGB' if layer.rgb else 'grey'} {layer.ndim}-D, the other "
+                f"{'RGB' if first.rgb else 'grey'} {first.ndim}-D."
+            )
+    return None
 
 
 def merged_model(document: dict, chosen: list[int], counts) -> dict:

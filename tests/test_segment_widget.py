@@ -49,6 +49,45 @@ def test_clean_objects_and_mask_of_a_clustering(viewer, qtbot):
     np.testing.assert_allclose(unsure.data, 1 - margins(data.astronaut(), fitted), atol=1e-6)
 
 
+def _click(viewer, qtbot, pos):
+    """A left click on the canvas at ``pos`` (canvas pixels), through napari's canvas events;
+    returns the world position napari saw."""
+    canvas = viewer.window._qt_viewer.canvas._scene_canvas
+    canvas.events.mouse_press(pos=pos, modifiers=(), button=0)
+    canvas.events.mouse_release(pos=pos, modifiers=(), button=0)
+    qtbot.wait(20)
+    return viewer.cursor.position
+
+
+def test_pick_clusters_by_clicking_and_in_the_coloured_checklist(viewer, qtbot):
+    astronaut_run(viewer, qtbot)
+    widget = open_segment_widget(viewer)
+    clusters = viewer.layers["astronaut clusters"]
+    viewer.reset_view()
+    # the checklist shows each cluster on its colour
+    for row, rgba in enumerate(clusters.colormap.map(np.arange(1, 5))):
+        color = widget.chosen.native.item(row).background().color()
+        np.testing.assert_allclose(color.getRgbF()[:3], rgba[:3], atol=1 / 255)
+    widget.chosen.value = []
+    _click(viewer, qtbot, (5, 5))  # picking is off: nothing chosen
+    assert list(widget.chosen.value) == []
+    widget.pick.value = True
+    size = viewer.window._qt_viewer.canvas._scene_canvas.size
+    picked = []
+    for pos in ((size[0] // 2, size[1] // 2), (size[0] // 3, size[1] // 2)):
+        where = _click(viewer, qtbot, pos)
+        picked.append(int(clusters.data[tuple(round(c) for c in where)]))
+    expected = set(picked) if picked[0] != picked[1] else set()
+    assert set(widget.chosen.value) == expected  # a second click on a chosen one drops it
+    # a click toggles: the same place again takes its cluster out (or back in)
+    _click(viewer, qtbot, (size[0] // 2, size[1] // 2))
+    assert set(widget.chosen.value) == expected ^ {picked[0]}
+    widget.pick.value = False
+    assert widget._on_click not in viewer.mouse_drag_callbacks
+    _click(viewer, qtbot, (size[0] // 2, size[1] // 2))
+    assert set(widget.chosen.value) == expected ^ {picked[0]}  # off: clicks pick nothing
+
+
 def test_save_a_model_and_apply_it_to_another_layer(viewer, qtbot, tmp_path):
     astronaut_run(viewer, qtbot)
     widget = open_segment_widget(viewer)

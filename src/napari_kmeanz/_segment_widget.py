@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 from magicgui.widgets import (
+    CheckBox,
     ComboBox,
     Container,
     FileEdit,
@@ -45,6 +46,7 @@ class SegmentWidget(Container):
         self.radius = SpinBox(label="majority radius", value=1, min=0, max=50)
         self.clean_button = PushButton(text="Clean")
         self.chosen = Select(label="chosen clusters", choices=self._cluster_ids)
+        self.pick = CheckBox(text="pick clusters by clicking them")
         self.objects_button = PushButton(text="Objects of chosen clusters")
         self.mask_button = PushButton(text="Mask of chosen clusters")
         self.uncertainty_button = PushButton(text="Uncertainty (where clusters meet)")
@@ -62,7 +64,8 @@ class SegmentWidget(Container):
         self.status = Label(value="")
         super().__init__(widgets=[
             self.clusters, self.min_size, self.radius, self.clean_button, self.chosen,
-            self.objects_button, self.mask_button, self.uncertainty_button, self.merge_button,
+            self.pick, self.objects_button, self.mask_button, self.uncertainty_button,
+            self.merge_button,
             self.fractions_button, self.plot, self.model_path,
             self.save_button,
             self.target, self.apply_button,
@@ -77,9 +80,11 @@ class SegmentWidget(Container):
         self.save_button.changed.connect(self.save_model)
         self.apply_button.changed.connect(self.apply_model)
         self.fit_button.changed.connect(self.fit_several)
-        self.clusters.changed.connect(lambda _=None: self.chosen.reset_choices())
+        self.clusters.changed.connect(self._clusters_changed)
+        self.pick.changed.connect(self._follow_clicks)
+        self._color_choices()
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
-            event.connect(lambda _=None: self.reset_choices())
+            event.connect(self._layers_changed)
 
     # choices
 
@@ -100,6 +105,57 @@ class SegmentWidget(Container):
 
     def _images(self, _widget=None):
         return _layers.image_choices(self._viewer)
+
+    def reset_choices(self, *_):
+        """New choices (napari calls it as layers come and go), the checklist coloured."""
+        super().reset_choices()
+        self._color_choices()
+
+    def _layers_changed(self, _=None):
+        self.reset_choices()
+
+    def _clusters_changed(self, _=None):
+        self.chosen.reset_choices()
+        self._color_choices()
+
+    def _color_choices(self, _=None):
+        """Each cluster of the checklist on its colour in the layer."""
+        from qtpy.QtGui import QColor
+
+        layer = self.clusters.value
+        items = self.chosen.native
+        if layer is None or not items.count():
+            return
+        ids = np.array(list(self.chosen.choices))
+        for row, rgba in enumerate(np.asarray(layer.colormap.map(ids))):
+            item = items.item(row)
+            item.setBackground(QColor.fromRgbF(*map(float, rgba[:3])))
+            dark = float(np.dot(rgba[:3], (0.299, 0.587, 0.114))) < 0.5
+            item.setForeground(QColor("white" if dark else "black"))
+
+    def _follow_clicks(self, _=None):
+        """While "pick" is on, clicks in the viewer (whichever layer is selected) pick
+        clusters of the clusters layer."""
+        callbacks = self._viewer.mouse_drag_callbacks
+        if self.pick.value and self._on_click not in callbacks:
+            callbacks.append(self._on_click)
+        elif not self.pick.value and self._on_click in callbacks:
+            callbacks.remove(self._on_click)
+
+    def _on_click(self, _viewer, event):
+        """A click on a cluster adds it to the chosen ones, or takes it out."""
+        layer = self.clusters.value
+        if layer is None:
+            return
+        value = layer.get_value(
+            event.position, view_direction=event.view_direction,
+            dims_displayed=event.dims_displayed, world=True,
+        )  # fmt: skip
+        if value is None or int(value) not in self.chosen.choices:
+            return
+        chosen = set(self.chosen.value) ^ {int(value)}
+        self.chosen.value = sorted(chosen)
+        self.status.value = f"chosen: {', '.join(map(str, sorted(chosen))) or 'none'}"
 
     # actions: each in a worker, its layer added when done
 

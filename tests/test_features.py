@@ -81,6 +81,44 @@ def test_same_labels_whatever_the_chunking(kinds, sigma):
     np.testing.assert_array_equal(predict(image, whole), whole.labels)
 
 
+def test_kept_columns_give_the_results_of_columns_computed_each_pass(monkeypatch, tmp_path):
+    """A run keeps its chunks' filtered columns in a temporary folder between passes: the
+    same results as computing them in every pass, and the folder is gone after the run,
+    however it ends."""
+    import tempfile
+
+    from napari_kmeanz import Cancelled, iter_kmeans
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    _, image = three_classes((150, 170), seed=3)
+    lazy = da.from_array(image, chunks=(48, 90))
+    options = {"sigma": 1.5, "features": SIX, "spatial_weight": 0.3, "random_state": 0}
+    stores = []
+    real_store = engine.FeatureCache.store
+    monkeypatch.setattr(engine.FeatureCache, "store",
+                        lambda self, *a: stores.append(a[0]) or real_store(self, *a))  # fmt: skip
+    kept = kmeans(lazy, 4, **options)
+    # each of the 6 chunks (the 6 rows left join their neighbour) once; the folder removed
+    assert len(stores) == 6 and not list(tmp_path.iterdir())
+    monkeypatch.setattr("napari_kmeanz._features.FEATURE_CACHE_BYTES", 0)  # none kept
+    again = kmeans(lazy, 4, **options)
+    assert len(stores) == 6
+    np.testing.assert_array_equal(kept.labels.compute(), again.labels.compute())
+    assert kept.inertia_history.tolist() == again.inertia_history.tolist()
+    monkeypatch.undo()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    # a run stopped after its first round leaves no folder behind either
+    states = iter_kmeans(lazy, 4, **options, max_iter=5)
+    next(states)
+    assert len(list(tmp_path.iterdir())) == 1
+    states.close()
+    assert not list(tmp_path.iterdir())
+    stop = __import__("threading").Event()
+    with pytest.raises(Cancelled):
+        kmeans(lazy, 4, **options, cancel=stop, progress=lambda *_: stop.set())
+    assert not list(tmp_path.iterdir())
+
+
 def test_sigma_is_in_physical_units():
     """With a z step 4 times the pixel size, sigma=4 smooths one plane along z and four
     pixels in plane: the same as sigma (1, 4, 4) in pixels."""

@@ -6,7 +6,8 @@ the modules behind them may be cut and renamed without touching the tests.
 - the sources of points that Lloyd's rounds pass over (:class:`_lloyd.Source`): points held
   in memory (:class:`PointSource`) and the pixels of a dask array (:class:`PixelSource`);
 - how a pixel becomes a point (:class:`FeatureSpace`, with :class:`Filters` for features that
-  need its neighbours), and how integer colours become codes (:class:`ColorCodes`);
+  need its neighbours, kept between passes in a :class:`FeatureCache`), and how integer
+  colours become codes (:class:`ColorCodes`);
 - the reference kernel, every row against every candidate centre (:func:`accumulate`), and
   the squared distance to the nearest centre (:func:`nearest_sqdist`), on raw rows with a
   ones column (:func:`with_ones`);
@@ -14,7 +15,7 @@ the modules behind them may be cut and renamed without touching the tests.
 """
 
 from ._codes import ColorCodes
-from ._features import FeatureSpace
+from ._features import FeatureCache, FeatureSpace
 from ._filters import Filters
 from ._grid import TileGrid
 from ._kernels import accumulate, nearest_sqdist, with_ones
@@ -24,6 +25,7 @@ from ._points import PointSource
 
 __all__ = [
     "ColorCodes",
+    "FeatureCache",
     "FeatureSpace",
     "Filters",
     "PixelSource",

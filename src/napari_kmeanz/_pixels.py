@@ -32,7 +32,7 @@ MARGIN_DISTANCES = 1 << 22
 
 def _on_chunk(task, reading, block, mask_block, offset, *args):
     """``task(chunk, *args)`` for the chunk of these parts; ``reading`` is ``(alpha,
-    filters, depth)``, how every chunk of the image is read."""
+    filters, depth, cache)``, how every chunk of the image is read."""
     return task(Chunk(block, mask_block, offset, *reading), *args)
 
 
@@ -158,22 +158,25 @@ class PixelSource:
     filters : Filters, optional
         The value features that need neighbours (default: the space's); each chunk is then
         read with the overlap they need.
+    cache : FeatureCache, optional
+        Where the filters' columns are kept between passes (a run's).
     """
 
     def __init__(self, data: da.Array, mask: da.Array | None, alpha: bool, space=None,
-                 filters=None):  # fmt: skip
+                 filters=None, cache=None):  # fmt: skip
         self.data = data
         self.mask = mask
         self.alpha = alpha
         self.space: FeatureSpace | None = space
         self.filters = filters if space is None else space.filters
+        self.cache = cache if self.filters is not None else None
         self._sq: np.ndarray | None = None  # per-feature sums of squares, from the first pass
         self._tiles: list[_tiles.ChunkTiles] | None = None  # each chunk's, from the first pass
 
     def with_space(self, space: FeatureSpace) -> PixelSource:
         """The same pixels as points of ``space`` (a new source: what a pass learns of the
         chunks belongs to one feature space)."""
-        return PixelSource(self.data, self.mask, self.alpha, space)
+        return PixelSource(self.data, self.mask, self.alpha, space, cache=self.cache)
 
     @functools.cached_property
     def _depth(self) -> tuple[int, ...]:
@@ -190,7 +193,7 @@ class PixelSource:
 
     @property
     def _reading(self):
-        return (self.alpha, self.filters, self._depth if any(self._depth) else ())
+        return (self.alpha, self.filters, self._depth if any(self._depth) else (), self.cache)
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:

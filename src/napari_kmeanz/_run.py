@@ -22,7 +22,7 @@ import numpy as np
 
 from ._codes import ColorCodes, cell_shifts, distinct_colors
 from ._compute import to_numpy
-from ._features import FeatureSpace, value_origin
+from ._features import FeatureCache, FeatureSpace, value_origin
 from ._filters import Filters
 from ._lloyd import Lloyd, Source, TooFewDistinctPoints
 from ._params import Image, Params, check_magnitudes, full_scale, label_dtype
@@ -77,9 +77,23 @@ class Run:
         self.params = params
         self.rng = np.random.default_rng(params.random_state)
         self.prepared: Prepared | None = None
+        self.cache: FeatureCache | None = None
 
     def states(self) -> Iterator[KMeansState]:
-        """The run, stage by stage: a state after every round, then the final one."""
+        """The run, stage by stage: a state after every round, then the final one. With
+        filters, their columns are kept in a :class:`_features.FeatureCache` until the run
+        ends, however it ends."""
+        filters = self.params.filters
+        if filters is not None:
+            n_columns = filters.n_columns(self.image.n_channels)
+            self.cache = FeatureCache.open(math.prod(self.image.spatial_shape), n_columns)
+        try:
+            yield from self._stages()
+        finally:
+            if self.cache is not None:
+                self.cache.close()
+
+    def _stages(self) -> Iterator[KMeansState]:
         p = self.params
         prepared = self.prepared = self.prepare()
         factor = prepared.space.factor
@@ -109,7 +123,8 @@ class Run:
     def prepare(self) -> Prepared:
         scan, colors, sampled = self._read()
         space = self._space(scan.vmin, scan.vmax)
-        pixels = PixelSource(self.image.data, self.image.mask, self.image.layout.alpha, space)
+        image = self.image
+        pixels = PixelSource(image.data, image.mask, image.layout.alpha, space, cache=self.cache)
         if colors is not None:
             table = self._table(space, colors)
             sample = self._weighted_sample(table.points.raw, table.points.weights)
@@ -140,7 +155,8 @@ class Run:
         """
         image = self.image
         filters = self.params.filters
-        pixels = PixelSource(image.data, image.mask, image.layout.alpha, filters=filters)
+        alpha = image.layout.alpha
+        pixels = PixelSource(image.data, image.mask, alpha, filters=filters, cache=self.cache)
         if self.params.spatial_weight == 0 and image.dtype.kind in "iu" and filters is None:
             info = np.iinfo(image.dtype)
             n = image.n_channels

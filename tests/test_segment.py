@@ -3,7 +3,7 @@
 import dask.array as da
 import numpy as np
 import pytest
-from skimage import measure
+from skimage import data, measure
 
 from napari_kmeanz import clean, kmeans, objects
 from test_features import adjusted_rand, three_classes
@@ -91,6 +91,36 @@ def test_objects_and_their_table():
     np.testing.assert_allclose(props["area"] * 1.0, table["area"])
     only = objects(labels, clusters=[2])
     assert only.labels.max() == 1 and (only.labels > 0).sum() == 16
+
+
+@pytest.mark.parametrize("connectivity", [1, 2])
+def test_objects_of_dask_labels_equal_those_in_memory(connectivity):
+    """Chunk by chunk, regions across the chunks' edges (and corners, diagonally) are one
+    object each: the same labels and table as one labelling of the whole array."""
+    clustered = kmeans(data.astronaut()[::2, ::2], 4, random_state=0).labels  # 256 x 256
+    image = data.astronaut()[::2, ::2]
+    expected = objects(clustered, clusters=[1, 3], connectivity=connectivity, image=image,
+                       spacing=(0.5, 2.0), origin=(1.0, 2.0))  # fmt: skip
+    assert expected.labels.max() > 20
+    for chunks in [(64, 64), (50, 97), ((1, 100, 155), (3, 253))]:
+        lazy = objects(
+            da.from_array(clustered, chunks=chunks), clusters=[1, 3],
+            connectivity=connectivity, image=da.from_array(image, chunks=(40, 40, 3)),
+            spacing=(0.5, 2.0), origin=(1.0, 2.0),
+        )  # fmt: skip
+        assert isinstance(lazy.labels, da.Array)
+        np.testing.assert_array_equal(lazy.labels.compute(), expected.labels)
+        assert lazy.table.keys() == expected.table.keys()
+        for name, column in expected.table.items():
+            np.testing.assert_allclose(lazy.table[name], column, rtol=1e-12, err_msg=name)
+    # 3-D, diagonal across chunk corners
+    volume = np.zeros((6, 6, 6), np.uint8)
+    for i in range(6):
+        volume[i, i, i] = 1
+    lazy = objects(da.from_array(volume, chunks=3), connectivity=3)
+    assert lazy.labels.compute().max() == 1 and len(lazy.table["label"]) == 1
+    faces = objects(da.from_array(volume, chunks=3), connectivity=1)
+    np.testing.assert_array_equal(faces.labels.compute(), objects(volume).labels)
 
 
 def test_diagonal_connectivity():

@@ -110,6 +110,15 @@ def test_save_a_model_and_apply_it_to_another_layer(viewer, qtbot, tmp_path):
     lazy_labels = wait_for(qtbot, viewer, widget.apply_model(), "lazy clusters")
     assert isinstance(lazy_labels.data, da.Array)
     np.testing.assert_array_equal(np.asarray(lazy_labels.data), labels.data)
+    # its objects, chunk by chunk: lazy too, the same as those of the labels in memory
+    widget.clusters.value = lazy_labels
+    widget.chosen.value = [2]
+    found = wait_for(qtbot, viewer, widget.objects(), "lazy clusters objects")
+    assert isinstance(found.data, da.Array)
+    expected = objects(labels.data, clusters=[2], image=data.coffee())
+    np.testing.assert_array_equal(np.asarray(found.data), expected.labels)
+    np.testing.assert_allclose(found.features["intensity_mean-1"],
+                               expected.table["intensity_mean-1"])  # fmt: skip
 
 
 def test_fit_one_model_on_several_layers(viewer, qtbot):

@@ -13,6 +13,7 @@ from numbers import Integral
 import dask.array as da
 import numpy as np
 
+from ._chunked_objects import chunked_objects
 from ._filters import merged_chunks
 from ._params import check_int, check_spacing
 
@@ -179,8 +180,10 @@ def objects(labels, *, clusters=None, connectivity: int = 1, image=None, spacing
 
     Parameters
     ----------
-    labels : array_like of int
-        Cluster ids (1..k; 0 for pixels not clustered).
+    labels : array_like or dask.array.Array of int
+        Cluster ids (1..k; 0 for pixels not clustered). Dask labels are read chunk by chunk
+        (each with a margin of one pixel, so memory stays bounded by the chunk): the table
+        is computed at once and the object labels come back lazily, the same ones.
     clusters : sequence of int, optional
         The clusters whose regions become objects; default all.
     connectivity : int, default=1
@@ -196,17 +199,22 @@ def objects(labels, *, clusters=None, connectivity: int = 1, image=None, spacing
     -------
     Objects
     """
-    array = np.asarray(_check_labels(labels))
+    array = _check_labels(labels)
     connectivity = _check_connectivity(connectivity, array.ndim)
     spacing = np.asarray(check_spacing(spacing, array.ndim))
     origin = np.zeros(array.ndim) if origin is None else np.asarray(origin, np.float64)
     if origin.shape != (array.ndim,) or not np.all(np.isfinite(origin)):
         raise ValueError(f"origin must hold {array.ndim} finite numbers, got {origin!r}.")
-    chosen = array > 0
+    wanted = None
     if clusters is not None:
         wanted = np.asarray(clusters)
         if wanted.ndim != 1 or wanted.dtype.kind not in "iu":
             raise ValueError(f"clusters must be a sequence of cluster ids, got {clusters!r}.")
+    if isinstance(array, da.Array):
+        found = chunked_objects(array, wanted, connectivity, image, spacing, origin)
+        return Objects(*found)
+    chosen = array > 0
+    if wanted is not None:
         chosen &= np.isin(array, wanted)
     from skimage import measure  # (when used: importing it takes a while)
 

@@ -1,0 +1,189 @@
+"""The objects of dask labels, chunk by chunk, with memory bounded by the chunk.
+
+Each chunk is labelled with a margin of one pixel of its neighbours (zeros beyond the
+image): a region touching the chunk's edge then carries on into the margin, so a pixel of
+the margin has a label in this chunk and, as a pixel of the neighbour's own part, one there;
+every such pair of labels is one region. The pairs come from the pixels next to the chunks'
+edges only; a graph of them joins the chunks' labels into regions, numbered by their first
+pixel in C order as one labelling of the whole array numbers them. The table is summed
+chunk by chunk; the labels come back lazily, each chunk labelled again when it is computed.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import dask
+import dask.array as da
+import numpy as np
+
+from ._compute import chunk_grid
+
+
+def chunked_objects(array: da.Array, chosen, connectivity: int, image, spacing, origin):
+    """``(labels, table)`` of :func:`_segment.objects` for dask ``array`` (see there);
+    ``chosen`` are the clusters whose regions count (None: all)."""
+    selected = array.map_blocks(_select, chosen, dtype=array.dtype)
+    margin = da.overlap.overlap(selected, depth=1, boundary=0)
+    values = None if image is None else _image_chunks(image, array)
+    blocks = margin.to_delayed()
+    grid = chunk_grid(array.chunks)
+    parts = []
+    for idx, offset in grid:
+        chunk_values = None if values is None else values[(*idx, 0)]
+        summary = dask.delayed(_chunk_summary)
+        parts.append(summary(blocks[idx], offset, array.shape, connectivity, chunk_values))
+    summaries = dask.compute(*parts)
+    starts = np.cumsum([0] + [s["n"] for s in summaries])  # each chunk's first label - 1
+    final, order = _regions(summaries, starts)
+    table = _table(summaries, starts, final, order, array.ndim, spacing, origin)
+    relabel = functools.partial(
+        _relabel, final=final, numbers=starts[:-1].astype(np.int64),
+        numblocks=array.numblocks, connectivity=connectivity,
+    )  # fmt: skip
+    labels = da.map_blocks(relabel, margin, chunks=array.chunks, dtype=np.int64)
+    return labels, table
+
+
+def _select(block, chosen):
+    if chosen is None:
+        return block
+    return np.where(np.isin(block, chosen), block, 0).astype(block.dtype, copy=False)
+
+
+def _image_chunks(image, array: da.Array):
+    """The image's values as a dask array of the labels' chunks and one channel axis."""
+    values = image if isinstance(image, da.Array) else da.from_array(np.asarray(image))
+    if values.shape[: array.ndim] != array.shape or values.ndim > array.ndim + 1:
+        raise ValueError(
+            f"image has shape {values.shape}, but the labels have shape {array.shape} "
+            "(an image has the labels' shape, with an optional channel axis last)."
+        )
+    if values.ndim == array.ndim:
+        values = values[..., None]
+    return values.rechunk((*array.chunks, -1)).to_delayed()
+
+
+def _label(block, connectivity):
+    from skimage import measure
+
+    return measure.label(block, background=0, connectivity=connectivity)
+
+
+def _chunk_summary(block, offset, shape, connectivity, values):
+    """One chunk's labels (with its margin) summed up: per label its pixels, coordinate
+    sums, first pixel and cluster (and channel sums), and the labels of the pixels at the
+    edges: those of the chunk's own outer layer and those of its margin, by position."""
+    local = _label(block, connectivity)
+    core = tuple(slice(1, n - 1) for n in block.shape)
+    own = local[core]
+    n = int(local.max())
+    flat = own.ravel()
+    coordinates = np.indices(own.shape).reshape(own.ndim, -1) + np.array(offset)[:, None]
+    summary = {"n": n, "count": np.bincount(flat, minlength=n + 1)}
+    summary["sums"] = [np.bincount(flat, weights=c, minlength=n + 1) for c in coordinates]
+    first = np.full(n + 1, -1)
+    first[flat[::-1]] = np.arange(flat.size)[::-1]  # C order in a chunk is C order overall
+    found = first >= 0
+    position = np.full(n + 1, np.iinfo(np.int64).max)
+    position[found] = np.ravel_multi_index(tuple(coordinates[:, first[found]]), shape)
+    summary["first"] = position
+    summary["cluster"] = np.where(found, block[core].ravel()[np.maximum(first, 0)], 0)
+    if values is not None:
+        channels = np.asarray(values, np.float64).reshape(flat.size, -1)
+        summary["channels"] = [
+            np.bincount(flat, weights=channels[:, c], minlength=n + 1)
+            for c in range(channels.shape[1])
+        ]
+    edge = np.ones(block.shape, bool)
+    edge[tuple(slice(2, n - 2) for n in block.shape)] = False  # the margin and outer layer
+    inside = np.zeros(block.shape, bool)
+    inside[core] = True
+    for name, where in (("shell", edge & inside), ("margin", edge & ~inside)):
+        where &= local > 0
+        at = np.nonzero(where)
+        coords = [a - 1 + o for a, o in zip(at, offset, strict=True)]
+        within = np.all([(c >= 0) & (c < s) for c, s in zip(coords, shape, strict=True)], 0)
+        summary[name] = (
+            np.ravel_multi_index(tuple(c[within] for c in coords), shape),
+            local[at][within],
+        )
+    return summary
+
+
+def _regions(summaries, starts):
+    """Each chunk label's region number (1.. in the order of the regions' first pixels; 0
+    for the background), and the labels' order of regions: ``(final, first_label)``."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = int(starts[-1]) + 1
+    shell_at = np.concatenate([s["shell"][0] for s in summaries])
+    shell_label = np.concatenate(
+        [s["shell"][1] + b for s, b in zip(summaries, starts, strict=False)]
+    )
+    margin_at = np.concatenate([s["margin"][0] for s in summaries])
+    margin_label = np.concatenate(
+        [s["margin"][1] + b for s, b in zip(summaries, starts, strict=False)]
+    )
+    order = np.argsort(shell_at, kind="stable")
+    place = np.searchsorted(shell_at[order], margin_at)
+    matched = place < len(order)
+    matched[matched] = shell_at[order[place[matched]]] == margin_at[matched]
+    pairs_a = margin_label[matched]
+    pairs_b = shell_label[order[place[matched]]]
+    graph = coo_matrix((np.ones(len(pairs_a)), (pairs_a, pairs_b)), shape=(n, n))
+    _, region = connected_components(graph, directed=False)
+    count = np.concatenate([[0]] + [s["count"][1:] for s in summaries])
+    first = np.concatenate([[np.iinfo(np.int64).max]] + [s["first"][1:] for s in summaries])
+    region_first = np.full(region.max() + 1, np.iinfo(np.int64).max)
+    np.minimum.at(region_first, region, first)
+    region_count = np.bincount(region, weights=count, minlength=region.max() + 1)
+    real = np.flatnonzero(region_count > 0)
+    real = real[np.argsort(region_first[real], kind="stable")]
+    number = np.zeros(region.max() + 1, np.int64)
+    number[real] = np.arange(1, len(real) + 1)
+    final = number[region]
+    final[0] = 0
+    return final, first
+
+
+def _table(summaries, starts, final, first, ndim, spacing, origin) -> dict:
+    """The regions' table, summed from the chunks' (see :class:`_segment.Objects`)."""
+    m = int(final.max())
+
+    def per_region(part):  # a per-label quantity of every chunk, summed by region
+        weights = np.concatenate([[0.0]] + [np.asarray(p, np.float64)[1:] for p in part])
+        return np.bincount(final, weights=weights, minlength=m + 1)[1:]
+
+    counts = per_region([s["count"] for s in summaries])
+    # the cluster of each region: that of its label holding its first pixel
+    clusters = np.concatenate([[0]] + [s["cluster"][1:] for s in summaries])
+    best = np.full(m + 1, np.iinfo(np.int64).max)
+    np.minimum.at(best, final, first)
+    holder = np.zeros(m + 1, np.int64)
+    is_first = (first == best[final]) & (final > 0)
+    holder[final[is_first]] = np.flatnonzero(is_first)
+    table = {
+        "label": np.arange(1, m + 1),
+        "cluster": clusters[holder[1:]].astype(summaries[0]["cluster"].dtype),
+        "area": counts * float(np.prod(spacing)),
+    }
+    for axis in range(ndim):
+        sums = per_region([s["sums"][axis] for s in summaries])
+        table[f"centroid-{axis}"] = origin[axis] + spacing[axis] * sums / np.maximum(counts, 1)
+    if "channels" in summaries[0]:
+        for channel in range(len(summaries[0]["channels"])):
+            sums = per_region([s["channels"][channel] for s in summaries])
+            table[f"intensity_mean-{channel}"] = sums / np.maximum(counts, 1)
+    return table
+
+
+def _relabel(block, *, final, numbers, numblocks, connectivity, block_info=None):
+    """A chunk's region numbers: labelled again, as in its summary, then renumbered."""
+    location = block_info[0]["chunk-location"]
+    start = numbers[np.ravel_multi_index(location, numblocks)]
+    local = _label(block, connectivity)
+    core = tuple(slice(1, n - 1) for n in block.shape)
+    own = local[core]
+    return np.where(own > 0, final[own + start], 0)

@@ -95,3 +95,30 @@ def test_a_model_that_does_not_fit_the_image_is_refused(tmp_path):
         predict(data.camera()[..., None].repeat(2, axis=-1), model)
     with pytest.raises(ValueError, match="dtype float64, whose values are on another scale"):
         predict(util.img_as_float(data.astronaut()), model)
+
+
+def test_a_model_labels_every_frame_of_a_stack(tmp_path):
+    """A model of one image labels each frame of a stack (an axis more, in front) as that
+    image alone: the same ids in every frame; lazily, frame by frame, for a dask stack."""
+    from napari_kmeanz import margins
+
+    frames = [data.astronaut(), data.astronaut()[::-1], data.astronaut()[:, ::-1]]
+    fitted = kmeans(frames[0], 5, spatial_weight=0.5, sigma=1.0, random_state=0)
+    fitted.save(tmp_path / "m.json")
+    model = load(tmp_path / "m.json")
+    stack = np.stack(frames)
+    labels = predict(stack, model)
+    assert labels.shape == stack.shape[:3]
+    for frame, got in zip(frames, labels, strict=True):
+        np.testing.assert_array_equal(got, predict(frame, model))
+    np.testing.assert_array_equal(labels[0], fitted.labels)
+    lazy = predict(da.from_array(stack, chunks=(1, 256, 512, 3)), model)
+    assert isinstance(lazy, da.Array)
+    np.testing.assert_array_equal(lazy.compute(), labels)
+    mask = np.ones(stack.shape[:3], bool)
+    mask[2, :20] = False
+    masked = predict(stack, model, mask=mask)
+    assert (masked[2, :20] == 0).all() and (masked[:2] == labels[:2]).all()
+    np.testing.assert_allclose(margins(stack, model)[1], margins(frames[1], model))
+    with pytest.raises(ValueError, match="the model was fitted on an image with 3 dim"):
+        predict(stack[None], model)  # two axes more: not frames

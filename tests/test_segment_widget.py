@@ -110,6 +110,13 @@ def test_save_a_model_and_apply_it_to_another_layer(viewer, qtbot, tmp_path):
     lazy_labels = wait_for(qtbot, viewer, widget.apply_model(), "lazy clusters")
     assert isinstance(lazy_labels.data, da.Array)
     np.testing.assert_array_equal(np.asarray(lazy_labels.data), labels.data)
+    # every frame of a stack, lazily for a dask stack
+    frames = da.stack([da.from_array(data.coffee())] * 3)
+    stack = viewer.add_image(frames, name="frames", rgb=True)
+    widget.target.value = stack
+    stacked = wait_for(qtbot, viewer, widget.apply_model(), "frames clusters")
+    assert isinstance(stacked.data, da.Array) and stacked.data.shape == (3, 400, 600)
+    np.testing.assert_array_equal(np.asarray(stacked.data[2]), labels.data)
     # its objects, chunk by chunk: lazy too, the same as those of the labels in memory
     widget.clusters.value = lazy_labels
     widget.chosen.value = [2]

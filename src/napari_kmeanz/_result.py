@@ -168,7 +168,9 @@ def predict(image, model: KMeansResult, *, mask=None, spacing=None):
         An image with the same channels (and alpha) as the one ``model`` was fitted on, and
         values on the same scale (floats for a float model, the same integer range for an
         integer one); its spatial shape may differ (another frame, another tile, the full
-        resolution). The mask of a numpy masked array leaves its pixels out.
+        resolution). The mask of a numpy masked array leaves its pixels out. A stack of
+        such images along a first axis more (the frames of a time-lapse) is labelled frame
+        by frame, the same ids in every frame (frame by frame lazily for a dask stack).
     model : KMeansResult
         From :func:`kmeans`. Its feature space (spacing, spatial scale) is used as it is.
     mask : array_like, optional
@@ -199,9 +201,23 @@ def predict(image, model: KMeansResult, *, mask=None, spacing=None):
     >>> predict(image[256:], model).shape
     (256, 512)
     """
+    if _is_stack(image, model):
+        return _each_frame(image, mask, lambda f, m: predict(f, model, mask=m, spacing=spacing))
     source, lazy = _pixels_of(image, model, mask, spacing)
     labels = source.labels(model.centers, label_dtype(model.n_clusters))
     return labels if lazy else to_numpy(labels)
+
+
+def _is_stack(image, model) -> bool:
+    """Whether ``image`` is a stack of frames for ``model``: one axis more than the image
+    it was fitted on, in front."""
+    return isinstance(model, KMeansResult) and np.ndim(image) == model.layout.ndim + 1
+
+
+def _each_frame(image, mask, label):
+    """``label(frame, frame's mask)`` for every frame along the first axis, stacked."""
+    frames = [label(image[i], None if mask is None else mask[i]) for i in range(len(image))]
+    return da.stack(frames) if isinstance(frames[0], da.Array) else np.stack(frames)
 
 
 def margins(image, model: KMeansResult, *, mask=None, spacing=None):
@@ -211,9 +227,12 @@ def margins(image, model: KMeansResult, *, mask=None, spacing=None):
     The margin is ``(d2 - d1) / (d2 + d1)`` for the distances ``d1 <= d2`` (in feature space)
     to the two nearest centres: 0 where two centres are equally near (the boundary between
     two clusters: unsure), towards 1 on a centre far from the others. Takes the arguments of
-    :func:`predict`; returns float32 of the image's spatial shape (lazy for a dask image),
-    NaN where pixels are not clustered; 1 everywhere for a model of one cluster.
+    :func:`predict` (a stack of frames too); returns float32 of the image's spatial shape
+    (lazy for a dask image), NaN where pixels are not clustered; 1 everywhere for a model of
+    one cluster.
     """
+    if _is_stack(image, model):
+        return _each_frame(image, mask, lambda f, m: margins(f, model, mask=m, spacing=spacing))
     source, lazy = _pixels_of(image, model, mask, spacing)
     margin = source.margins(model.centers)
     return margin if lazy else to_numpy(margin)

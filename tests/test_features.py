@@ -106,6 +106,9 @@ def test_kept_columns_give_the_results_of_columns_computed_each_pass(monkeypatch
     np.testing.assert_array_equal(kept.labels.compute(), again.labels.compute())
     assert kept.inertia_history.tolist() == again.inertia_history.tolist()
     monkeypatch.undo()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))  # nowhere to write
+    nowhere = kmeans(lazy, 4, **options)
+    np.testing.assert_array_equal(nowhere.labels.compute(), again.labels.compute())
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     # a run stopped after its first round leaves no folder behind either
     states = iter_kmeans(lazy, 4, **options, max_iter=5)

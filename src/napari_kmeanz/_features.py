@@ -71,10 +71,13 @@ class FeatureCache:
         """A cache for ``n_pixels`` pixels of ``n_columns`` columns, or None where they do
         not fit (see FEATURE_CACHE_BYTES)."""
         size = n_pixels * (8 * n_columns + 1)
-        free = shutil.disk_usage(tempfile.gettempdir()).free
-        if size > min(FEATURE_CACHE_BYTES, free // 2):
+        try:
+            free = shutil.disk_usage(tempfile.gettempdir()).free
+            if size > min(FEATURE_CACHE_BYTES, free // 2):
+                return None
+            return cls(tempfile.mkdtemp(prefix="napari-kmeanz-features-"))
+        except OSError:  # no temporary folder to write to: computed in every pass
             return None
-        return cls(tempfile.mkdtemp(prefix="napari-kmeanz-features-"))
 
     def __dask_tokenize__(self):
         return self.token

@@ -83,10 +83,8 @@ class FeatureCache:
         return self.token
 
     def _paths(self, offset):
-        name = "-".join(map(str, offset))
-        return os.path.join(self.folder, f"{name}.npy"), os.path.join(
-            self.folder, f"{name}-valid.npy"
-        )
+        name = os.path.join(self.folder, "-".join(map(str, offset)))
+        return f"{name}.npy", f"{name}-valid.npy"
 
     def load(self, offset):
         """The chunk's ``(columns, valid)``, mapped from its files, or None. Plain arrays

@@ -120,13 +120,10 @@ def _fit(params: Params, first: Image, space, pooled: np.ndarray, n_valid: int, 
     exhaustive = len(pooled) == n_valid
     sample = Sample(pooled, weights, exhaustive)
     factor = space.factor
-    bound = budget(
-        params.max_iter, len(pooled), params.n_clusters
-    )  # the rounds run over the pooled sample
-    seeding = plan(
-        len(pooled), params.n_clusters, params.init, params.n_init, SAMPLE_ROUNDS, bound
-    )
-    centers = seed(sample, params.n_clusters, params.init, rng, factor, seeding)
+    p = params
+    bound = budget(p.max_iter, len(pooled), p.n_clusters)  # the rounds run over the pool
+    seeding = plan(len(pooled), p.n_clusters, p.init, p.n_init, SAMPLE_ROUNDS, bound)
+    centers = seed(sample, p.n_clusters, p.init, rng, factor, seeding)
     points = PointSource(pooled, weights)
     lloyd = Lloyd(points, centers, factor, params.max_iter, params.tol, check_distinct=exhaustive)
     for _ in lloyd.rounds():

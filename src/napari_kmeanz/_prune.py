@@ -207,9 +207,11 @@ INNER_SLICE = 64
 def inner_candidates(lows, highs, parent_row, parent_candidates, centers, factor):
     """:func:`box_candidates` of cells inside cells already tested: ``parent_row`` is each
     cell's row in ``parent_candidates`` (the candidates of the cells above, (p, k)), and the
-    cells are in the order of their parents. The same answer as testing every centre: a
-    centre that cannot be nearest to a point of the parent cannot be to one of its cells,
-    and it is not the one nearest to the cell's farthest corner either."""
+    cells are in the order of their parents. The same answer as testing every centre (with
+    the rounding margin of all of them): a centre that cannot be nearest to a point of the
+    parent cannot be to one of its cells, and it is not the one nearest to the cell's
+    farthest corner either. (Only a centre within the margin of the parent's bound, nearest
+    to no point either, could be kept by the one test and not by the other.)"""
     k = len(centers)
     if k <= INNER_FROM:
         return box_candidates(lows, highs, centers, factor)

@@ -36,7 +36,7 @@ SAMPLE_TOL = 1e-5
 # ``(max_iter + 1) * n * k`` (n points, the final labelling included), a seeding
 # ``n_sub * (2 + log k + SEED_ROUNDS) * k`` (k-means++ weighs 2 + log k candidates for each
 # centre), a refinement round ``n_sample * k``. The n_init seedings may weigh SEED_SHARE of
-# the rounds, and so may the refinement, but never less than SEED_FREE (about 0.1 s): the
+# the rounds, and so may the refinement, but never less than SEED_FREE (0.1 to 0.2 s): the
 # seedings run on a smaller subsample where they would weigh more (down to SEED_POINTS_MIN),
 # then fewer of them (one at least), and the refinement runs fewer rounds (one at least).
 # Runs of the default ``max_iter`` with few clusters are not bounded; a run of a few rounds

@@ -179,6 +179,8 @@ class Chunk:
             columns, valid = self._filtered
             picked, inside = grid.gather(columns, tiles)
             clustered = grid.gather(valid, tiles)[0].reshape(t, p)
+            if inside is None and clustered.all():  # no pixel to zero (a pass over the rows)
+                return picked.reshape(t * p, -1), None
             return picked.reshape(t * p, -1), clustered if inside is None else clustered & inside
         picked, inside = grid.gather(self.block, tiles)
         mask = None if self.mask is None else grid.gather(self.mask, tiles)[0]

@@ -53,7 +53,7 @@ BATCH_PIXELS = 1 << 15
 # at most half the free space of the temporary folder; otherwise each pass computes them
 # again. The columns are the same float64 either way, and so are the results. Measured on a
 # 2048x2048 photo with the six kinds at sigma 1 (benchmarks/bench_segment.py): a round took
-# 0.15-0.24 s, 5x to 8x a round on the raw values, against 133x computed again each pass.
+# 0.20-0.26 s, 4x to 7x a round on the raw values, against 133x computed again each pass.
 FEATURE_CACHE_BYTES = 1 << 34
 
 

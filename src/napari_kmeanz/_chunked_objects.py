@@ -35,8 +35,8 @@ def chunked_objects(array: da.Array, chosen, connectivity: int, image, spacing, 
         parts.append(summary(blocks[idx], offset, array.shape, connectivity, chunk_values))
     summaries = dask.compute(*parts)
     starts = np.cumsum([0] + [s["n"] for s in summaries])  # each chunk's first label - 1
-    final, order = _regions(summaries, starts)
-    table = _table(summaries, starts, final, order, array.ndim, spacing, origin)
+    final, first = _regions(summaries, starts)
+    table = _table(summaries, final, first, array.ndim, spacing, origin)
     relabel = functools.partial(
         _relabel, final=final, numbers=starts[:-1].astype(np.int64),
         numblocks=array.numblocks, connectivity=connectivity,
@@ -113,7 +113,8 @@ def _chunk_summary(block, offset, shape, connectivity, values):
 
 def _regions(summaries, starts):
     """Each chunk label's region number (1.. in the order of the regions' first pixels; 0
-    for the background), and the labels' order of regions: ``(final, first_label)``."""
+    for the background) and each label's first pixel (C order): ``(final, first)``, both
+    over every chunk's labels (label ``l`` of chunk ``i`` is ``starts[i] + l``)."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
@@ -148,7 +149,7 @@ def _regions(summaries, starts):
     return final, first
 
 
-def _table(summaries, starts, final, first, ndim, spacing, origin) -> dict:
+def _table(summaries, final, first, ndim, spacing, origin) -> dict:
     """The regions' table, summed from the chunks' (see :class:`_segment.Objects`)."""
     m = int(final.max())
 

@@ -29,6 +29,7 @@ from . import _io, _layers, _model
 from ._defaults import WIDGET
 from ._kmeans import kmeans
 from ._many import cluster_table
+from ._params import as_array
 from ._result import KMeansResult, load, margins, predict
 from ._segment import clean, objects
 
@@ -178,7 +179,7 @@ class SegmentWidget(Container):
 
         def work():  # dask labels (a lazy clustering) are read chunk by chunk
             return objects(
-                _array(layer.data), clusters=chosen, spacing=tuple(layer.scale),
+                as_array(layer.data, "labels"), clusters=chosen, spacing=tuple(layer.scale),
                 origin=tuple(layer.translate), image=source,
             )  # fmt: skip
 
@@ -345,7 +346,7 @@ class SegmentWidget(Container):
         """The image the clusters layer was made from, when it is still in the viewer."""
         name = layer.metadata[_layers.PREFIX].get("source")
         if name in self._viewer.layers:
-            data = _array(self._viewer.layers[name].data)
+            data = as_array(self._viewer.layers[name].data)
             if data.shape[: layer.ndim] == layer.data.shape:
                 return data
         return None
@@ -405,13 +406,6 @@ def merged_model(document: dict, chosen: list[int], counts) -> dict:
     totals = np.array(document["counts"])
     totals[rows[0]], totals[rows[1:]] = totals[rows].sum(), 0
     return {**document, **merged, "counts": totals.tolist()}
-
-
-def _array(data):
-    """A layer's data as a numpy array, or as the dask array it is."""
-    import dask.array as da
-
-    return data if isinstance(data, da.Array) else np.asarray(data)
 
 
 def _model_of(layer) -> KMeansResult:

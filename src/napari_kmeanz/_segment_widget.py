@@ -85,7 +85,7 @@ class SegmentWidget(Container):
         self.pick.changed.connect(self._follow_clicks)
         self._color_choices()
         for event in (viewer.layers.events.inserted, viewer.layers.events.removed):
-            event.connect(self._layers_changed)
+            event.connect(self.reset_choices)
 
     # choices
 
@@ -111,9 +111,6 @@ class SegmentWidget(Container):
         """New choices (napari calls it as layers come and go), the checklist coloured."""
         super().reset_choices()
         self._color_choices()
-
-    def _layers_changed(self, _=None):
-        self.reset_choices()
 
     def _clusters_changed(self, _=None):
         self.chosen.reset_choices()

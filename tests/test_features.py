@@ -191,10 +191,63 @@ def test_features_with_alpha_mask_and_nan():
     assert (result.labels[60:, 30:] > 0).all()
     assert result.colors.shape == (4, 3)
     grey = data.camera()[::2, ::2].astype(np.float64)
-    grey[100:110, 100:110] = np.nan  # the NaN spreads through the filters' window
+    grey[100:110, 100:110] = np.nan  # missing: left out, and no neighbour lost with it
     result = kmeans(grey, 3, sigma=1, random_state=0)
-    assert (result.labels[100:110, 100:110] == 0).all()
-    assert (result.labels[:50] > 0).all()
+    np.testing.assert_array_equal(result.labels == 0, np.isnan(grey))
+
+
+@pytest.mark.parametrize("kinds", [None, SIX])
+def test_missing_values_take_only_themselves_out(kinds):
+    """A NaN or infinite pixel is left out (0), and only it: its neighbours' features come
+    from their finite neighbours (normalised convolution), whatever chunk edge cuts the
+    gaps; pixels whose windows hold no gap get the numbers they get without any."""
+    grey = data.camera()[::4, ::4].astype(np.float64)
+    missing = np.zeros(grey.shape, bool)
+    missing[60:66, 60:66] = missing[0, :40] = missing[90, 5] = True
+    gappy = np.where(missing, np.nan, grey)
+    gappy[90, 5] = np.inf
+    options = {"sigma": 1.5, "features": kinds, "spatial_weight": 0.5, "random_state": 0}
+    result = kmeans(gappy, 4, **options)
+    np.testing.assert_array_equal(result.labels == 0, missing)
+    for chunks in [(61, 63), (40, 128), (33, 17)]:
+        chunked = kmeans(da.from_array(gappy, chunks=chunks), 4, **options)
+        np.testing.assert_array_equal(np.asarray(chunked.labels), result.labels)
+    filters = engine.Filters.of(kinds or ["gaussian"], (1.5, 1.5))
+    halo = filters.halo
+
+    def columns(image):
+        return filters.apply(np.pad(image, [(h, h) for h in halo], mode="edge")[..., None], halo)
+
+    whole, holed = columns(grey), columns(gappy)
+    far = ~ndimage.binary_dilation(missing, np.ones((2 * halo[0] + 1,) * 2, bool))
+    np.testing.assert_array_equal(holed[far], whole[far])
+    smooth = ndimage.gaussian_filter(grey, 1.5, mode="nearest", truncate=4.0)
+    beside = ndimage.binary_dilation(missing, np.ones((5, 5), bool)) & ~missing
+    assert np.isfinite(holed[beside]).all()
+    close = np.abs(holed[..., SIX.index("gaussian") if kinds else 0] - smooth)[beside]
+    assert np.median(close) < 0.1 * grey.std()  # the smoothed value of the finite ones
+
+
+def test_no_derivative_along_an_axis_of_sigma_0():
+    """sigma 0 along an axis (a time axis, spacing 0): each plane's features are its own,
+    and a derivative kind never takes the value itself for a derivative along that axis."""
+    rng = np.random.default_rng(0)
+    stack = np.stack([data.camera()[::8, ::8], data.coins()[:64, :64]]).astype(np.float64)
+    stack += rng.normal(0, 1, stack.shape)
+    filters = engine.Filters.of(SIX, (0.0, 1.0, 1.0))
+    assert filters.n_columns(1) == 7  # the Hessian along the two axes of the planes
+    halo = filters.halo
+    padded = np.pad(stack, [(h, h) for h in halo], mode="edge")[..., None]
+    columns = filters.apply(padded, halo)
+    plane = engine.Filters.of(SIX, (1.0, 1.0))
+    for t in range(2):
+        own = np.pad(stack[t], [(h, h) for h in plane.halo], mode="edge")[..., None]
+        np.testing.assert_allclose(columns[t], plane.apply(own, plane.halo), atol=1e-9)
+    flat = np.full((3, 20, 20), 100.0)
+    columns = filters.apply(np.pad(flat, [(h, h) for h in halo], mode="edge")[..., None], halo)
+    gradient = columns[..., SIX.index("gradient")]
+    np.testing.assert_allclose(gradient, 0, atol=1e-9)
+    assert np.abs(columns[..., SIX.index("laplace")]).max() < 0.1  # scipy's truncated kernel
 
 
 @pytest.mark.parametrize(

@@ -216,6 +216,9 @@ class Chunk:
             values = np.pad(values, [*pad, (0, 0)], mode="edge")
         columns = self.filters.apply(values, halo)
         valid = np.isfinite(columns).all(axis=-1)
+        if block.dtype.kind == "f":  # a missing value is never clustered, even smoothed
+            channels = block[core][..., :-1] if self.alpha else block[core]
+            valid &= np.isfinite(channels).all(axis=-1)
         if self.mask is not None:
             valid &= self.mask.astype(bool, copy=False)
         if self.alpha:

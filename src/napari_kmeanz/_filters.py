@@ -6,7 +6,11 @@ padded chunk and trimmed to it, so a pixel's features are the same numbers whate
 chunking (the overlap holds every neighbour a filter reads; beyond the image's edges the
 nearest pixel is repeated, as ``scipy.ndimage``'s ``mode='nearest'`` does).
 
-The kinds, each for every channel, at the Gaussian scale ``sigma`` (in pixels per axis):
+A missing (NaN or infinite) value is left out of its neighbours' filters: they take theirs
+from their finite neighbours alone (:func:`_missing_filtered`).
+
+The kinds, each for every channel, at the Gaussian scale ``sigma`` (in pixels per axis; the
+derivatives are taken along the axes of sigma > 0 only):
 
 - ``"value"``: the channel value as it is;
 - ``"gaussian"``: the value smoothed by a Gaussian;
@@ -61,9 +65,15 @@ class Filters:
             return (0,) * len(self.sigma)
         return tuple(int(TRUNCATE * s + 0.5) + 2 if s > 0 else 2 for s in self.sigma)
 
+    @property
+    def axes(self) -> tuple[int, ...]:
+        """The spatial axes the derivative kinds are taken along: those with a scale (an
+        axis of sigma 0, a time axis say, is a stack of separate planes to them)."""
+        return tuple(axis for axis, s in enumerate(self.sigma) if s > 0)
+
     def width(self, kind: str) -> int:
         """Columns per channel of a kind."""
-        return len(self.sigma) if kind == "hessian" else 1
+        return len(self.axes) if kind == "hessian" else 1
 
     def n_columns(self, n_channels: int) -> int:
         return n_channels * sum(self.width(kind) for kind in self.kinds)
@@ -85,6 +95,11 @@ class Filters:
         per_channel = []
         for channel in range(padded.shape[-1]):
             values = np.asarray(padded[..., channel], dtype=np.float64)
+            finite = np.isfinite(values)
+            if not finite.all():  # missing values: filtered from the finite neighbours
+                parts = _missing_filtered(self.kinds, values, finite, self.sigma)
+                per_channel.append({kind: [p[core] for p in parts[kind]] for kind in self.kinds})
+                continue
             smooth = None
             if len({"gaussian", "std", "hessian"} & set(self.kinds)) > 1:  # made once
                 smooth = ndimage.gaussian_filter(values, self.sigma, mode="nearest",
@@ -107,9 +122,9 @@ def _filtered(kind: str, values: np.ndarray, sigma: tuple[float, ...], smooth=No
     if kind == "value":
         return [values]
     if kind == "gradient":
-        return [ndimage.gaussian_gradient_magnitude(values, sigma, **mode)]
+        return [np.sqrt(sum(d * d for d in _derivatives(values, sigma, 1)))]
     if kind == "laplace":
-        return [ndimage.gaussian_laplace(values, sigma, **mode)]
+        return [sum(_derivatives(values, sigma, 2))]
     if smooth is None:
         smooth = ndimage.gaussian_filter(values, sigma, **mode)
     if kind == "gaussian":
@@ -117,17 +132,90 @@ def _filtered(kind: str, values: np.ndarray, sigma: tuple[float, ...], smooth=No
     if kind == "std":
         square = ndimage.gaussian_filter(values * values, sigma, **mode)
         return [np.sqrt(np.maximum(square - smooth * smooth, 0.0))]
-    return hessian_eigenvalues(smooth)
+    return hessian_eigenvalues(smooth, _scaled_axes(sigma))
 
 
-def hessian_eigenvalues(smooth: np.ndarray) -> list[np.ndarray]:
-    """Eigenvalues of the Hessian (central differences of the smoothed values), largest
-    first, one array per spatial axis: in closed form in 2-D and 3-D (measured on 1 M
-    pixels: 0.04 s against 0.39 s for numpy's eigvalsh), by eigvalsh beyond."""
-    ndim = smooth.ndim
+def _scaled_axes(sigma) -> tuple[int, ...]:
+    return tuple(axis for axis, s in enumerate(sigma) if s > 0)
+
+
+def _derivatives(values: np.ndarray, sigma, order: int) -> list[np.ndarray]:
+    """The Gaussian derivatives of ``order`` of ``values`` along each axis with a scale, as
+    ``scipy.ndimage.gaussian_gradient_magnitude`` and ``gaussian_laplace`` take them (their
+    sum of squares and sum are those filters' numbers); along an axis of sigma 0 they would
+    take the smoothed value itself, not a derivative, so no axis of sigma 0 is taken."""
+    from scipy import ndimage
+
+    out = []
+    for axis in _scaled_axes(sigma):
+        orders = [0] * values.ndim
+        orders[axis] = order
+        out.append(
+            ndimage.gaussian_filter(values, sigma, order=orders, mode="nearest", truncate=TRUNCATE)
+        )
+    return out
+
+
+def _missing_filtered(kinds, values, finite, sigma) -> dict[str, list[np.ndarray]]:
+    """The columns of each kind for a channel with missing (not finite) values.
+
+    A pixel whose Gaussian window holds a missing value gets its features from its finite
+    neighbours alone, by normalised convolution: the smoothed value is ``S = G(v) / G(w)``,
+    ``v`` the values with 0 where missing and ``w`` 1 where finite, and the derivative kinds
+    are those of ``S``. Every other pixel gets the numbers it gets with no missing value
+    anywhere (the filters read the same values in the same order), so the chunking changes
+    nothing. A pixel with no finite value in its window has none (NaN); a missing pixel is
+    itself never clustered (see ``_features.Chunk``).
+    """
+    from scipy import ndimage
+
+    zeroed = np.where(finite, values, 0.0)
+    # the pixels whose window (scipy's radius, per axis) holds a missing value; the Hessian's
+    # differences read the smoothed values of pixels 2 away, each by its own window
+    radius = [int(TRUNCATE * s + 0.5) if s > 0 else 0 for s in sigma]
+    near = ndimage.maximum_filter(~finite, size=[2 * r + 1 for r in radius], mode="nearest")
+    ones = finite.astype(np.float64)
+    weight = ndimage.gaussian_filter(ones, sigma, mode="nearest", truncate=TRUNCATE)
+    out = {}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        plain = _filtered("gaussian", zeroed, sigma)[0]  # the numbers away from the missing
+        smooth = np.where(near, plain / weight, plain)
+        if {"gradient", "laplace"} & set(kinds):
+            # S' = (G'v - S G'w) / Gw and S'' = (G''v - 2 S' G'w - S G''w) / Gw, per axis
+            v1, w1 = _derivatives(zeroed, sigma, 1), _derivatives(ones, sigma, 1)
+            slopes = [(dv - smooth * dw) / weight for dv, dw in zip(v1, w1, strict=True)]
+        for kind in kinds:
+            if kind in ("value", "gaussian", "hessian"):
+                out[kind] = _filtered(kind, values if kind == "value" else zeroed, sigma, smooth)
+                continue
+            if kind == "std":  # as _filtered takes it, from the same arrays
+                square = _filtered("gaussian", zeroed * zeroed, sigma)[0]
+                usual = np.sqrt(np.maximum(square - plain * plain, 0.0))
+                ratio = np.sqrt(np.maximum(square / weight - smooth * smooth, 0.0))
+            elif kind == "gradient":
+                usual = np.sqrt(sum(d * d for d in v1))
+                ratio = np.sqrt(sum(slope * slope for slope in slopes))
+            else:  # laplace
+                v2, w2 = _derivatives(zeroed, sigma, 2), _derivatives(ones, sigma, 2)
+                usual = sum(v2)
+                parts = zip(v2, slopes, w1, w2, strict=True)
+                ratio = sum(
+                    (dv - 2 * s1 * dw - smooth * dw2) / weight for dv, s1, dw, dw2 in parts
+                )
+            out[kind] = [np.where(near, ratio, usual)]
+    return out
+
+
+def hessian_eigenvalues(smooth: np.ndarray, axes: tuple[int, ...] | None = None):
+    """Eigenvalues of the Hessian (central differences of the smoothed values) along
+    ``axes`` (default: all), largest first, one array per axis: in closed form in 2-D and
+    3-D (measured on 1 M pixels: 0.04 s against 0.39 s for numpy's eigvalsh), by eigvalsh
+    beyond."""
+    axes = tuple(range(smooth.ndim)) if axes is None else tuple(axes)
+    ndim = len(axes)
     if ndim == 1:
-        return [np.gradient(np.gradient(smooth))]
-    second = [np.gradient(derivative) for derivative in np.gradient(smooth)]
+        return [np.gradient(np.gradient(smooth, axis=axes[0]), axis=axes[0])]
+    second = [_gradient(derivative, axes) for derivative in _gradient(smooth, axes)]
     # off the diagonal, the mean of the two orders of differencing: exactly symmetric
     h = {
         (i, j): second[i][i] if i == j else 0.5 * (second[i][j] + second[j][i])
@@ -145,6 +233,12 @@ def hessian_eigenvalues(smooth: np.ndarray) -> list[np.ndarray]:
         matrix[..., i, j] = matrix[..., j, i] = value
     eigenvalues = np.linalg.eigvalsh(matrix)[..., ::-1]
     return [eigenvalues[..., axis] for axis in range(ndim)]
+
+
+def _gradient(array: np.ndarray, axes: tuple[int, ...]) -> list[np.ndarray]:
+    """``np.gradient`` along ``axes``, always as a list."""
+    parts = np.gradient(array, axis=axes)
+    return list(parts) if isinstance(parts, list | tuple) else [parts]
 
 
 def _symmetric_3x3_eigenvalues(h) -> list[np.ndarray]:

@@ -107,8 +107,10 @@ def kmeans(
     sigma : float or sequence of float, optional
         Gaussian scale of the value features, in the units of ``spacing`` (pixels by
         default): a number, or one per spatial axis. A z step of 4 with ``sigma=2`` smooths
-        over half a plane along z; an axis of spacing 0 is not smoothed. With ``features``
-        left out, the values are smoothed at this scale before clustering (noisy images).
+        over half a plane along z; an axis of spacing 0 (or of sigma 0) is neither smoothed
+        nor differentiated: along it, every plane (a time frame, say) gets features of its
+        own. With ``features`` left out, the values are smoothed at this scale before
+        clustering (noisy images).
     features : sequence of str, optional
         The value features of every pixel, for every channel, at the scale ``sigma``:
         ``'value'`` (the value as it is; the default without ``sigma``), ``'gaussian'``
@@ -121,7 +123,9 @@ def kmeans(
         the values do. The colours are the means of the first of ``'value'`` and
         ``'gaussian'`` asked for (of the values, when neither is). Each chunk is read with
         the overlap its filters need (4 sigmas and 2 pixels), so the result does not depend
-        on the chunking; beyond the image's edges the nearest pixel is repeated.
+        on the chunking; beyond the image's edges the nearest pixel is repeated. A NaN or
+        infinite value is missing: its pixel is left out (label 0), and the pixels around it
+        take their features from their finite neighbours alone (normalised convolution).
     init : {'k-means++', 'random'} or ndarray of shape (k, n_features), default='k-means++'
         ``'k-means++'``: k-means++ seeding, ``'random'``: k distinct random points; both drawn
         from a random sample of ``sample_size`` pixels (so their cost does not grow with the

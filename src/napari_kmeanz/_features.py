@@ -401,9 +401,9 @@ class TileRows:
         else:
             target[...] = self.space.values(values).reshape(t, p, -1).transpose(0, 2, 1)
         if valid is not None:
-            rows *= valid[:, None, :]  # the pixels not clustered: all zero
-            if values.dtype.kind == "f":  # NaN times 0 is NaN
-                np.copyto(target, 0.0, where=~valid[:, None, :])
+            # the pixels not clustered: all zero (set, not multiplied: an infinite or NaN
+            # value times 0 is NaN, with a warning)
+            np.copyto(rows, 0.0, where=~valid[:, None, :])
             self.dirty = True
         return rows, valid
 

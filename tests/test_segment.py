@@ -140,6 +140,8 @@ def test_diagonal_connectivity():
         (lambda: objects(np.ones((4, 4), int), spacing=(1, -1)), "spacing must hold 2 finite"),
         (lambda: objects(np.ones((4, 4), int), image=np.ones((5, 4))), "image has shape (5, 4)"),
         (lambda: objects(np.ones((4, 4), int), clusters=["a"]), "clusters must be a sequence"),
+        (lambda: objects(-np.ones((4, 4), int)), "labels must be >= 0 (0: no cluster"),
+        (lambda: clean(np.full((4, 4), -3), min_size=2), "got a minimum of -3"),
     ],
 )
 def test_bad_arguments_are_refused(call, message):

@@ -25,6 +25,11 @@ IMAGE = data.astronaut()[::8, ::8]  # 64 x 64 x 3
         ({"channel_axis": "last"}, ValueError, r"channel_axis must be .*got 'last'"),
         ({"init": "kmeans||"}, ValueError, r"init must be one of .* got 'kmeans\|\|'"),
         ({"init": np.zeros((3, 3))}, ValueError, r"init .* \(8, 3\), got shape \(3, 3\)"),
+        (
+            {"init": np.where(np.eye(8, 3) > 0, np.nan, 1.0)},
+            ValueError,
+            r"init as an array must be finite, got nan at \(0, 0\)",
+        ),
         ({"max_iter": 0}, ValueError, r"max_iter must be >= 1, got 0"),
         ({"tol": -1e-3}, ValueError, r"tol must be .*>= 0.0, got -0.001"),
         ({"sample_size": 0}, ValueError, r"sample_size must be >= 1, got 0"),

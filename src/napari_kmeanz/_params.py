@@ -396,10 +396,15 @@ def check_init(init, n_clusters: int, n_features: int):
         raise TypeError(
             f"init must be one of {INITS} or an array of initial centres, got {init!r}."
         ) from err
-    if init.shape != (n_clusters, n_features) or not np.isfinite(init).all():
+    if init.shape != (n_clusters, n_features):
         raise ValueError(
             f"init as an array must be finite with shape (n_clusters, n_features) = "
             f"({n_clusters}, {n_features}), got shape {init.shape}."
+        )
+    if not np.isfinite(init).all():
+        bad = tuple(int(i) for i in np.argwhere(~np.isfinite(init))[0])
+        raise ValueError(
+            f"init as an array must be finite, got {init[bad]} at {bad} (centre, feature)."
         )
     return init
 

@@ -67,6 +67,13 @@ def _check_labels(labels):
         raise TypeError(f"labels must be integers, got dtype {array.dtype}.")
     if array.ndim < 1 or array.size == 0:
         raise ValueError(f"labels must be a non-empty array, got shape {array.shape}.")
+    if array.dtype.kind == "i" and not isinstance(array, da.Array):  # (dask: no read before)
+        lowest = int(array.min())
+        if lowest < 0:
+            raise ValueError(
+                f"labels must be >= 0 (0: no cluster, 1..k the clusters), got a minimum of "
+                f"{lowest}."
+            )
     return array
 
 

@@ -236,6 +236,23 @@ def test_smoothing_and_features_from_the_widget(viewer, qtbot):
     np.testing.assert_array_equal(viewer.layers["noisy clusters"].data, expected.labels)
 
 
+def test_a_layer_with_missing_values_smoothed_from_the_widget(viewer, qtbot):
+    """A float layer with NaN holes (a registered or stitched image): only the holes stay
+    unlabelled, with sigma, and the recoloured layer has no NaN where the source has one."""
+    gappy = data.camera()[::2, ::2].astype(np.float32)
+    gappy[:30, :30] = gappy[120:125, 200:203] = np.nan
+    layer = viewer.add_image(gappy, name="gappy")
+    widget = open_widget(viewer)
+    widget.image.value = layer
+    widget.n_clusters.value = 3
+    widget.sigma.value = 2.0
+    run_and_wait(qtbot, widget)
+    np.testing.assert_array_equal(viewer.layers["gappy clusters"].data == 0, np.isnan(gappy))
+    recoloured = np.asarray(viewer.layers["gappy recoloured"].data)
+    assert np.isfinite(recoloured[~np.isnan(gappy)]).all()
+    assert np.isnan(layer.data).sum() == 30 * 30 + 15  # the source as it was
+
+
 def test_same_footing_button(viewer):
     widget = open_widget(viewer)
     widget.same_footing.changed.emit(True)

@@ -236,6 +236,11 @@ def test_no_derivative_along_an_axis_of_sigma_0():
     stack += rng.normal(0, 1, stack.shape)
     filters = engine.Filters.of(SIX, (0.0, 1.0, 1.0))
     assert filters.n_columns(1) == 7  # the Hessian along the two axes of the planes
+    assert filters.halo[0] == 0  # no frame read around a frame's chunk
+    options = {"sigma": (0, 1, 1), "features": SIX, "spatial_weight": 0.3, "random_state": 0}
+    whole = kmeans(stack, 3, spacing=(0, 1, 1), **options)
+    per_frame = kmeans(da.from_array(stack, chunks=(1, 40, 64)), 3, spacing=(0, 1, 1), **options)
+    np.testing.assert_array_equal(np.asarray(per_frame.labels), whole.labels)
     halo = filters.halo
     padded = np.pad(stack, [(h, h) for h in halo], mode="edge")[..., None]
     columns = filters.apply(padded, halo)

@@ -63,7 +63,7 @@ class Filters:
         """Pixels of overlap each filter needs on each side, per spatial axis."""
         if self.kinds == ("value",):
             return (0,) * len(self.sigma)
-        return tuple(int(TRUNCATE * s + 0.5) + 2 if s > 0 else 2 for s in self.sigma)
+        return tuple(int(TRUNCATE * s + 0.5) + 2 if s > 0 else 0 for s in self.sigma)
 
     @property
     def axes(self) -> tuple[int, ...]:

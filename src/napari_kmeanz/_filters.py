@@ -69,7 +69,7 @@ class Filters:
     def axes(self) -> tuple[int, ...]:
         """The spatial axes the derivative kinds are taken along: those with a scale (an
         axis of sigma 0, a time axis say, is a stack of separate planes to them)."""
-        return tuple(axis for axis, s in enumerate(self.sigma) if s > 0)
+        return _scaled_axes(self.sigma)
 
     def width(self, kind: str) -> int:
         """Columns per channel of a kind."""

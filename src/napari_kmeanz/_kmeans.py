@@ -117,10 +117,10 @@ def kmeans(
         (smoothed; the default with it), ``'gradient'`` (magnitude of the Gaussian
         gradient: edges), ``'laplace'`` (Laplacian of Gaussian: blobs), ``'std'`` (local
         standard deviation: texture) and ``'hessian'`` (eigenvalues of the Hessian of
-        Gaussian, one per spatial axis, largest first: tubes, sheets). ``'value'`` or
-        ``'gaussian'`` weighs in the image's units; every other kind is scaled so that its
-        range over the image equals the values' range, so that each kind weighs as much as
-        the values do. The colours are the means of the first of ``'value'`` and
+        Gaussian, one per spatial axis of sigma > 0, largest first: tubes, sheets).
+        ``'value'`` or ``'gaussian'`` weighs in the image's units; every other kind is scaled
+        so that its range over the image equals the values' range, so that each kind weighs
+        as much as the values do. The colours are the means of the first of ``'value'`` and
         ``'gaussian'`` asked for (of the values, when neither is). Each chunk is read with
         the overlap its filters need (4 sigmas and 2 pixels), so the result does not depend
         on the chunking; beyond the image's edges the nearest pixel is repeated. A NaN or

@@ -123,6 +123,31 @@ def test_objects_of_dask_labels_equal_those_in_memory(connectivity):
     np.testing.assert_array_equal(faces.labels.compute(), objects(volume).labels)
 
 
+@pytest.mark.parametrize("connectivity", [1, 3])
+def test_objects_of_a_time_lapse_stay_in_their_frame(connectivity):
+    """Along an axis of spacing 0 (a time-lapse clustered with spacing=(0, 1, 1)) an object
+    is one frame's region: none spans two frames, its area is in the frame's units and its
+    centroid along time is its frame; dask chunks of one frame give the same."""
+    rng = np.random.default_rng(0)
+    frames = np.repeat((rng.random((1, 30, 40)) > 0.6).astype(np.uint8) + 1, 3, axis=0)
+    found = objects(frames, spacing=(0, 0.5, 0.5), origin=(2, 0, 0), connectivity=connectivity)
+    per_frame = [measure.label(f, connectivity=min(connectivity, 2)).max() for f in frames]
+    assert found.labels.max() == sum(per_frame)  # a frame's regions, again in every frame
+    starts = np.cumsum([0, *per_frame])
+    for t in range(3):
+        in_frame = np.unique(found.labels[t])
+        assert set(in_frame) == set(range(starts[t] + 1, starts[t + 1] + 1))
+    np.testing.assert_array_equal(found.table["centroid-0"], 2 + np.repeat([0, 1, 2], per_frame))
+    sizes = np.bincount(found.labels.ravel())[1:]
+    np.testing.assert_allclose(found.table["area"], sizes * 0.25)
+    for chunks in [(1, 30, 40), (2, 13, 40), (3, 30, 17)]:
+        lazy = objects(da.from_array(frames, chunks=chunks), spacing=(0, 0.5, 0.5),
+                       origin=(2, 0, 0), connectivity=connectivity)  # fmt: skip
+        np.testing.assert_array_equal(np.asarray(lazy.labels), found.labels)
+        for column, values in found.table.items():
+            np.testing.assert_allclose(lazy.table[column], values, err_msg=column)
+
+
 def test_diagonal_connectivity():
     labels = np.zeros((5, 5), np.uint8)
     labels[0, 0] = labels[1, 1] = 1

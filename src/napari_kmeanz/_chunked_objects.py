@@ -22,7 +22,9 @@ from ._compute import chunk_grid
 
 def chunked_objects(array: da.Array, chosen, connectivity: int, image, spacing, origin):
     """``(labels, table)`` of :func:`_segment.objects` for dask ``array`` (see there);
-    ``chosen`` are the clusters whose regions count (None: all)."""
+    ``chosen`` are the clusters whose regions count (None: all). Along an axis of
+    ``spacing`` 0 no region goes from one plane to the next (:func:`label_regions`)."""
+    connectivity = (connectivity, tuple(int(a) for a in np.flatnonzero(spacing == 0)))
     selected = array.map_blocks(_select, chosen, dtype=array.dtype)
     margin = da.overlap.overlap(selected, depth=1, boundary=0)
     values = None if image is None else _image_chunks(image, array)
@@ -64,17 +66,42 @@ def _image_chunks(image, array: da.Array):
     return values.rechunk((*array.chunks, -1)).to_delayed()
 
 
-def _label(block, connectivity):
+def plane_area(spacing: np.ndarray) -> float:
+    """What a pixel counts for in an object's area: the product of the spacings, those of
+    0 left out (an object lies in one plane along such an axis)."""
+    return float(np.prod(spacing[spacing > 0]))
+
+
+def step(spacing: np.ndarray) -> np.ndarray:
+    """World units per index along each axis for centroids: the spacing, 1 where it is 0
+    (the centroid along such an axis is the index of the object's plane)."""
+    return np.where(spacing > 0, spacing, 1.0)
+
+
+def label_regions(labels: np.ndarray, connectivity: int, planes=()) -> np.ndarray:
+    """``skimage.measure.label`` of ``labels`` (each connected region of one non-zero id),
+    no region crossing from one plane to the next along the axes ``planes`` (those of
+    spacing 0: a time axis): a plane of zeros is put between every two of them, and taken
+    out again. Numbered in C order of the regions' first pixels, as measure.label does."""
     from skimage import measure
 
-    return measure.label(block, background=0, connectivity=connectivity)
+    spread = labels
+    for axis in planes:
+        shape = list(spread.shape)
+        shape[axis] = max(0, 2 * shape[axis] - 1)
+        apart = np.zeros(shape, spread.dtype)
+        apart[(slice(None),) * axis + (slice(None, None, 2),)] = spread
+        spread = apart
+    numbered = measure.label(spread, background=0, connectivity=connectivity)
+    keep = tuple(slice(None, None, 2) if a in planes else slice(None) for a in range(labels.ndim))
+    return numbered[keep]
 
 
 def _chunk_summary(block, offset, shape, connectivity, values):
     """One chunk's labels (with its margin) summed up: per label its pixels, coordinate
     sums, first pixel and cluster (and channel sums), and the labels of the pixels at the
     edges: those of the chunk's own outer layer and those of its margin, by position."""
-    local = _label(block, connectivity)
+    local = label_regions(block, *connectivity)
     core = tuple(slice(1, n - 1) for n in block.shape)
     own = local[core]
     n = int(local.max())
@@ -168,11 +195,13 @@ def _table(summaries, final, first, ndim, spacing, origin) -> dict:
     table = {
         "label": np.arange(1, m + 1),
         "cluster": clusters[holder[1:]].astype(summaries[0]["cluster"].dtype),
-        "area": counts * float(np.prod(spacing)),
+        "area": counts * plane_area(spacing),
     }
     for axis in range(ndim):
         sums = per_region([s["sums"][axis] for s in summaries])
-        table[f"centroid-{axis}"] = origin[axis] + spacing[axis] * sums / np.maximum(counts, 1)
+        table[f"centroid-{axis}"] = origin[axis] + step(spacing)[axis] * sums / np.maximum(
+            counts, 1
+        )
     if "channels" in summaries[0]:
         for channel in range(len(summaries[0]["channels"])):
             sums = per_region([s["channels"][channel] for s in summaries])
@@ -184,7 +213,7 @@ def _relabel(block, *, final, numbers, numblocks, connectivity, block_info=None)
     """A chunk's region numbers: labelled again, as in its summary, then renumbered."""
     location = block_info[0]["chunk-location"]
     start = numbers[np.ravel_multi_index(location, numblocks)]
-    local = _label(block, connectivity)
+    local = label_regions(block, *connectivity)
     core = tuple(slice(1, n - 1) for n in block.shape)
     own = local[core]
     return np.where(own > 0, final[own + start], 0)

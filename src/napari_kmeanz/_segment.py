@@ -18,7 +18,7 @@ from ._filters import merged_chunks
 from ._params import check_int, check_spacing
 
 
-def clean(labels, *, min_size: int = 0, radius: int = 0, connectivity: int = 1):
+def clean(labels, *, min_size: int = 0, radius: int = 0, connectivity: int = 1, spacing=None):
     """Clean a clustering: a majority filter, then no region smaller than ``min_size``.
 
     Parameters
@@ -34,6 +34,10 @@ def clean(labels, *, min_size: int = 0, radius: int = 0, connectivity: int = 1):
         takes the most frequent cluster in the ball around it (its own on a tie).
     connectivity : int, default=1
         Which neighbours connect a region (see the module's notes).
+    spacing : sequence of float, optional
+        Only its zeros count: an axis of spacing 0 (a time axis, as :func:`kmeans` and
+        :func:`objects` take it) is a stack of separate planes, each cleaned on its own (the
+        ball and the regions stay in their plane).
 
     Returns
     -------
@@ -49,16 +53,42 @@ def clean(labels, *, min_size: int = 0, radius: int = 0, connectivity: int = 1):
     radius = check_int("radius", radius, 0)
     array = _check_labels(labels)
     connectivity = _check_connectivity(connectivity, array.ndim)
+    planes = tuple(
+        int(a) for a in np.flatnonzero(np.asarray(check_spacing(spacing, array.ndim)) == 0)
+    )
+    options = {"min_size": min_size, "radius": radius, "connectivity": connectivity}
     if isinstance(array, da.Array):
         depth = radius + 2 * min_size
         # every chunk at least as long as the overlap (a short one joins its neighbour)
-        array = array.rechunk(tuple(merged_chunks(c, depth) for c in array.chunks))
-        depths = {axis: depth if len(c) > 1 else 0 for axis, c in enumerate(array.chunks)}
+        array = array.rechunk(tuple(
+            c if axis in planes else merged_chunks(c, depth) for axis, c in enumerate(array.chunks)
+        ))  # fmt: skip
+        depths = {
+            axis: depth if len(c) > 1 and axis not in planes else 0
+            for axis, c in enumerate(array.chunks)
+        }
         return array.map_overlap(
-            _clean, depth=depths, boundary="none", dtype=array.dtype,
-            min_size=min_size, radius=radius, connectivity=connectivity,
+            _clean_planes, depth=depths, boundary="none", dtype=array.dtype, planes=planes,
+            **options,
         )  # fmt: skip
-    return _clean(array, min_size=min_size, radius=radius, connectivity=connectivity)
+    return _clean_planes(array, planes=planes, **options)
+
+
+def _clean_planes(labels: np.ndarray, *, planes: tuple[int, ...], **options) -> np.ndarray:
+    """:func:`_clean` of each plane along the axes ``planes`` (all of ``labels`` without)."""
+    if not planes:
+        return _clean(labels, **options)
+    rest = labels.ndim - len(planes)
+    if not rest:  # every pixel a plane of its own: nothing to clean
+        return labels.copy()
+    options["connectivity"] = min(options["connectivity"], rest)
+    out = np.empty_like(labels)
+    for index in np.ndindex(*(labels.shape[a] for a in planes)):
+        where = [slice(None)] * labels.ndim
+        for axis, i in zip(planes, index, strict=True):
+            where[axis] = i
+        out[tuple(where)] = _clean(labels[tuple(where)], **options)
+    return out
 
 
 def _check_labels(labels):

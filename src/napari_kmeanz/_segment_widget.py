@@ -162,8 +162,11 @@ class SegmentWidget(Container):
         if layer is None:
             return None
         min_size, radius = self.min_size.value, self.radius.value
+        spacing = _frame_spacing(layer)
         return self._work(
-            lambda: clean(np.asarray(layer.data), min_size=min_size, radius=radius),
+            lambda: clean(
+                np.asarray(layer.data), min_size=min_size, radius=radius, spacing=spacing
+            ),
             lambda data: self._add_like(layer, data, f"{layer.name} cleaned"),
         )
 
@@ -173,12 +176,18 @@ class SegmentWidget(Container):
             return None
         chosen = list(self.chosen.value) or None
         source = self._source_image(layer)
+        spacing, origin = _frame_spacing(layer), np.asarray(layer.translate, np.float64)
+        scale = np.asarray(layer.scale, np.float64)
 
         def work():  # dask labels (a lazy clustering) are read chunk by chunk
-            return objects(
-                as_array(layer.data, "labels"), clusters=chosen, spacing=tuple(layer.scale),
-                origin=tuple(layer.translate), image=source,
+            found = objects(
+                as_array(layer.data, "labels"), clusters=chosen, spacing=spacing,
+                origin=origin, image=source,
             )  # fmt: skip
+            for axis in np.flatnonzero(np.asarray(spacing) == 0):  # frames: index to world
+                index = found.table[f"centroid-{axis}"] - origin[axis]
+                found.table[f"centroid-{axis}"] = origin[axis] + index * scale[axis]
+            return found
 
         def done(found):
             self._viewer.add_labels(
@@ -403,6 +412,16 @@ def merged_model(document: dict, chosen: list[int], counts) -> dict:
     totals = np.array(document["counts"])
     totals[rows[0]], totals[rows[1:]] = totals[rows].sum(), 0
     return {**document, **merged, "counts": totals.tolist()}
+
+
+def _frame_spacing(layer) -> tuple[float, ...]:
+    """The layer's scale, 0 along the axes its clustering took frame by frame (spacing 0 in
+    its parameters): cleaning and objects then keep to each frame too."""
+    scale = np.asarray(layer.scale, np.float64).copy()
+    fitted = layer.metadata.get(_layers.PREFIX, {}).get("parameters", {}).get("spacing")
+    if fitted is not None and len(fitted) == len(scale):
+        scale[np.asarray(fitted, np.float64) == 0] = 0.0
+    return tuple(scale)
 
 
 def _model_of(layer) -> KMeansResult:

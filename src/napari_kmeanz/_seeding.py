@@ -36,7 +36,7 @@ SAMPLE_TOL = 1e-5
 # ``(max_iter + 1) * n * k`` (n points, the final labelling included), a seeding
 # ``n_sub * (2 + log k + SEED_ROUNDS) * k`` (k-means++ weighs 2 + log k candidates for each
 # centre), a refinement round ``n_sample * k``. The n_init seedings may weigh SEED_SHARE of
-# the rounds, and so may the refinement, but never less than SEED_FREE (about 0.05 s): the
+# the rounds, and so may the refinement, but never less than SEED_FREE (0.1 to 0.2 s): the
 # seedings run on a smaller subsample where they would weigh more (down to SEED_POINTS_MIN),
 # then fewer of them (one at least), and the refinement runs fewer rounds (one at least).
 # Runs of the default ``max_iter`` with few clusters are not bounded; a run of a few rounds
@@ -45,14 +45,17 @@ SAMPLE_TOL = 1e-5
 # rounds); bounded, 0.62 s of 7.3 s (one seeding on 8192 points, 3 rounds), at an MSE 2.3%
 # higher. A round over the sample weighs a distance several times slower than a tiled pass
 # over pixels, hence a share of 1% for a target of 10% of the time.
-# SEED_FREE bounds the small images' few-round runs (the command line's k=50, 5 rounds): at
-# 2^26 four seedings and 20 refinement rounds cost more than the rounds over a 512x512
-# photo. Measured on astronaut, chelsea and coffee upscaled to 512^2 and 1024^2, six seeds
-# each, k=50, 5 rounds: 2^24 (one seeding, 5 refinement rounds) took 25-40% less time
+# SEED_FREE is the floor of a run of SEED_FREE_ROUNDS rounds or more; a run of fewer rounds
+# gets a floor in proportion (the command line's k=50, 5 rounds: a quarter). At 2^26, the
+# four seedings and 20 refinement rounds of a 512x512 photo cost more than its 5 rounds.
+# Measured on astronaut, chelsea and coffee upscaled to 512^2 and 1024^2, six seeds each,
+# k=50, 5 rounds: a floor of 2^24 (one seeding, 5 refinement rounds) took 25-40% less time
 # (512^2 5-D: 0.50 -> 0.29 s) at a mean MSE 0.4% higher (at most 1.0%), still 2-4% below
-# scikit-learn's with the same rounds; runs of k=8 to convergence were unchanged.
+# scikit-learn's with the same rounds. For runs to convergence (k=40 and 50, 5-D, up to 100
+# rounds) the same cut saved no time and cost up to 1.6% of MSE: they keep 2^26.
 SEED_SHARE = 0.01
-SEED_FREE = 1 << 24
+SEED_FREE = 1 << 26
+SEED_FREE_ROUNDS = 24
 
 
 @dataclass(frozen=True)
@@ -89,7 +92,8 @@ def plan(n_sample: int, n_clusters: int, init, n_init: int, refine_rounds: int, 
 def budget(max_iter: int, n_points: int, n_clusters: int) -> float:
     """What the seedings may weigh, and the refinement too, in point-centre distances (see
     SEED_SHARE), for ``max_iter`` rounds over ``n_points`` points."""
-    return max(SEED_FREE, SEED_SHARE * (max_iter + 1) * n_points * n_clusters)
+    floor = SEED_FREE * min(1.0, (max_iter + 1) / SEED_FREE_ROUNDS)
+    return max(floor, SEED_SHARE * (max_iter + 1) * n_points * n_clusters)
 
 
 @dataclass(frozen=True, eq=False)

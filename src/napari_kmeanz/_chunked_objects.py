@@ -24,7 +24,7 @@ def chunked_objects(array: da.Array, chosen, connectivity: int, image, spacing, 
     """``(labels, table)`` of :func:`_segment.objects` for dask ``array`` (see there);
     ``chosen`` are the clusters whose regions count (None: all). Along an axis of
     ``spacing`` 0 no region goes from one plane to the next (:func:`label_regions`)."""
-    connectivity = (connectivity, tuple(int(a) for a in np.flatnonzero(spacing == 0)))
+    labelling = (connectivity, planes_of(spacing))  # label_regions' arguments, per chunk
     selected = array.map_blocks(_select, chosen, dtype=array.dtype)
     margin = da.overlap.overlap(selected, depth=1, boundary=0)
     values = None if image is None else _image_chunks(image, array)
@@ -34,14 +34,14 @@ def chunked_objects(array: da.Array, chosen, connectivity: int, image, spacing, 
     for idx, offset in grid:
         chunk_values = None if values is None else values[(*idx, 0)]
         summary = dask.delayed(_chunk_summary)
-        parts.append(summary(blocks[idx], offset, array.shape, connectivity, chunk_values))
+        parts.append(summary(blocks[idx], offset, array.shape, labelling, chunk_values))
     summaries = dask.compute(*parts)
     starts = np.cumsum([0] + [s["n"] for s in summaries])  # each chunk's first label - 1
     final, first = _regions(summaries, starts)
     table = _table(summaries, final, first, array.ndim, spacing, origin)
     relabel = functools.partial(
         _relabel, final=final, numbers=starts[:-1].astype(np.int64),
-        numblocks=array.numblocks, connectivity=connectivity,
+        numblocks=array.numblocks, labelling=labelling,
     )  # fmt: skip
     labels = da.map_blocks(relabel, margin, chunks=array.chunks, dtype=np.int64)
     return labels, table
@@ -64,6 +64,11 @@ def _image_chunks(image, array: da.Array):
     if values.ndim == array.ndim:
         values = values[..., None]
     return values.rechunk((*array.chunks, -1)).to_delayed()
+
+
+def planes_of(spacing) -> tuple[int, ...]:
+    """The axes of spacing 0: stacks of separate planes (a time axis)."""
+    return tuple(int(axis) for axis in np.flatnonzero(np.asarray(spacing) == 0))
 
 
 def plane_area(spacing: np.ndarray) -> float:
@@ -97,11 +102,11 @@ def label_regions(labels: np.ndarray, connectivity: int, planes=()) -> np.ndarra
     return numbered[keep]
 
 
-def _chunk_summary(block, offset, shape, connectivity, values):
+def _chunk_summary(block, offset, shape, labelling, values):
     """One chunk's labels (with its margin) summed up: per label its pixels, coordinate
     sums, first pixel and cluster (and channel sums), and the labels of the pixels at the
     edges: those of the chunk's own outer layer and those of its margin, by position."""
-    local = label_regions(block, *connectivity)
+    local = label_regions(block, *labelling)
     core = tuple(slice(1, n - 1) for n in block.shape)
     own = local[core]
     n = int(local.max())
@@ -209,11 +214,11 @@ def _table(summaries, final, first, ndim, spacing, origin) -> dict:
     return table
 
 
-def _relabel(block, *, final, numbers, numblocks, connectivity, block_info=None):
+def _relabel(block, *, final, numbers, numblocks, labelling, block_info=None):
     """A chunk's region numbers: labelled again, as in its summary, then renumbered."""
     location = block_info[0]["chunk-location"]
     start = numbers[np.ravel_multi_index(location, numblocks)]
-    local = label_regions(block, *connectivity)
+    local = label_regions(block, *labelling)
     core = tuple(slice(1, n - 1) for n in block.shape)
     own = local[core]
     return np.where(own > 0, final[own + start], 0)

@@ -13,7 +13,7 @@ from numbers import Integral
 import dask.array as da
 import numpy as np
 
-from ._chunked_objects import chunked_objects, label_regions, plane_area, step
+from ._chunked_objects import chunked_objects, label_regions, plane_area, planes_of, step
 from ._filters import merged_chunks
 from ._params import check_int, check_spacing
 
@@ -53,9 +53,7 @@ def clean(labels, *, min_size: int = 0, radius: int = 0, connectivity: int = 1, 
     radius = check_int("radius", radius, 0)
     array = _check_labels(labels)
     connectivity = _check_connectivity(connectivity, array.ndim)
-    planes = tuple(
-        int(a) for a in np.flatnonzero(np.asarray(check_spacing(spacing, array.ndim)) == 0)
-    )
+    planes = planes_of(check_spacing(spacing, array.ndim))
     options = {"min_size": min_size, "radius": radius, "connectivity": connectivity}
     if isinstance(array, da.Array):
         depth = radius + 2 * min_size
@@ -257,8 +255,7 @@ def objects(labels, *, clusters=None, connectivity: int = 1, image=None, spacing
     if wanted is not None:
         chosen &= np.isin(array, wanted)
     selected = np.where(chosen, array, 0)
-    planes = tuple(int(a) for a in np.flatnonzero(spacing == 0))
-    numbered = label_regions(selected, connectivity, planes)
+    numbered = label_regions(selected, connectivity, planes_of(spacing))
     return Objects(numbered, _table(numbered, array, image, spacing, origin))
 
 

@@ -216,13 +216,11 @@ class Chunk:
             values = np.pad(values, [*pad, (0, 0)], mode="edge")
         columns = self.filters.apply(values, halo)
         valid = np.isfinite(columns).all(axis=-1)
-        if block.dtype.kind == "f":  # a missing value is never clustered, even smoothed
-            channels = block[core][..., :-1] if self.alpha else block[core]
-            valid &= np.isfinite(channels).all(axis=-1)
-        if self.mask is not None:
-            valid &= self.mask.astype(bool, copy=False)
-        if self.alpha:
-            valid &= block[core][..., -1] > 0
+        # masked out, transparent or missing (even smoothed from its neighbours): as without
+        # filters
+        _, clustered = chunk_values(block[core], self.mask, self.alpha)
+        if clustered is not None:
+            valid &= clustered.reshape(valid.shape)
         return columns, valid
 
 

@@ -26,6 +26,7 @@ from magicgui.widgets import (
 )
 
 from . import _io, _layers, _model
+from ._chunked_objects import planes_of
 from ._defaults import WIDGET
 from ._kmeans import kmeans
 from ._many import cluster_table
@@ -184,7 +185,7 @@ class SegmentWidget(Container):
                 as_array(layer.data, "labels"), clusters=chosen, spacing=spacing,
                 origin=origin, image=source,
             )  # fmt: skip
-            for axis in np.flatnonzero(np.asarray(spacing) == 0):  # frames: index to world
+            for axis in planes_of(spacing):  # frames: from the frame's index to world
                 index = found.table[f"centroid-{axis}"] - origin[axis]
                 found.table[f"centroid-{axis}"] = origin[axis] + index * scale[axis]
             return found

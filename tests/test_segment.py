@@ -162,6 +162,53 @@ def test_clean_keeps_to_each_frame_along_an_axis_of_spacing_0():
         np.testing.assert_array_equal(lazy.compute(), each)
 
 
+def test_a_time_lapse_of_volumes_is_split_and_cleaned_volume_by_volume():
+    """(t, z, y, x) labels with spacing 0 along t: each volume on its own, as if given alone
+    (skimage labels at most 3-D), numpy and dask alike; the time axis need not be first."""
+    rng = np.random.default_rng(2)
+    stack = (rng.random((3, 4, 20, 24)) > 0.6).astype(np.uint8) + 1
+    spacing = (0, 2.0, 0.5, 0.5)
+    found = objects(stack, spacing=spacing)
+    alone = [objects(volume, spacing=spacing[1:]) for volume in stack]
+    starts = np.cumsum([0] + [a.labels.max() for a in alone])
+    for t, volume in enumerate(alone):
+        expected = np.where(volume.labels > 0, volume.labels + starts[t], 0)
+        np.testing.assert_array_equal(found.labels[t], expected)
+        np.testing.assert_allclose(found.table["area"][starts[t] : starts[t + 1]],
+                                   volume.table["area"])  # fmt: skip
+    np.testing.assert_array_equal(found.table["centroid-0"], np.repeat([0, 1, 2], np.diff(starts)))
+    lazy = objects(da.from_array(stack, chunks=(1, 2, 11, 24)), spacing=spacing)
+    np.testing.assert_array_equal(np.asarray(lazy.labels), found.labels)
+    # the same frames along axis 1: the same objects, numbered in C order of their first pixel
+    moved = objects(np.moveaxis(stack, 0, 1), spacing=(2.0, 0, 0.5, 0.5))
+    assert moved.labels.max() == found.labels.max()
+    flat = np.moveaxis(moved.labels, 1, 0).ravel()
+    np.testing.assert_array_equal(flat > 0, found.labels.ravel() > 0)
+    first = np.unique(moved.labels.ravel(), return_index=True)[1][1:]
+    assert np.all(np.diff(first) > 0)
+    cleaned = clean(stack, min_size=10, radius=1, spacing=spacing)
+    each = np.stack([clean(volume, min_size=10, radius=1) for volume in stack])
+    np.testing.assert_array_equal(cleaned, each)
+    lazy = clean(da.from_array(stack, chunks=(1, 4, 20, 12)), min_size=10, radius=1,
+                 spacing=spacing)  # fmt: skip
+    np.testing.assert_array_equal(lazy.compute(), each)
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda labels: objects(labels),
+        lambda labels: objects(da.from_array(labels, chunks=2)),
+        lambda labels: clean(labels, min_size=2),
+        lambda labels: clean(da.from_array(labels, chunks=2), radius=1),
+    ],
+)
+def test_regions_along_four_axes_are_refused_before_any_work(call):
+    with pytest.raises(ValueError, match=r"4 axes along which regions connect, more than 3: "
+                       r"give spacing 0 for the axes that are frames"):  # fmt: skip
+        call(np.ones((2, 3, 4, 5), np.uint8))
+
+
 def test_diagonal_connectivity():
     labels = np.zeros((5, 5), np.uint8)
     labels[0, 0] = labels[1, 1] = 1

@@ -262,3 +262,33 @@ def test_a_stack_clustered_frame_by_frame_is_cleaned_and_split_frame_by_frame(vi
     np.testing.assert_allclose(found.features["centroid-0"], frame_of)
     area = np.bincount(found.data.ravel())[1:] * 0.25
     np.testing.assert_allclose(found.features["area"], area)
+
+
+def test_a_time_lapse_of_volumes_is_split_into_objects_volume_by_volume(viewer, qtbot):
+    """A (t, z, y, x) layer clustered frame by frame: objects of each volume on its own (a
+    4-D labelling is not something skimage does); clustered as one 4-D block, a clear
+    refusal in the widget instead of an error from deep inside."""
+    from test_plugin import open_widget, run_and_wait
+
+    volume = np.stack([data.camera()[::8, ::8], data.camera()[::-8, ::8]])
+    stack = viewer.add_image(np.stack([volume] * 3), name="movie", scale=(5.0, 2.0, 1.0, 1.0))
+    kmeans_widget = open_widget(viewer)
+    kmeans_widget.image.value = stack
+    kmeans_widget.n_clusters.value = 3
+    kmeans_widget.stack.value = "frame by frame (shared centres)"
+    run_and_wait(qtbot, kmeans_widget)
+    clusters = viewer.layers["movie clusters"]
+    widget = open_segment_widget(viewer)
+    widget.clusters.value = clusters
+    found = wait_for(qtbot, viewer, widget.objects(), "movie clusters objects")
+    per_volume = objects(clusters.data[0]).labels.max()
+    assert found.data.max() == 3 * per_volume  # the same volume three times
+    np.testing.assert_allclose(found.features["centroid-0"], np.repeat([0.0, 5, 10], per_volume))
+    viewer.layers.remove(found)
+    kmeans_widget.stack.value = kmeans_widget.stack.choices[0]  # the whole 4-D block
+    run_and_wait(qtbot, kmeans_widget)
+    widget.clusters.value = viewer.layers["movie clusters"]
+    assert widget.objects() is None  # no worker started
+    assert "regions are found along at most 3 axes" in widget.status.value
+    assert widget.clean() is None
+    assert "movie clusters objects" not in viewer.layers

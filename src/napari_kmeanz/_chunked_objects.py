@@ -83,23 +83,51 @@ def step(spacing: np.ndarray) -> np.ndarray:
     return np.where(spacing > 0, spacing, 1.0)
 
 
+# skimage.measure.label finds regions along at most this many axes.
+MAX_REGION_AXES = 3
+
+
+def check_region_axes(shape, planes) -> None:
+    """Refuse labels whose regions would span more axes than regions are found along: a
+    stack of volumes (t, z, y, x) needs its time axis marked as planes (spacing 0)."""
+    if len(shape) - len(planes) > MAX_REGION_AXES:
+        example = ", ".join(["0"] + ["1"] * (len(shape) - 1))
+        raise ValueError(
+            f"labels of shape {tuple(shape)} have {len(shape) - len(planes)} axes along which "
+            f"regions connect, more than {MAX_REGION_AXES}: give spacing 0 for the axes that "
+            f"are frames (a time axis), e.g. spacing=({example})."
+        )
+
+
 def label_regions(labels: np.ndarray, connectivity: int, planes=()) -> np.ndarray:
     """``skimage.measure.label`` of ``labels`` (each connected region of one non-zero id),
     no region crossing from one plane to the next along the axes ``planes`` (those of
-    spacing 0: a time axis): a plane of zeros is put between every two of them, and taken
-    out again. Numbered in C order of the regions' first pixels, as measure.label does."""
+    spacing 0: a time axis): each plane is labelled on its own. Numbered in C order of the
+    regions' first pixels, as measure.label numbers them."""
     from skimage import measure
 
-    spread = labels
-    for axis in planes:
-        shape = list(spread.shape)
-        shape[axis] = max(0, 2 * shape[axis] - 1)
-        apart = np.zeros(shape, spread.dtype)
-        apart[(slice(None),) * axis + (slice(None, None, 2),)] = spread
-        spread = apart
-    numbered = measure.label(spread, background=0, connectivity=connectivity)
-    keep = tuple(slice(None, None, 2) if a in planes else slice(None) for a in range(labels.ndim))
-    return numbered[keep]
+    if not planes:
+        return measure.label(labels, background=0, connectivity=connectivity)
+    lead = tuple(range(len(planes)))
+    out = np.zeros(labels.shape, dtype=np.int64)
+    source, target = np.moveaxis(labels, planes, lead), np.moveaxis(out, planes, lead)
+    rest = labels.ndim - len(planes)
+    n = 0
+    for index in np.ndindex(*source.shape[: len(planes)]):
+        plane = source[index]
+        if rest == 0:  # a pixel per plane: each non-zero one a region
+            numbered = np.int64(plane != 0)
+        else:
+            numbered = measure.label(plane, background=0, connectivity=min(connectivity, rest))
+        target[index] = np.where(numbered > 0, numbered + n, 0)
+        n += int(numbered.max())
+    if tuple(planes) == lead:  # planes in C order already: so are their regions
+        return out
+    ids, first = np.unique(out.ravel(), return_index=True)
+    ids, first = ids[ids > 0], first[ids > 0]
+    order = np.zeros(n + 1, dtype=np.int64)
+    order[ids[np.argsort(first)]] = np.arange(1, len(ids) + 1)
+    return order[out]
 
 
 def _chunk_summary(block, offset, shape, labelling, values):

@@ -13,7 +13,14 @@ from numbers import Integral
 import dask.array as da
 import numpy as np
 
-from ._chunked_objects import chunked_objects, label_regions, plane_area, planes_of, step
+from ._chunked_objects import (
+    check_region_axes,
+    chunked_objects,
+    label_regions,
+    plane_area,
+    planes_of,
+    step,
+)
 from ._filters import merged_chunks
 from ._params import check_int, check_spacing
 
@@ -24,7 +31,8 @@ def clean(labels, *, min_size: int = 0, radius: int = 0, connectivity: int = 1, 
     Parameters
     ----------
     labels : ndarray or dask.array.Array of int
-        Cluster ids (1..k; 0 for pixels not clustered), 2-D or 3-D (any number of axes).
+        Cluster ids (1..k; 0 for pixels not clustered), 1-D to 3-D; more axes where those
+        beyond three are planes (``spacing`` 0), as a time-lapse of volumes (t, z, y, x).
     min_size : int, default=0
         Every region of fewer pixels is merged into the neighbouring cluster it shares the
         most boundary with (ties: the lower id), smallest region first, until no region under
@@ -54,6 +62,7 @@ def clean(labels, *, min_size: int = 0, radius: int = 0, connectivity: int = 1, 
     array = _check_labels(labels)
     connectivity = _check_connectivity(connectivity, array.ndim)
     planes = planes_of(check_spacing(spacing, array.ndim))
+    check_region_axes(array.shape, planes)
     options = {"min_size": min_size, "radius": radius, "connectivity": connectivity}
     if isinstance(array, da.Array):
         depth = radius + 2 * min_size
@@ -217,9 +226,11 @@ def objects(labels, *, clusters=None, connectivity: int = 1, image=None, spacing
     Parameters
     ----------
     labels : array_like or dask.array.Array of int
-        Cluster ids (1..k; 0 for pixels not clustered). Dask labels are read chunk by chunk
-        (each with a margin of one pixel, so memory stays bounded by the chunk): the table
-        is computed at once and the object labels come back lazily, the same ones.
+        Cluster ids (1..k; 0 for pixels not clustered), with regions along at most three
+        axes (a time-lapse of volumes, (t, z, y, x), gives its time axis spacing 0). Dask
+        labels are read chunk by chunk (each with a margin of one pixel, so memory stays
+        bounded by the chunk): the table is computed at once and the object labels come
+        back lazily, the same ones.
     clusters : sequence of int, optional
         The clusters whose regions become objects; default all.
     connectivity : int, default=1
@@ -240,6 +251,7 @@ def objects(labels, *, clusters=None, connectivity: int = 1, image=None, spacing
     array = _check_labels(labels)
     connectivity = _check_connectivity(connectivity, array.ndim)
     spacing = np.asarray(check_spacing(spacing, array.ndim))
+    check_region_axes(array.shape, planes_of(spacing))
     origin = np.zeros(array.ndim) if origin is None else np.asarray(origin, np.float64)
     if origin.shape != (array.ndim,) or not np.all(np.isfinite(origin)):
         raise ValueError(f"origin must hold {array.ndim} finite numbers, got {origin!r}.")

@@ -26,7 +26,7 @@ from magicgui.widgets import (
 )
 
 from . import _io, _layers, _model
-from ._chunked_objects import planes_of
+from ._chunked_objects import check_region_axes, planes_of
 from ._defaults import WIDGET
 from ._kmeans import kmeans
 from ._many import cluster_table
@@ -164,6 +164,8 @@ class SegmentWidget(Container):
             return None
         min_size, radius = self.min_size.value, self.radius.value
         spacing = _frame_spacing(layer)
+        if not self._connects(layer, spacing):
+            return None
         return self._work(
             lambda: clean(
                 np.asarray(layer.data), min_size=min_size, radius=radius, spacing=spacing
@@ -179,6 +181,8 @@ class SegmentWidget(Container):
         source = self._source_image(layer)
         spacing, origin = _frame_spacing(layer), np.asarray(layer.translate, np.float64)
         scale = np.asarray(layer.scale, np.float64)
+        if not self._connects(layer, spacing):
+            return None
 
         def work():  # dask labels (a lazy clustering) are read chunk by chunk
             found = objects(
@@ -372,6 +376,20 @@ class SegmentWidget(Container):
         self.status.value = "working..."
         worker.start()
         return worker
+
+    def _connects(self, layer, spacing) -> bool:
+        """Whether regions can be found in ``layer`` (along at most three axes, the frames
+        apart); if not, says so before any work."""
+        try:
+            check_region_axes(layer.data.shape, planes_of(spacing))
+        except ValueError:
+            self._refuse(
+                f"{layer.name!r} is {layer.ndim}-D: regions are found along at most 3 axes. "
+                "Cluster the image 'frame by frame' to clean it and split it into objects "
+                "frame by frame."
+            )
+            return False
+        return True
 
     def _refuse(self, message: str):
         from napari.utils.notifications import show_error

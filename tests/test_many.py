@@ -50,6 +50,23 @@ def test_a_table_per_image():
     np.testing.assert_allclose(table["fraction"], [2 / 3, 1 / 3, 0, 1 / 4, 0, 3 / 4])
 
 
+def test_a_table_of_one_image_and_bad_tables_refused():
+    labels = np.array([[1, 1, 2], [0, 2, 2]])
+    table = cluster_table(labels, 3)  # one 2-D image, not one image per row
+    assert table["image"] == [0, 0, 0]
+    assert table["count"] == [2, 3, 0]
+    for call, error, message in [
+        (lambda: cluster_table(labels, 1), ValueError, "hold ids from 0 to 2, outside 0..n_c"),
+        (lambda: cluster_table([labels, -labels], 2), ValueError, "labels of image 1 hold id"),
+        (lambda: cluster_table(labels * 1.0, 2), TypeError, "labels must be integers, got dt"),
+        (lambda: cluster_table(labels, 0), ValueError, "n_clusters must be >= 1, got 0"),
+        (lambda: cluster_table([labels], 2, names=["a", "b"]), ValueError, "2 names for 1"),
+    ]:
+        with pytest.raises(error) as err:
+            call()
+        assert message in str(err.value)
+
+
 @pytest.mark.parametrize(
     ("images", "kwargs", "error", "message"),
     [

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from ._lloyd import Lloyd
-from ._params import Image, Params, check_image, fit_overlap, value_scale
+from ._params import Image, Params, check_image, check_int, fit_overlap, value_scale
 from ._pixels import PixelSource
 from ._points import PointSource
 from ._run import cluster_order, feature_space, result_of
@@ -133,14 +133,35 @@ def _fit(params: Params, first: Image, space, pooled: np.ndarray, n_valid: int, 
     return result_of(lloyd, centers, (counts, sums), space, first, None)
 
 
-def cluster_table(labels: Sequence, n_clusters: int, names: Sequence[str] | None = None):
+def cluster_table(labels, n_clusters: int, names: Sequence[str] | None = None):
     """Per image (or frame), per cluster: the pixel count and the fraction of the image's
-    clustered pixels. Returns columns ``image``, ``cluster``, ``count``, ``fraction``."""
-    counts = [
-        np.bincount(np.asarray(image_labels).ravel(), minlength=n_clusters + 1)[1:]
-        for image_labels in labels
-    ]
+    clustered pixels (label 0 is not counted). Returns columns ``image``, ``cluster``,
+    ``count``, ``fraction``.
+
+    ``labels`` is a sequence of label images (the list :func:`kmeans` of several images
+    returns), or one array: 1-D or 2-D, one image; a stack (3-D or more, a time-lapse), one
+    image per frame along its first axis. Ids must lie in 0..``n_clusters``.
+    """
+    n_clusters = check_int("n_clusters", n_clusters, 1)
+    if getattr(labels, "ndim", None) is not None and labels.ndim <= 2:
+        labels = [labels]
+    if names is not None and len(names) != len(labels):
+        raise ValueError(f"names holds {len(names)} names for {len(labels)} label images.")
+    counts = [_cluster_counts(image, n_clusters, index) for index, image in enumerate(labels)]
     return counts_table(counts, names)
+
+
+def _cluster_counts(image, n_clusters: int, index: int) -> np.ndarray:
+    """Pixels of each cluster 1..n_clusters in one label image (the ``index``-th)."""
+    array = np.asarray(image)
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"labels must be integers, got dtype {array.dtype} (image {index}).")
+    if array.size and (array.min() < 0 or array.max() > n_clusters):
+        raise ValueError(
+            f"labels of image {index} hold ids from {array.min()} to {array.max()}, outside "
+            f"0..n_clusters={n_clusters}."
+        )
+    return np.bincount(array.ravel(), minlength=n_clusters + 1)[1:]
 
 
 def counts_table(counts: Sequence[np.ndarray], names: Sequence[str] | None = None) -> dict:

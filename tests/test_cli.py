@@ -93,6 +93,34 @@ def test_palette_png_input(files, tmp_path):
     assert io.imread(tmp_path / "palette_recoloured.png").shape == tuple(report["shape"])
 
 
+def test_grey_with_alpha_cmyk_and_transparent_palette_pictures(tmp_path):
+    """Picture modes other than grey, RGB and RGBA are read as what they show: grey with
+    alpha (it was read as a stack of 2 slices), CMYK (its K was taken for alpha, leaving no
+    pixel to cluster) and a palette with a transparent entry."""
+    camera = data.camera()
+    alpha = np.full(camera.shape, 255, np.uint8)
+    alpha[:, :100] = 0
+    Image.fromarray(np.dstack([camera, alpha]), "LA").save(tmp_path / "grey.png")
+    Image.fromarray(data.astronaut()).convert("CMYK").save(tmp_path / "print.jpg", quality=95)
+    palette = Image.fromarray(data.chelsea()).convert("P", palette=Image.ADAPTIVE, colors=8)
+    first = np.asarray(palette)[0, 0]
+    palette.save(tmp_path / "icon.png", transparency=int(first))
+    for name, stem in [("grey.png", "grey"), ("print.jpg", "print"), ("icon.png", "icon")]:
+        done = run(tmp_path / name, "-k", 3, "-o", tmp_path / stem, "--quiet")
+        assert done.returncode == 0, done.stderr
+        labels = io.imread(tmp_path / stem / f"{stem}_labels.png")
+        assert labels.shape == data.camera().shape if stem == "grey" else labels.ndim == 2
+        assert set(np.unique(labels)) - {0} == {1, 2, 3}
+    grey = io.imread(tmp_path / "grey" / "grey_labels.png")
+    assert np.all(grey[:, :100] == 0) and np.all(grey[:, 100:] > 0)
+    expected = kmeans(camera[:, 100:], 3, max_iter=5, random_state=0).labels
+    np.testing.assert_array_equal(grey[:, 100:], expected)  # clustered as the grey values
+    colours = read_report(tmp_path / "print", "print")
+    assert colours["shape"] == [512, 512, 3]
+    icon = io.imread(tmp_path / "icon" / "icon_labels.png")
+    np.testing.assert_array_equal(icon == 0, np.asarray(palette) == first)
+
+
 def test_16_bit_tiff_stack(files, tmp_path):
     done = run(files / "stack.tif", "-k", 4, "-s", 0.5, "-o", tmp_path, "--quiet")
     assert done.returncode == 0, done.stderr

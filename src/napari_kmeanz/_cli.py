@@ -28,6 +28,11 @@ SAMPLES = (
     "rocket", "text",
 )  # fmt: skip
 TIFF = (".tif", ".tiff")
+# Picture modes whose channels are not grey, RGB or RGBA, read as what they show: CMYK as
+# RGB (its 4 channels were taken for RGBA, K for alpha), a palette as its colours, grey with
+# alpha as RGBA (grey in three equal channels, which cluster as the grey does).
+CONVERTED_MODES = {"CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "LA": "RGBA",
+                   "La": "RGBA", "PA": "RGBA", "P": None}  # fmt: skip
 
 
 class UsageError(ValueError):
@@ -184,9 +189,7 @@ def read_image(name: str) -> tuple[np.ndarray, str]:
 
                 image = tifffile.imread(path)
             else:
-                from skimage import io
-
-                image = io.imread(path)
+                image = _read_picture(path)
         except Exception as err:  # any reader failure is a bad input file
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise UsageError(f"cannot read image {name!r}: {reason}") from err
@@ -198,6 +201,21 @@ def read_image(name: str) -> tuple[np.ndarray, str]:
     raise UsageError(
         f"no such image file or bundled sample: {name!r} (samples: {', '.join(SAMPLES)})"
     )
+
+
+def _read_picture(path: Path) -> np.ndarray:
+    """A picture file's pixels as grey, RGB or RGBA (see CONVERTED_MODES)."""
+    from PIL import Image
+
+    with Image.open(path) as picture:
+        if picture.mode in CONVERTED_MODES and getattr(picture, "n_frames", 1) == 1:
+            target = CONVERTED_MODES[picture.mode]
+            if target is None:  # a palette: its colours, and transparency where it has one
+                target = "RGBA" if "transparency" in picture.info else "RGB"
+            return np.asarray(picture.convert(target))
+    from skimage import io
+
+    return io.imread(path)
 
 
 def _save_image(outputs: OutputFolder, stem: str, array: np.ndarray) -> Path:

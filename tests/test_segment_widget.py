@@ -292,3 +292,34 @@ def test_a_time_lapse_of_volumes_is_split_into_objects_volume_by_volume(viewer, 
     assert "regions are found along at most 3 axes" in widget.status.value
     assert widget.clean() is None
     assert "movie clusters objects" not in viewer.layers
+
+
+def test_a_flipped_layer_is_clustered_and_measured_as_its_pixels_are(viewer, qtbot):
+    """A negative scale (napari's flip) only mirrors the display: the pixel size is its
+    magnitude (it was refused as a negative spacing), and the objects' centroids are where
+    napari shows them."""
+    from test_plugin import open_widget, run_and_wait
+
+    image = data.camera()[::2, ::2]
+    flipped = viewer.add_image(image, name="flipped", scale=(-0.5, 2.0), translate=(100, 0))
+    kmeans_widget = open_widget(viewer)
+    kmeans_widget.image.value = flipped
+    kmeans_widget.n_clusters.value = 3
+    kmeans_widget.spatial_weight.value = 0.5
+    kmeans_widget.sigma.value = 1.0
+    run_and_wait(qtbot, kmeans_widget)
+    clusters = viewer.layers["flipped clusters"]
+    expected = kmeans(image, 3, spatial_weight=0.5, sigma=1.0, spacing=(0.5, 2.0),
+                      random_state=0, max_iter=30)  # fmt: skip
+    np.testing.assert_array_equal(clusters.data, expected.labels)
+    np.testing.assert_allclose(clusters.scale, flipped.scale)
+    widget = open_segment_widget(viewer)
+    widget.clusters.value = clusters
+    widget.chosen.value = [1]
+    found = wait_for(qtbot, viewer, widget.objects(), "flipped clusters objects")
+    plain = objects(expected.labels, clusters=[1], spacing=(0.5, 2.0))
+    np.testing.assert_allclose(found.features["area"], plain.table["area"])
+    pixels = np.stack([plain.table["centroid-0"] / 0.5, plain.table["centroid-1"] / 2.0], axis=1)
+    world = np.array([flipped.data_to_world(p) for p in pixels])  # where napari shows them
+    for axis in (0, 1):
+        np.testing.assert_allclose(found.features[f"centroid-{axis}"], world[:, axis])

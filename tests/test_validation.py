@@ -38,6 +38,7 @@ IMAGE = data.astronaut()[::8, ::8]  # 64 x 64 x 3
         ({"random_state": "seed"}, TypeError, r"random_state must be an integer, got 'seed'"),
         ({"spacing": (1.0,)}, ValueError, r"spacing must hold 2 .* got \(1.0,\)"),
         ({"spacing": (1.0, -2.0)}, ValueError, r"spacing must hold 2 finite numbers >= 0.* -2.0"),
+        ({"spacing": [np.float64(-1), np.float32(2)]}, ValueError, r"got \(-1.0, 2.0\)\.$"),
         ({"mask": np.ones((10, 10), bool)}, ValueError, r"mask has shape \(10, 10\).* \(64, 64\)"),
         ({"mask": np.zeros((64, 64), bool)}, ValueError, r"mask selects no pixel"),
         ({"alpha": True, "channel_axis": None}, ValueError, r"alpha=True needs a channel axis"),

@@ -260,7 +260,8 @@ class Progress:
     def finish(self, result) -> None:
         """The last line: all rounds done, or converged early."""
         done = self.total if result.converged else result.n_iter
-        verdict = f"converged after {result.n_iter} rounds, " if result.converged else ""
+        rounds = f"{result.n_iter} round{'s' * (result.n_iter != 1)}"
+        verdict = f"converged after {rounds}, " if result.converged else ""
         self.show(done, f"{verdict}inertia {result.inertia:.4g}")
         if not self.quiet:
             sys.stderr.write("\n")

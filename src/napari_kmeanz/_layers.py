@@ -68,8 +68,14 @@ def _level_spacing(layer, level: int) -> tuple[float, ...]:
     full, this = layer.data[0].shape, layer.data[level].shape
     spatial = layer.ndim
     return tuple(
-        s * f / t for s, f, t in zip(layer.scale, full[:spatial], this[:spatial], strict=True)
+        s * f / t
+        for s, f, t in zip(pixel_size(layer), full[:spatial], this[:spatial], strict=True)
     )
+
+
+def pixel_size(layer) -> list[float]:
+    """A layer's pixel size along each axis: its scale, whose sign only flips the display."""
+    return [abs(float(s)) for s in layer.scale]
 
 
 def _channel_partners(layer, channel_layers) -> list:
@@ -173,10 +179,10 @@ def make_job(
         arrays = [c.data for c in (layer, *extra)]
         lazy = any(isinstance(a, da.Array) for a in arrays)
         data = (da if lazy else np).stack(arrays, axis=-1)
-        spacing = list(layer.scale)
+        spacing = pixel_size(layer)
     else:
         data = layer.data
-        spacing = list(layer.scale)
+        spacing = pixel_size(layer)
     if per_frame and layer.ndim >= 3:
         spacing[0] = 0.0
         levels = [(a, (0.0, *s[1:])) for a, s in levels]

@@ -223,9 +223,16 @@ def check_spacing(spacing, spatial_ndim: int) -> tuple[float, ...]:
         or not np.all(np.isfinite(values))
         or np.any(values < 0)
     ):
+        shown = spacing  # numpy scalars shown as the numbers they are, not np.float64(...)
+        if (
+            values is not None
+            and values.ndim == 1
+            and all(isinstance(v, Real) for v in np.atleast_1d(np.asarray(spacing, dtype=object)))
+        ):
+            shown = tuple(float(v) for v in values)
         raise ValueError(
             f"spacing must hold {spatial_ndim} finite numbers >= 0 (one per spatial axis), "
-            f"got {spacing!r}."
+            f"got {shown!r}."
         )
     return tuple(float(v) for v in values)
 

@@ -26,7 +26,7 @@ from magicgui.widgets import (
 )
 
 from . import _io, _layers, _model
-from ._chunked_objects import check_region_axes, planes_of
+from ._chunked_objects import check_region_axes, planes_of, step
 from ._defaults import WIDGET
 from ._kmeans import kmeans
 from ._many import cluster_table
@@ -189,8 +189,11 @@ class SegmentWidget(Container):
                 as_array(layer.data, "labels"), clusters=chosen, spacing=spacing,
                 origin=origin, image=source,
             )  # fmt: skip
-            for axis in planes_of(spacing):  # frames: from the frame's index to world
-                index = found.table[f"centroid-{axis}"] - origin[axis]
+            # from the frame's index (axes of spacing 0) or the pixel size to world: a
+            # negative scale flips an axis
+            steps = step(np.asarray(spacing))
+            for axis in np.flatnonzero((steps != np.asarray(spacing)) | (scale < 0)):
+                index = (found.table[f"centroid-{axis}"] - origin[axis]) / steps[axis]
                 found.table[f"centroid-{axis}"] = origin[axis] + index * scale[axis]
             return found
 
@@ -330,7 +333,7 @@ class SegmentWidget(Container):
         images = [layer.data for layer in layers]
         options = {
             "spatial_weight": self.fit_weight.value,
-            "spacing": tuple(layers[0].scale),
+            "spacing": tuple(_layers.pixel_size(layers[0])),
             "channel_axis": -1 if layers[0].rgb else None,
             "random_state": 0,
             "max_iter": WIDGET["max_iter"],
@@ -434,9 +437,10 @@ def merged_model(document: dict, chosen: list[int], counts) -> dict:
 
 
 def _frame_spacing(layer) -> tuple[float, ...]:
-    """The layer's scale, 0 along the axes its clustering took frame by frame (spacing 0 in
-    its parameters): cleaning and objects then keep to each frame too."""
-    scale = np.asarray(layer.scale, np.float64).copy()
+    """The layer's pixel size (its scale, unsigned), 0 along the axes its clustering took
+    frame by frame (spacing 0 in its parameters): cleaning and objects then keep to each
+    frame too."""
+    scale = np.abs(np.asarray(layer.scale, np.float64))
     fitted = layer.metadata.get(_layers.PREFIX, {}).get("parameters", {}).get("spacing")
     if fitted is not None and len(fitted) == len(scale):
         scale[np.asarray(fitted, np.float64) == 0] = 0.0

@@ -442,7 +442,8 @@ class KMeansWidget(Container):
         flight.pbar.total = flight.pbar.n  # converged early: the bar ends full
         self._set_result((update.job, result))
         verdict = "converged" if result.converged else "max rounds"
-        self.status.value = f"{result.n_iter} rounds ({verdict}), inertia {result.inertia:.4g}"
+        rounds = f"{result.n_iter} round{'s' * (result.n_iter != 1)}"
+        self.status.value = f"{rounds} ({verdict}), inertia {result.inertia:.4g}"
         ratio = _report.compression(result)["ratio"]
         self.compression.value = f"indices + palette: {ratio:.1f}x smaller than raw"
 

@@ -88,6 +88,15 @@ def test_bad_model_files_are_refused_saying_why(edit, message, tmp_path):
     assert message in str(err.value) and str(path) in str(err.value)
 
 
+def test_saving_to_a_folder_is_refused_and_writes_nothing(tmp_path):
+    folder = tmp_path / "models"
+    folder.mkdir()
+    result = kmeans(data.camera()[::8, ::8], 3, random_state=0)
+    with pytest.raises(IsADirectoryError, match="is a folder: give the model a file name"):
+        result.save(folder)
+    assert sorted(tmp_path.iterdir()) == [folder] and not any(folder.iterdir())
+
+
 def test_a_model_that_does_not_fit_the_image_is_refused(tmp_path):
     kmeans(data.astronaut(), 3, random_state=0).save(tmp_path / "m.json")
     model = load(tmp_path / "m.json")

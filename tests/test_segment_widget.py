@@ -197,6 +197,9 @@ def test_merge_clusters_with_undo_and_a_merged_model(viewer, qtbot, tmp_path):
     expected = np.where(before == 3, 2, before)
     np.testing.assert_array_equal(clusters.data, expected)
     # the model: both ids on the pixel-weighted mean centre, so it labels them 2
+    widget.model_path.value = "/proc/merged.json"  # a folder no one can write to, root too
+    widget.save_model()
+    assert widget.status.value.startswith("Cannot write '/proc/merged.json': No such file")
     widget.model_path.value = tmp_path / "merged.json"
     widget.save_model()
     merged = load(tmp_path / "merged.json")

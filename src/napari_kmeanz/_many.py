@@ -43,7 +43,10 @@ def fit_pooled(images: Sequence, arguments: dict, on_image: Callable | None = No
     ``on_error(i, error)`` told; without, the error is raised.
     """
     if arguments.get("mask") is not None:
-        raise ValueError("mask cannot be given with several images; mask each image instead.")
+        raise ValueError(
+            "mask cannot be given with several images; mask each image instead (a numpy "
+            "masked array, np.ma.masked_array(image, mask=~keep), or NaN in a float image)."
+        )
     rng = np.random.default_rng(arguments["random_state"])
     params, first, shapes, scans, rows = None, None, [], [], []
     quota = max(1, math.ceil(arguments["sample_size"] / len(images)))

@@ -80,8 +80,13 @@ def model_dict(fields: dict) -> dict:
 
 def write(path, fields: dict) -> None:
     """Write the model to exactly ``path`` (through a temporary file beside it)."""
+    path = Path(path)
+    if path.is_dir():  # (the temporary file would go beside the folder, the rename fail)
+        raise IsADirectoryError(
+            f"{str(path)!r} is a folder: give the model a file name (model.kmeanz.json, say)."
+        )
     text = json.dumps(model_dict(fields), allow_nan=False)
-    with atomic(Path(path)) as temporary:
+    with atomic(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
 
 

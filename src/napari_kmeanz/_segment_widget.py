@@ -298,8 +298,11 @@ class SegmentWidget(Container):
         if path.is_dir() or not path.parent.is_dir():
             self._refuse(f"Choose a model file in an existing folder (not {str(path)!r}).")
             return
-        model = _model_of(layer)
-        model.save(path)
+        try:
+            _model_of(layer).save(path)
+        except OSError as err:  # a read-only folder, a full disk: nothing written
+            self._refuse(f"Cannot write {str(path)!r}: {err.strerror or err}.")
+            return
         self.status.value = f"saved {path.name}"
 
     def apply_model(self):

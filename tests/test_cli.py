@@ -160,14 +160,18 @@ def test_save_a_model_and_apply_it_to_another_image(tmp_path):
     model_file.parent.mkdir()
     done = run("astronaut", "-k", 6, "-o", tmp_path / "fit", "--save-model", model_file, "--quiet")
     assert done.returncode == 0, done.stderr
-    applied = run("coffee", "--model", model_file, "-o", tmp_path / "applied", "--quiet")
+    applied = run("coffee", "--model", model_file, "-o", tmp_path / "applied")
     assert applied.returncode == 0, applied.stderr
+    assert "labelled by the model" in applied.stderr and "k-means k=" not in applied.stderr
     from napari_kmeanz import load, predict
 
     expected = predict(data.coffee(), load(model_file))
     np.testing.assert_array_equal(io.imread(tmp_path / "applied" / "coffee_labels.png"), expected)
     report = read_report(tmp_path / "applied", "coffee")
     assert report["model"] == str(model_file)
+    fit = read_report(tmp_path / "fit", "astronaut")
+    assert report["model_fit"]["inertia"] == fit["inertia"]  # the model's, not coffee's
+    assert "inertia" not in report and "rounds_run" not in report
     assert report["pixels_per_cluster"] == np.bincount(expected.ravel())[1:].tolist()
 
 

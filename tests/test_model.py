@@ -104,6 +104,15 @@ def test_a_model_that_does_not_fit_the_image_is_refused(tmp_path):
         predict(data.camera()[..., None].repeat(2, axis=-1), model)
     with pytest.raises(ValueError, match="dtype float64, whose values are on another scale"):
         predict(util.img_as_float(data.astronaut()), model)
+    # a colour picture for a model of grey images: not a stack of 512 frames of 512 x 3
+    from napari_kmeanz import margins
+
+    grey = kmeans(data.camera(), 3, random_state=0)
+    for call in (predict, margins):
+        with pytest.raises(ValueError, match=r"shape \(512, 512, 3\) looks like an RGB\(A\) p"):
+            call(data.astronaut(), grey)
+    frames = np.stack([data.camera()[:64, :64]] * 3)  # a grey stack (3 frames) still is one
+    np.testing.assert_array_equal(predict(frames, grey)[2], predict(frames[2], grey))
 
 
 def test_a_model_labels_every_frame_of_a_stack(tmp_path):

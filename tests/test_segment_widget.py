@@ -168,6 +168,25 @@ def _layers_model(layer):
     return _model_of(layer)
 
 
+def test_a_model_that_does_not_fit_the_layer_is_refused_once(viewer, qtbot, tmp_path):
+    """Found by the core in the worker: said in the status and one notification, not raised
+    again in the event loop; a grey model is not applied to a colour picture as a stack of
+    512 grey frames of 512 x 3 pixels (it was, silently)."""
+    from napari.utils.notifications import notification_manager
+
+    grey = tmp_path / "grey.json"
+    kmeans(data.camera(), 3, random_state=0).save(grey)
+    widget = open_segment_widget(viewer)
+    widget.target.value = viewer.add_image(data.astronaut(), name="photo", rgb=True)
+    widget.model_path.value = grey
+    seen = len(notification_manager.records)
+    assert widget.apply_model() is not None
+    qtbot.waitUntil(lambda: "looks like an RGB(A) picture" in widget.status.value, timeout=60_000)
+    messages = [str(n.message) for n in notification_manager.records[seen:]]
+    assert len(messages) == 1 and "fitted on grey images" in messages[0]
+    assert [layer.name for layer in viewer.layers] == ["photo"]
+
+
 def test_bad_model_choices_are_refused(viewer, tmp_path):
     from napari.utils.notifications import notification_manager
 

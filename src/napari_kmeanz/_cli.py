@@ -326,7 +326,10 @@ def run_single(args, image, stem, mask, outputs: OutputFolder) -> dict:
             image, args.clusters, args, mask, progress, each_round if args.every_round else None
         )
     seconds = time.perf_counter() - start
-    progress.finish(result)
+    if args.model is None:
+        progress.finish(result)
+    elif not args.quiet:
+        sys.stderr.write(f"labelled by the model {str(args.model)!r} (k={result.n_clusters})\n")
 
     labels = np.asarray(result.labels)
     labels_out = labels.astype(np.uint8 if result.n_clusters < 256 else np.uint16)
@@ -342,10 +345,7 @@ def run_single(args, image, stem, mask, outputs: OutputFolder) -> dict:
         "shape": list(image.shape),
         "dtype": str(image.dtype),
         "parameters": _parameters(args),
-        "rounds_run": result.n_iter,
-        "converged": result.converged,
-        "inertia": result.inertia,
-        "inertia_history": result.inertia_history.tolist(),
+        **_fit_figures(result, args.model),
         "wall_time_s": round(seconds, 4),
         "colors": np.round(result.colors, 3).tolist(),
         "pixels_per_cluster": result.counts.tolist(),
@@ -353,12 +353,24 @@ def run_single(args, image, stem, mask, outputs: OutputFolder) -> dict:
         "unique_colors_after": distinct_colors(painted, channel_axis),
         "compression": compression(result),
     }
-    if args.model is not None:
-        report["model"] = str(args.model)
     if args.save_model is not None:  # with the outputs: gone again if the run fails
         result.save(args.save_model)
         outputs.wrote(args.save_model)
     return _finish_report(outputs, f"{stem}_report.json", report)
+
+
+def _fit_figures(result, model_path) -> dict:
+    """The report's figures of the fit: this run's, or with ``--model`` the model's own
+    (under ``model_fit``: they are not this image's)."""
+    figures = {
+        "rounds_run": result.n_iter,
+        "converged": result.converged,
+        "inertia": result.inertia,
+        "inertia_history": result.inertia_history.tolist(),
+    }
+    if model_path is None:
+        return figures
+    return {"model": str(model_path), "model_fit": figures}
 
 
 def _apply_model(image, path, mask):

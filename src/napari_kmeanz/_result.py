@@ -210,8 +210,18 @@ def predict(image, model: KMeansResult, *, mask=None, spacing=None):
 
 def _is_stack(image, model) -> bool:
     """Whether ``image`` is a stack of frames for ``model``: one axis more than the image
-    it was fitted on, in front."""
-    return isinstance(model, KMeansResult) and np.ndim(image) == model.layout.ndim + 1
+    it was fitted on, in front. A colour picture is not a stack of grey frames: an image
+    whose last axis holds 3 or 4 values, for a model of grey images, is refused."""
+    if not isinstance(model, KMeansResult) or np.ndim(image) != model.layout.ndim + 1:
+        return False
+    shape = np.shape(image)
+    if model.layout.channel_axis is None and shape[-1] in (3, 4):
+        raise ValueError(
+            f"image of shape {tuple(shape)} looks like an RGB(A) picture, but the model was "
+            "fitted on grey images (no channel axis): fit a model on colour images for it. "
+            "(A stack of grey frames is labelled frame by frame along its first axis.)"
+        )
+    return True
 
 
 def _each_frame(image, mask, label):

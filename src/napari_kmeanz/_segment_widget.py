@@ -375,9 +375,22 @@ class SegmentWidget(Container):
     def _work(self, function, done):
         from napari.qt.threading import create_worker
 
-        worker = create_worker(function)
-        worker.returned.connect(done)
-        worker.returned.connect(lambda _=None: setattr(self.status, "value", "done"))
+        def guarded():  # bad input the core finds (a model that does not fit): said, once
+            try:
+                return True, function()
+            except (ValueError, TypeError, OSError) as err:
+                return False, str(err)
+
+        def returned(outcome):
+            ok, value = outcome
+            if not ok:
+                self._refuse(value)
+                return
+            done(value)
+            self.status.value = "done"
+
+        worker = create_worker(guarded)
+        worker.returned.connect(returned)
         worker.errored.connect(lambda err: self._refuse(str(err)))
         self.status.value = "working..."
         worker.start()

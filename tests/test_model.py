@@ -115,6 +115,23 @@ def test_a_model_that_does_not_fit_the_image_is_refused(tmp_path):
     np.testing.assert_array_equal(predict(frames, grey)[2], predict(frames[2], grey))
 
 
+def test_a_colour_model_labels_pictures_with_and_without_alpha():
+    """Alpha is not a feature: a model of RGB photos labels an RGBA picture (its transparent
+    pixels 0) and one of RGBA pictures an RGB photo, as a fit of either would."""
+    photo = data.astronaut()
+    rgba = np.dstack([photo, np.full(photo.shape[:2], 255, np.uint8)])
+    rgba[:100, :, 3] = 0
+    rgb_model = kmeans(photo, 4, random_state=0)
+    labels = predict(rgba, rgb_model)
+    assert (labels[:100] == 0).all()
+    np.testing.assert_array_equal(labels[100:], rgb_model.labels[100:])
+    rgba_model = kmeans(rgba, 4, random_state=0)
+    np.testing.assert_array_equal(predict(rgba, rgba_model), rgba_model.labels)
+    np.testing.assert_array_equal(predict(photo, rgba_model)[100:], rgba_model.labels[100:])
+    with pytest.raises(ValueError, match="image has 2 channels along axis 2"):
+        predict(photo[..., :2], rgb_model)
+
+
 def test_a_model_labels_every_frame_of_a_stack(tmp_path):
     """A model of one image labels each frame of a stack (an axis more, in front) as that
     image alone: the same ids in every frame; lazily, frame by frame, for a dask stack."""

@@ -263,6 +263,9 @@ def _pixels_of(image, model: KMeansResult, mask, spacing):
             f"an image with {fitted.ndim} dimensions and {fitted_channels}."
         )
     n_channels = 1 if fitted.channel_axis is None else array.shape[fitted.channel_axis]
+    alpha = fitted.alpha
+    if model.feature_space.n_channels == 3 and n_channels in (3, 4):  # colour, with or
+        alpha, n_fitted = n_channels == 4, n_channels  # without alpha, as for a fit
     if n_channels != n_fitted:
         raise ValueError(
             f"image has {channels_text(n_channels)} along axis {fitted.channel_axis} (shape "
@@ -274,7 +277,7 @@ def _pixels_of(image, model: KMeansResult, mask, spacing):
             f"model's dtype {np.dtype(model.dtype)} (0..{full_scale(model.dtype):g}): convert "
             f"the image to {np.dtype(model.dtype)} first (skimage.util offers img_as_*)."
         )
-    layout = layout_of(tuple(array.shape), fitted.channel_axis, fitted.alpha)
+    layout = layout_of(tuple(array.shape), fitted.channel_axis, alpha)
     data = channels_last(array, layout)
     masked = masked_pixels(image, layout)
     mask = check_mask(mask, data.shape[:-1], data.chunks[:-1], masked)

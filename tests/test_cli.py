@@ -219,6 +219,25 @@ def test_sweep_writes_inertia_elbow_and_animation(tmp_path):
         assert gif.n_frames == 5
 
 
+def test_a_sweep_past_the_distinct_values_ends_there_and_keeps_its_results(tmp_path):
+    """A grey picture of 6 distinct values swept over k = 4..9: k = 4..6 are written, the
+    sweep says where and why it stopped (it failed at k = 7, writing nothing)."""
+    steps = (data.camera() // 43).astype(np.uint8)  # values 0..5
+    io.imsave(tmp_path / "steps.png", steps, check_contrast=False)
+    done = run(tmp_path / "steps.png", "--sweep", "4:9", "-o", tmp_path / "out", "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "the sweep stopped at k=6: n_clusters=7 is larger than the number of distinct" in (
+        done.stderr
+    )
+    report = json.loads((tmp_path / "out" / "steps_sweep_report.json").read_text())
+    assert report["k"] == [4, 5, 6] and report["stopped"].startswith("stopped at k=6")
+    with Image.open(tmp_path / "out" / "steps_sweep.gif") as gif:
+        assert gif.n_frames == 3
+    failed = run(tmp_path / "steps.png", "--sweep", "7:9", "-o", tmp_path / "none", "--quiet")
+    assert failed.returncode == 2 and "n_clusters=7 is larger" in failed.stderr
+    assert not (tmp_path / "none").exists()
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

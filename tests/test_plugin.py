@@ -309,13 +309,17 @@ def test_an_rgb_image_takes_no_channel_partners(viewer, qtbot):
     np.testing.assert_array_equal(viewer.layers["rgb clusters"].data, expected.labels)
 
 
-def test_make_job_refuses_rgb_layers_with_channels(viewer):
+def test_make_job_refuses_channels_that_do_not_go_together(viewer):
     rgb = viewer.add_image(data.astronaut(), name="rgb", rgb=True)
     grey = viewer.add_image(data.astronaut()[..., 0], name="grey")
     with pytest.raises(ValueError, match="single-channel"):
         _layers.make_job(rgb, channel_layers=[grey])
     with pytest.raises(ValueError, match="single-channel"):
         _layers.make_job(grey, channel_layers=[rgb])
+    # channels on other scales: one would weigh next to nothing (it was stacked as floats)
+    ratio = viewer.add_image(data.astronaut()[..., 1] / 255.0, name="ratio")
+    with pytest.raises(ValueError, match="'ratio' holds float64 values, 'grey' uint8: their"):
+        _layers.make_job(grey, channel_layers=[ratio])
 
 
 def test_typed_commands_through_npe2():
@@ -367,6 +371,20 @@ def test_k_sweep_adds_a_layer_with_a_slider_over_k(viewer, qtbot):
     assert np.all(np.diff(sweep.metadata["napari-kmeanz"]["inertia"]) < 0)
     assert "suggested k" in widget.status.value
     assert np.asarray(widget.plot.value).shape == (220, 360, 3)  # the elbow plot
+
+
+def test_a_sweep_past_the_distinct_values_ends_there_with_its_results(viewer, qtbot):
+    """k = 4..9 over 6 distinct values: the sweep layer and the elbow of k = 4..6, and the
+    status says where it stopped (the whole sweep failed, showing nothing)."""
+    viewer.add_image((data.camera()[::4, ::4] // 43).astype(np.uint8), name="steps")
+    widget = open_widget(viewer)
+    widget.sweep_from.value, widget.sweep_to.value = 4, 9
+    widget.sweep()
+    qtbot.waitUntil(lambda: not widget.running, timeout=60_000)
+    sweep = viewer.layers["steps k sweep"]
+    assert sweep.data.shape[0] == 7  # frames 0..6: the slider counts k
+    assert sweep.metadata["napari-kmeanz"]["k"] == [4, 5, 6]
+    assert widget.status.value.endswith("stopped at k=6, as many as the distinct values")
 
 
 def test_bad_sweep_range_changes_nothing(viewer):

@@ -387,14 +387,22 @@ def _apply_model(image, path, mask):
 
 
 def run_sweep(args, image, stem, mask, outputs: OutputFolder) -> dict:
+    from ._lloyd import TooFewDistinctPoints
     from ._report import suggest_k
 
-    ks = args.sweep
+    ks, stopped = args.sweep, None
     results, frames = [], []
     start = time.perf_counter()
     for k in ks:
         progress = Progress(args.rounds, f"k-means k={k}", args.quiet)
-        result = _cluster(image, k, args, mask, progress)
+        try:
+            result = _cluster(image, k, args, mask, progress)
+        except TooFewDistinctPoints as err:  # the sweep ends at the distinct points
+            if not results:
+                raise
+            ks, stopped = ks[: len(results)], f"stopped at k={ks[len(results) - 1]}: {err}"
+            sys.stderr.write(f"\nnapari-kmeanz: the sweep {stopped}\n")
+            break
         progress.finish(result)
         results.append(result)
         frames.append(_preview_frame(np.asarray(result.recolor()), image.dtype))
@@ -416,6 +424,8 @@ def run_sweep(args, image, stem, mask, outputs: OutputFolder) -> dict:
         "of the inertia curve, both axes scaled to 0..1 (kneedle)",
         "wall_time_s": round(seconds, 4),
     }
+    if stopped is not None:
+        report["stopped"] = stopped
     return _finish_report(outputs, f"{stem}_sweep_report.json", report)
 
 

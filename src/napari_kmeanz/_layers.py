@@ -18,8 +18,9 @@ import numpy as np
 
 from ._defaults import WIDGET
 from ._kmeans import iter_kmeans
+from ._lloyd import TooFewDistinctPoints
 from ._model import model_dict
-from ._params import full_scale
+from ._params import full_scale, value_scale
 from ._result import KMeansResult, KMeansState, predict, recolor
 
 if TYPE_CHECKING:
@@ -90,6 +91,12 @@ def _channel_partners(layer, channel_layers) -> list:
             raise ValueError(
                 f"Layer {other.name!r} has shape {other.data.shape}, but {layer.name!r} has "
                 f"shape {layer.data.shape}: channel layers must have the same shape."
+            )
+        if value_scale(other.data.dtype) != value_scale(layer.data.dtype):
+            raise ValueError(
+                f"Layer {other.name!r} holds {other.data.dtype} values, {layer.name!r} "
+                f"{layer.data.dtype}: their values are on other scales (one channel would "
+                "weigh next to nothing); convert them to one dtype first."
             )
     return extra
 
@@ -402,10 +409,17 @@ def model_labels(layer, model: KMeansResult, labels) -> tuple:
 
 
 def sweep_results(job: Job, ks, cancel=None):
-    """Run the job for every k in ``ks``; yields ``(k, result)`` as each finishes."""
+    """Run the job for every k in ``ks``; yields ``(k, result)`` as each finishes. A k above
+    the number of distinct points ends the sweep (and raises when it is the first)."""
     for k in ks:
         states = iter_kmeans(job.data, **{**job.kwargs, "n_clusters": int(k)}, cancel=cancel)
-        yield int(k), list(states)[-1].result
+        try:
+            result = list(states)[-1].result
+        except TooFewDistinctPoints:
+            if k == ks[0]:
+                raise
+            return
+        yield int(k), result
 
 
 def sweep_layer(job: Job, ks, results) -> tuple:

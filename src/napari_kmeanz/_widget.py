@@ -464,7 +464,7 @@ class KMeansWidget(Container):
         self._suggested = suggested
         self.use_suggested.text = f"use suggested k = {suggested}"
         self.use_suggested.visible = True
-        self.status.value = f"k sweep: suggested k = {suggested} (elbow)"
+        self.status.value = f"k sweep: suggested k = {suggested} (elbow){update.note}"
 
     def _use_suggested(self, _value=None):
         if self._suggested is not None:
@@ -559,6 +559,7 @@ class _SweepStep:
     tuple: tuple | None = None
     plot: object = None
     suggested: int | None = None
+    note: str = ""  # why the sweep ended early
 
 
 def _rounds(job: _layers.Job, states, flight: _Flight):
@@ -586,11 +587,13 @@ def _sweep(job: _layers.Job, ks, flight: _Flight):
         for k, result in _layers.sweep_results(job, ks, flight.cancel):
             results.append(result)
             yield _SweepStep(flight, k)
+        ks, rest = ks[: len(results)], ks[len(results) :]  # a k above the distinct points
+        note = f"; stopped at k={ks[-1]}, as many as the distinct values" if rest else ""
         inertias = [r.inertia for r in results]
         suggested = _report.suggest_k(ks, inertias)
         plot = _io.elbow_plot(ks, inertias, suggested, PLOT_SIZE)
         layer = _layers.sweep_layer(job, ks, results)
-        yield _SweepStep(flight, ks[-1], layer, plot, suggested)
+        yield _SweepStep(flight, ks[-1], layer, plot, suggested, note)
     except Cancelled:
         return
     except Exception as err:

@@ -292,6 +292,10 @@ def test_recolor():
     assert recolor(labels, np.array([1.0, 2.0])).shape == (2, 2)
     with pytest.raises(ValueError, match=r"labels must lie in 0..2"):
         recolor(labels + 1, colors)
+    with pytest.raises(ValueError, match="colors must be finite, got nan for cluster 2"):
+        recolor(labels, np.array([1.0, np.nan]), dtype=np.uint8)  # (it painted 0, warning)
+    with pytest.raises(TypeError, match="dtype must be an integer or float dtype, got bool"):
+        recolor(labels, colors, dtype=bool)
 
 
 def test_lab_colour_space(astronaut):

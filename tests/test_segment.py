@@ -229,6 +229,8 @@ def test_diagonal_connectivity():
         (lambda: objects(-np.ones((4, 4), int)), "labels must be >= 0 (0: no cluster"),
         (lambda: clean(np.ones((4, 4), int), spacing=(0,)), "spacing must hold 2 finite"),
         (lambda: clean(np.full((4, 4), -3), min_size=2), "got a minimum of -3"),
+        (lambda: objects(np.ones((4, 4), int), clusters=[]), "clusters=[] chooses no cluster"),
+        (lambda: objects(np.ones((4, 4), int), origin=[1]), "2 finite numbers, got (1.0,)."),
     ],
 )
 def test_bad_arguments_are_refused(call, message):

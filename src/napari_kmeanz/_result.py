@@ -358,7 +358,12 @@ def recolor(labels, colors, *, dtype=None, alpha=False):
     colors = np.asarray(colors, dtype=np.float64)
     if colors.ndim not in (1, 2):
         raise ValueError(f"colors must have shape (k, C) or (k,), got shape {colors.shape}.")
+    if not np.all(np.isfinite(colors)):
+        row = int(np.flatnonzero(~np.isfinite(colors.reshape(len(colors), -1)).all(axis=1))[0])
+        raise ValueError(f"colors must be finite, got {colors[row]} for cluster {row + 1}.")
     dtype = np.dtype(np.float64 if dtype is None else dtype)
+    if dtype.kind not in "iuf":
+        raise TypeError(f"dtype must be an integer or float dtype, got {dtype}.")
     if alpha:
         if colors.ndim != 2:
             raise ValueError("alpha=True needs colors of shape (k, C).")

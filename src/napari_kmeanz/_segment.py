@@ -254,10 +254,16 @@ def objects(labels, *, clusters=None, connectivity: int = 1, image=None, spacing
     check_region_axes(array.shape, planes_of(spacing))
     origin = np.zeros(array.ndim) if origin is None else np.asarray(origin, np.float64)
     if origin.shape != (array.ndim,) or not np.all(np.isfinite(origin)):
-        raise ValueError(f"origin must hold {array.ndim} finite numbers, got {origin!r}.")
+        shown = tuple(origin.tolist()) if origin.ndim == 1 else origin.tolist()
+        raise ValueError(f"origin must hold {array.ndim} finite numbers, got {shown}.")
     wanted = None
     if clusters is not None:
         wanted = np.asarray(clusters)
+        if wanted.size == 0:
+            raise ValueError(
+                f"clusters={clusters!r} chooses no cluster: give the ids of the clusters to "
+                "split into objects, or None for all of them."
+            )
         if wanted.ndim != 1 or wanted.dtype.kind not in "iu":
             raise ValueError(f"clusters must be a sequence of cluster ids, got {clusters!r}.")
     if isinstance(array, da.Array):

@@ -348,6 +348,26 @@ def test_python_lists_and_aranges_cluster():
     np.testing.assert_array_equal(kmeans(matrix, 2, random_state=0).labels, labels)
 
 
+def test_pillow_images_cluster_as_the_colours_they_show():
+    """A palette picture is its colours, not its palette indices; grey with alpha is grey
+    with transparent pixels left out; several pictures are several images."""
+    from PIL import Image
+
+    photo = data.astronaut()
+    palette = Image.fromarray(photo).convert("P", palette=Image.ADAPTIVE, colors=16)
+    colours = np.asarray(palette.convert("RGB"))
+    result = kmeans(palette, 4, random_state=0)
+    np.testing.assert_array_equal(result.labels, kmeans(colours, 4, random_state=0).labels)
+    assert result.colors.shape == (4, 3)
+    grey = np.dstack([data.camera(), np.full((512, 512), 255, np.uint8)])
+    grey[:, :50, 1] = 0
+    labels = kmeans(Image.fromarray(grey, "LA"), 3, random_state=0).labels
+    assert labels.shape == (512, 512) and (labels[:, :50] == 0).all() and labels[:, 50:].all()
+    both = kmeans([palette, Image.fromarray(photo)], 4, random_state=0)
+    assert [lab.shape for lab in both.labels] == [(512, 512)] * 2
+    np.testing.assert_array_equal(predict(palette, both), both.labels[0])
+
+
 def test_a_masked_array_leaves_its_masked_pixels_out():
     image = np.arange(64.0).reshape(8, 8)
     hidden = image < 32

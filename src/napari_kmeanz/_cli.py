@@ -20,7 +20,14 @@ from pathlib import Path
 import numpy as np
 
 from ._defaults import CLI
-from ._io import OutputFolder, atomic, elbow_plot, save_palette_png
+from ._io import (
+    CONVERTED_MODES,
+    OutputFolder,
+    atomic,
+    elbow_plot,
+    picture_pixels,
+    save_palette_png,
+)
 
 SAMPLES = (
     "astronaut", "brick", "camera", "cat", "cell", "chelsea", "coffee", "coins", "grass",
@@ -28,11 +35,6 @@ SAMPLES = (
     "rocket", "text",
 )  # fmt: skip
 TIFF = (".tif", ".tiff")
-# Picture modes whose channels are not grey, RGB or RGBA, read as what they show: CMYK as
-# RGB (its 4 channels were taken for RGBA, K for alpha), a palette as its colours, grey with
-# alpha as RGBA (grey in three equal channels, which cluster as the grey does).
-CONVERTED_MODES = {"CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "LA": "RGBA",
-                   "La": "RGBA", "PA": "RGBA", "P": None}  # fmt: skip
 
 
 class UsageError(ValueError):
@@ -204,15 +206,12 @@ def read_image(name: str) -> tuple[np.ndarray, str]:
 
 
 def _read_picture(path: Path) -> np.ndarray:
-    """A picture file's pixels as grey, RGB or RGBA (see CONVERTED_MODES)."""
+    """A picture file's pixels as grey, RGB or RGBA (see ``_io.CONVERTED_MODES``)."""
     from PIL import Image
 
     with Image.open(path) as picture:
         if picture.mode in CONVERTED_MODES and getattr(picture, "n_frames", 1) == 1:
-            target = CONVERTED_MODES[picture.mode]
-            if target is None:  # a palette: its colours, and transparency where it has one
-                target = "RGBA" if "transparency" in picture.info else "RGB"
-            return np.asarray(picture.convert(target))
+            return picture_pixels(picture)
     from skimage import io
 
     return io.imread(path)

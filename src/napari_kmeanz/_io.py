@@ -1,4 +1,6 @@
-"""Writing results to files, and drawing small plots: Pillow and numpy, no napari or Qt."""
+"""Pictures in, results out: Pillow images as pixels, files written, small plots drawn.
+
+Pillow and numpy, no napari or Qt."""
 
 from __future__ import annotations
 
@@ -8,6 +10,28 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
+# Picture modes whose channels are not grey, RGB or RGBA, read as what they show: CMYK as
+# RGB (its 4 channels were taken for RGBA, K for alpha), a palette as its colours (not its
+# indices), grey with alpha as RGBA (grey in three equal channels, which cluster as the grey
+# does).
+CONVERTED_MODES = {"CMYK": "RGB", "YCbCr": "RGB", "LAB": "RGB", "HSV": "RGB", "LA": "RGBA",
+                   "La": "RGBA", "PA": "RGBA", "P": None}  # fmt: skip
+
+
+def is_picture(image) -> bool:
+    """Whether ``image`` is a Pillow image (without importing Pillow)."""
+    return type(image).__module__.startswith("PIL.") and hasattr(image, "mode")
+
+
+def picture_pixels(picture) -> np.ndarray:
+    """A Pillow image's pixels as grey, RGB or RGBA (see CONVERTED_MODES)."""
+    if picture.mode in CONVERTED_MODES:
+        target = CONVERTED_MODES[picture.mode]
+        if target is None:  # a palette: its colours, and transparency where it has one
+            target = "RGBA" if "transparency" in picture.info else "RGB"
+        picture = picture.convert(target)
+    return np.asarray(picture)
 
 
 @contextlib.contextmanager

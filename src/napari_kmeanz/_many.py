@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from ._io import is_picture
 from ._lloyd import Lloyd
 from ._params import Image, Params, check_image, check_int, fit_overlap, value_scale
 from ._pixels import PixelSource
@@ -24,11 +25,14 @@ from ._seeding import SAMPLE_ROUNDS, Sample, budget, plan, seed
 
 def is_several(image) -> bool:
     """Whether ``image`` is several images: a list or tuple of arrays (objects with a shape
-    and a dtype), not a nested list of numbers."""
+    and a dtype) or Pillow images, not a nested list of numbers."""
     return (
         isinstance(image, list | tuple)
         and len(image) > 0
-        and all((hasattr(i, "shape") and hasattr(i, "dtype")) or callable(i) for i in image)
+        and all(
+            (hasattr(i, "shape") and hasattr(i, "dtype")) or is_picture(i) or callable(i)
+            for i in image
+        )
     )
 
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from ._features import value_extent
 from ._filters import Filters, check_features, check_width, merged_chunks
+from ._io import is_picture, picture_pixels
 
 INITS = ("k-means++", "random")
 COLOR_SPACES = ("rgb", "lab")
@@ -59,6 +60,8 @@ def as_array(image, name: str = "image"):
     """
     if isinstance(image, da.Array):
         array = image
+    elif is_picture(image):  # a Pillow image: its colours (a palette's, not its indices)
+        array = picture_pixels(image)
     elif isinstance(image, np.ndarray):
         array = np.asarray(np.ma.getdata(image))  # a plain ndarray, never a subclass
     elif hasattr(image, "chunks") and hasattr(image, "dtype") and hasattr(image, "shape"):

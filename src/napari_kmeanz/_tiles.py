@@ -11,7 +11,8 @@ The pixels of the open tiles are read in batches, each tile's pixels as one bloc
 ``(tiles, d + 1, pixels)`` array of raw rows (``_features.TileRows``); tiles with the same
 number of candidate centres (padded, see ``_BUCKETS``) are batched together, and each tile's
 distances to its own candidates are one small product (:func:`_kernels.nearest_sums`, or
-:func:`_kernels.nearest_sums_many` for over ``ONE_HOT_MAX`` candidates).
+:func:`_kernels.nearest_sums_many` for over ``ONE_HOT_MAX`` candidates). A tile that keeps
+many candidates first has them narrowed by its own pixels (:func:`_refined`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,16 @@ CACHED_PIXELS = 1 << 28
 _BUCKETS = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
 _BUCKETS += tuple(1 << b for b in range(11, 31))
 PAD_DISTANCE = 1e300
+# Tiles that keep more candidates than REFINE_FROM have them narrowed by their own pixels
+# (:func:`_refined`), REFINE_BATCH tiles at a time, from REFINE_PROBES probe centres. A tile
+# across a strong edge has a wide box, and the box bound keeps most centres: on a 2048x3072
+# photo, 5-D, k=1000, the tiles over 24 candidates held 1.12 M of a pass's 1.18 M, and 0.25 M
+# once narrowed; the distances of the pass then took 0.5 s instead of 4 s (one thread), and
+# the rounds after the first 4.1-4.3 s instead of 5.3 s (min of 4, process time; from 24, 48
+# or 96, and 8 or 16 probes alike). The same labels: no centre left out can be nearest.
+REFINE_FROM = 24
+REFINE_BATCH = 64
+REFINE_PROBES = 8
 
 
 @dataclass(frozen=True, eq=False)
@@ -170,6 +181,7 @@ def chunk_pass(chunk: Chunk, space: FeatureSpace, centers, tiles: ChunkTiles, la
     out = _whole_tile_labels(grid, chunk, label_of, label_dtype) if want_labels else None
     if not len(open_tiles):
         return counts, sums, out
+    is_candidate = _refined(grid, chunk, space, centers, open_tiles, is_candidate)
     found, all_weights = [], _padded_weights(centers, space.factor)
     for batch, chosen, rows, valid in _open_batches(grid, chunk, space, open_tiles, is_candidate):
         if chosen.shape[1] > ONE_HOT_MAX:
@@ -190,6 +202,66 @@ def chunk_pass(chunk: Chunk, space: FeatureSpace, centers, tiles: ChunkTiles, la
     for feature in range(d):
         sums[:, feature] += np.bincount(ids, weights=partial[:, feature], minlength=k + 1)[:k]
     return counts, sums, out
+
+
+def _refined(grid, chunk, space, centers, open_tiles, is_candidate):
+    """``is_candidate`` with the candidates of the tiles that keep many of them (over
+    REFINE_FROM) narrowed by the tiles' own pixels: if every pixel of a tile is within ``U``
+    of one of a few probes (its candidates nearest the tile's box), a centre farther than
+    ``U`` from the box is nearer to none of them (with the rounding margin of
+    ``_prune.box_candidates``)."""
+    k = len(centers)
+    m = np.count_nonzero(is_candidate, axis=1)
+    many = np.flatnonzero(m > REFINE_FROM)
+    if not len(many):
+        return is_candidate
+    factor = space.factor
+    weights = distance_weights(centers, factor)
+    columns = np.vstack([centers, np.full((1, centers.shape[1]), np.inf)]).T.copy()
+    centre_scale = float(np.max(np.einsum("ij,ij->i", centers, centers)))
+    builder = TileRows(grid, chunk, space, min(REFINE_BATCH, len(many)))
+    for start in range(0, len(many), REFINE_BATCH):
+        batch = many[start : start + REFINE_BATCH]
+        rows, valid = builder.build(open_tiles[batch])
+        wanted = _padded_candidates(is_candidate[batch], m[batch], int(m[batch].max()))
+        kept = _narrowed(rows, valid, factor, weights, columns, wanted, centre_scale)
+        narrowed = np.zeros((len(batch), k + 1), dtype=bool)
+        np.put_along_axis(narrowed, np.where(kept, wanted, k), True, axis=1)
+        is_candidate[batch] = narrowed[:, :k]
+    return is_candidate
+
+
+def _narrowed(rows, valid, factor, weights, columns, wanted, centre_scale):
+    """Which of each tile's candidates ``wanted`` (T, M; padding k) can be nearest to one of
+    its pixels ``rows`` (T, d + 1, p); ``columns`` (d, k + 1) are the centres feature by
+    feature, inf for padding."""
+    n_tiles, width = rows.shape[0], rows.shape[1] - 1
+    shown = None if valid is None else ~valid
+    lower, squares, high_sq = np.zeros(wanted.shape), 0.0, np.zeros(n_tiles)
+    for feature in range(width):  # on (T, M) and (T, p) arrays: no (T, M, d) temporaries
+        values = rows[:, feature] * factor[feature]
+        squares = squares + values * values
+        if shown is None:
+            low, high = values.min(axis=1), values.max(axis=1)
+        else:
+            low = np.where(shown, np.inf, values).min(axis=1)
+            high = np.where(shown, -np.inf, values).max(axis=1)
+        centre = columns[feature][wanted]
+        gap = np.maximum(low[:, None] - centre, centre - high[:, None])
+        np.maximum(gap, 0.0, out=gap)
+        gap *= gap
+        lower += gap  # from each candidate to the tile's box
+        high_sq += high * high
+    probes = np.argpartition(lower, REFINE_PROBES - 1, axis=1)[:, :REFINE_PROBES]
+    ids = np.take_along_axis(wanted, probes, axis=1)
+    probe_weights = weights[:, ids].transpose(1, 2, 0)  # (T, P, d + 1)
+    nearest = (np.matmul(probe_weights, rows) + squares[:, None, :]).min(axis=1)
+    if shown is not None:
+        nearest[shown] = -np.inf
+    reach = nearest.max(axis=1)
+    reach[np.isneginf(reach)] = np.inf  # (a tile with no clustered pixel: keep them all)
+    reach += 1e-9 * (np.abs(reach) + centre_scale + high_sq)
+    return lower <= reach[:, None]
 
 
 def _whole_tile_labels(grid, chunk, label_of, label_dtype):

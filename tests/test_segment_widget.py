@@ -126,6 +126,15 @@ def test_save_a_model_and_apply_it_to_another_layer(viewer, qtbot, tmp_path):
     np.testing.assert_array_equal(np.asarray(found.data), expected.labels)
     np.testing.assert_allclose(found.features["intensity_mean-1"],
                                expected.table["intensity_mean-1"])  # fmt: skip
+    # cleaned and masked lazily too (they were computed whole, in memory)
+    widget.min_size.value, widget.radius.value = 30, 1
+    cleaned = wait_for(qtbot, viewer, widget.clean(), "lazy clusters cleaned")
+    assert isinstance(cleaned.data, da.Array)
+    np.testing.assert_array_equal(np.asarray(cleaned.data),
+                                  clean(labels.data, min_size=30, radius=1))  # fmt: skip
+    masked = wait_for(qtbot, viewer, widget.mask(), "lazy clusters mask of 2")
+    assert isinstance(masked.data, da.Array)
+    np.testing.assert_array_equal(np.asarray(masked.data), labels.data == 2)
 
 
 def test_fit_one_model_on_several_layers(viewer, qtbot):

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import dask.array as da
 import numpy as np
 from magicgui.widgets import (
     CheckBox,
@@ -166,9 +167,9 @@ class SegmentWidget(Container):
         spacing = _frame_spacing(layer)
         if not self._connects(layer, spacing):
             return None
-        return self._work(
+        return self._work(  # dask labels (a lazy clustering) are cleaned lazily, chunk by chunk
             lambda: clean(
-                np.asarray(layer.data), min_size=min_size, radius=radius, spacing=spacing
+                as_array(layer.data, "labels"), min_size=min_size, radius=radius, spacing=spacing
             ),
             lambda data: self._add_like(layer, data, f"{layer.name} cleaned"),
         )
@@ -211,8 +212,10 @@ class SegmentWidget(Container):
             return None
         chosen = list(self.chosen.value)
         name = f"{layer.name} mask of {', '.join(map(str, chosen)) or 'none'}"
+        data = as_array(layer.data, "labels")
+        isin = da.isin if isinstance(data, da.Array) else np.isin  # lazy for dask labels
         return self._work(
-            lambda: np.isin(np.asarray(layer.data), chosen).astype(np.uint8),
+            lambda: isin(data, chosen).astype(np.uint8),
             lambda data: self._viewer.add_labels(data, name=name, **_layers._transforms(layer)),
         )
 

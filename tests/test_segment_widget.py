@@ -135,6 +135,11 @@ def test_save_a_model_and_apply_it_to_another_layer(viewer, qtbot, tmp_path):
     masked = wait_for(qtbot, viewer, widget.mask(), "lazy clusters mask of 2")
     assert isinstance(masked.data, da.Array)
     np.testing.assert_array_equal(np.asarray(masked.data), labels.data == 2)
+    unsure = wait_for(qtbot, viewer, widget.uncertainty(), "lazy clusters uncertainty")
+    assert isinstance(unsure.data, da.Array)
+    widget.chosen.value = [1, 2]
+    assert widget.merge() is None  # lazy labels are not edited in memory: refused, said
+    assert "computed lazily (dask)" in widget.status.value
 
 
 def test_fit_one_model_on_several_layers(viewer, qtbot):

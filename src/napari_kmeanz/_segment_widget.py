@@ -238,7 +238,11 @@ class SegmentWidget(Container):
                 contrast_limits=(0.0, 1.0), **_layers._transforms(layer),
             )  # fmt: skip
 
-        return self._work(lambda: np.asarray(margins(image.data, model)), done)
+        def work():  # lazy for a dask image, chunk by chunk
+            margin = margins(image.data, model)
+            return margin if isinstance(margin, da.Array) else np.asarray(margin)
+
+        return self._work(work, done)
 
     def merge(self):
         """Merge the chosen clusters into the lowest of their ids, in the layer (napari's
@@ -252,6 +256,12 @@ class SegmentWidget(Container):
                 self._refuse("Choose two clusters or more to merge.")
             return None
         data = layer.data
+        if isinstance(data, da.Array):
+            self._refuse(
+                f"{layer.name!r} is computed lazily (dask): merging edits labels in memory. "
+                "Apply the model to an image in memory, or merge in the model and apply it."
+            )
+            return None
 
         def work():
             values = np.asarray(data)

@@ -212,10 +212,10 @@ class SegmentWidget(Container):
             return None
         chosen = list(self.chosen.value)
         name = f"{layer.name} mask of {', '.join(map(str, chosen)) or 'none'}"
-        data = as_array(layer.data, "labels")
-        isin = da.isin if isinstance(data, da.Array) else np.isin  # lazy for dask labels
+        labels = as_array(layer.data, "labels")
+        isin = da.isin if isinstance(labels, da.Array) else np.isin  # lazy for dask labels
         return self._work(
-            lambda: isin(data, chosen).astype(np.uint8),
+            lambda: isin(labels, chosen).astype(np.uint8),
             lambda data: self._viewer.add_labels(data, name=name, **_layers._transforms(layer)),
         )
 

@@ -248,19 +248,26 @@ def test_merge_clusters_with_undo_and_a_merged_model(viewer, qtbot, tmp_path):
     np.testing.assert_array_equal(clusters.data, before)
 
 
-def test_fractions_over_the_frames_of_a_stack(viewer, qtbot):
+def cluster_frame_by_frame(viewer, qtbot, frames, **layer_options):
+    """A stack clustered frame by frame (k=3) from the clustering widget: that widget and
+    the "movie clusters" layer."""
     from test_plugin import open_widget, run_and_wait
 
-    small = data.camera()[::2, ::2]
-    frames = np.stack([small, small // 2, data.moon()[::2, ::2]])
-    stack = viewer.add_image(frames, name="movie")
+    stack = viewer.add_image(frames, name="movie", **layer_options)
     kmeans_widget = open_widget(viewer)
     kmeans_widget.image.value = stack
     kmeans_widget.n_clusters.value = 3
     kmeans_widget.stack.value = "frame by frame (shared centres)"
     run_and_wait(qtbot, kmeans_widget)
+    return kmeans_widget, viewer.layers["movie clusters"]
+
+
+def test_fractions_over_the_frames_of_a_stack(viewer, qtbot):
+    small = data.camera()[::2, ::2]
+    frames = np.stack([small, small // 2, data.moon()[::2, ::2]])
+    _, clusters = cluster_frame_by_frame(viewer, qtbot, frames)
     widget = open_segment_widget(viewer)
-    widget.clusters.value = viewer.layers["movie clusters"]
+    widget.clusters.value = clusters
     assert widget.plot.native.isHidden()
     assert widget.fractions() is not None
     qtbot.waitUntil(lambda: not widget.plot.native.isHidden(), timeout=60_000)
@@ -273,17 +280,10 @@ def test_fractions_over_the_frames_of_a_stack(viewer, qtbot):
 
 
 def test_a_stack_clustered_frame_by_frame_is_cleaned_and_split_frame_by_frame(viewer, qtbot):
-    from test_plugin import open_widget, run_and_wait
-
     small = data.camera()[::4, ::4]
     frames = np.stack([small, small, small])
-    stack = viewer.add_image(frames, name="movie", scale=(5.0, 0.5, 0.5), translate=(10, 0, 0))
-    kmeans_widget = open_widget(viewer)
-    kmeans_widget.image.value = stack
-    kmeans_widget.n_clusters.value = 3
-    kmeans_widget.stack.value = "frame by frame (shared centres)"
-    run_and_wait(qtbot, kmeans_widget)
-    clusters = viewer.layers["movie clusters"]
+    _, clusters = cluster_frame_by_frame(viewer, qtbot, frames, scale=(5.0, 0.5, 0.5),
+                                         translate=(10, 0, 0))  # fmt: skip
     widget = open_segment_widget(viewer)
     widget.clusters.value = clusters
     widget.min_size.value, widget.radius.value = 30, 1
@@ -304,16 +304,11 @@ def test_a_time_lapse_of_volumes_is_split_into_objects_volume_by_volume(viewer, 
     """A (t, z, y, x) layer clustered frame by frame: objects of each volume on its own (a
     4-D labelling is not something skimage does); clustered as one 4-D block, a clear
     refusal in the widget instead of an error from deep inside."""
-    from test_plugin import open_widget, run_and_wait
+    from test_plugin import run_and_wait
 
     volume = np.stack([data.camera()[::8, ::8], data.camera()[::-8, ::8]])
-    stack = viewer.add_image(np.stack([volume] * 3), name="movie", scale=(5.0, 2.0, 1.0, 1.0))
-    kmeans_widget = open_widget(viewer)
-    kmeans_widget.image.value = stack
-    kmeans_widget.n_clusters.value = 3
-    kmeans_widget.stack.value = "frame by frame (shared centres)"
-    run_and_wait(qtbot, kmeans_widget)
-    clusters = viewer.layers["movie clusters"]
+    kmeans_widget, clusters = cluster_frame_by_frame(viewer, qtbot, np.stack([volume] * 3),
+                                                     scale=(5.0, 2.0, 1.0, 1.0))  # fmt: skip
     widget = open_segment_widget(viewer)
     widget.clusters.value = clusters
     found = wait_for(qtbot, viewer, widget.objects(), "movie clusters objects")

@@ -121,6 +121,34 @@ def test_grey_with_alpha_cmyk_and_transparent_palette_pictures(tmp_path):
     np.testing.assert_array_equal(icon == 0, np.asarray(palette) == first)
 
 
+def test_a_multichannel_tiff_clusters_its_channels(tmp_path):
+    """A (C, Y, X) TIFF whose axes are named (ImageJ's) is clustered over its 2 channels
+    (it was a volume of 2 slices); one without names takes --channel-axis."""
+    camera = data.camera()[::2, ::2]
+    two = np.stack([camera, 255 - camera]).astype(np.uint16) * 200
+    tifffile.imwrite(tmp_path / "named.tif", two, imagej=True, metadata={"axes": "CYX"})
+    tifffile.imwrite(tmp_path / "plain.tif", two)
+    expected = kmeans(np.moveaxis(two, 0, -1), 3, channel_axis=-1, max_iter=5, random_state=0)
+    for name, options in [("named", []), ("plain", ["--channel-axis", 0])]:
+        done = run(tmp_path / f"{name}.tif", "-k", 3, *options, "-o", tmp_path / name, "--quiet")
+        assert done.returncode == 0, done.stderr
+        labels = io.imread(tmp_path / name / f"{name}_labels.png")
+        np.testing.assert_array_equal(labels, expected.labels)
+        recoloured = tifffile.imread(tmp_path / name / f"{name}_recoloured.tif")
+        assert recoloured.shape == two.shape  # in the file's own layout, channels first
+    report = read_report(tmp_path / "named", "named")
+    assert report["parameters"]["channel_axis"] == 0 and len(report["colors"][0]) == 2
+    plain = run(tmp_path / "plain.tif", "-k", 3, "-o", tmp_path / "slices", "--quiet")
+    assert io.imread(tmp_path / "slices" / "plain_labels.tif").shape == two.shape  # 2 slices
+    both = run(tmp_path / "named.tif", tmp_path / "plain.tif", "-k", 3, "--channel-axis", 0,
+               "-o", tmp_path / "both", "--quiet")  # fmt: skip
+    assert both.returncode == 0, both.stderr
+    assert tifffile.imread(tmp_path / "both" / "plain_recoloured.tif").shape == two.shape
+    bad = run(tmp_path / "plain.tif", "--channel-axis", 5, "-o", tmp_path / "bad", "--quiet")
+    assert bad.returncode == 2 and "channel_axis=5 is out of range" in bad.stderr
+    assert plain.returncode == 0
+
+
 def test_16_bit_tiff_stack(files, tmp_path):
     done = run(files / "stack.tif", "-k", 4, "-s", 0.5, "-o", tmp_path, "--quiet")
     assert done.returncode == 0, done.stderr

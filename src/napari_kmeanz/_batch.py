@@ -142,6 +142,8 @@ def _label_one(name: str, stem: str, model, outputs: OutputFolder) -> np.ndarray
     painted = recolor(labels, model.colors, dtype=image.dtype, alpha=layout.alpha)
     if layout.channel_axis is None:
         painted = painted[..., 0]
+    else:  # in the image's own layout (a (C, Y, X) TIFF's channels first), as for one image
+        painted = np.moveaxis(painted, -1, layout.channel_axis)
     _save_image(outputs, f"{stem}_labels", labels.astype(np.uint8 if model.n_clusters < 256
                                                          else np.uint16))  # fmt: skip
     _save_image(outputs, f"{stem}_recoloured", painted)

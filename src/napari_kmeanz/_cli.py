@@ -166,6 +166,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tol", type=_non_negative, default=1e-4,
                    help="stop when a round lowers the inertia by less than this fraction "
                    "(default: 1e-4; 0 runs all rounds)")  # fmt: skip
+    p.add_argument("--channel-axis", type=int, metavar="AXIS",
+                   help="the image's axis of channels (0 for a (C, Y, X) array) (default: a "
+                   "TIFF's C axis when it names its axes, else the last axis of an RGB(A) "
+                   "picture, else none: a grey image or stack)")  # fmt: skip
     p.add_argument("--mask", type=Path, metavar="MASK",
                    help="an image of the same height and width: only its non-zero pixels "
                    "are clustered")  # fmt: skip
@@ -203,6 +207,32 @@ def read_image(name: str) -> tuple[np.ndarray, str]:
     raise UsageError(
         f"no such image file or bundled sample: {name!r} (samples: {', '.join(SAMPLES)})"
     )
+
+
+def tiff_channel_axis(path) -> int | None:
+    """The axis of a TIFF's channels where its metadata names one ('C' in the axes of its
+    first series, as ImageJ and OME write a (C, Y, X) stack), else None (RGB samples, 'S',
+    are a last axis already)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tiff:
+        axes = tiff.series[0].axes if tiff.series else ""
+    return axes.index("C") if "C" in axes and "S" not in axes else None
+
+
+def channel_option(args, first: str) -> int | str:
+    """The ``channel_axis`` the images are clustered with: ``--channel-axis``; else the C
+    axis of a TIFF whose axes name it (the first image's, for several); else 'auto'."""
+    if args.channel_axis is not None:
+        return args.channel_axis
+    path = Path(first)
+    if path.suffix.lower() in TIFF and path.is_file():
+        try:
+            axis = tiff_channel_axis(path)
+        except Exception:  # an unreadable file: said when it is read
+            axis = None
+        return "auto" if axis is None else axis
+    return "auto"
 
 
 def _read_picture(path: Path) -> np.ndarray:
@@ -275,7 +305,7 @@ def kmeans_options(args) -> dict:
     return {
         "spatial_weight": args.spatial, "color_space": args.color_space, "sigma": args.sigma,
         "features": args.features, "init": args.init, "max_iter": args.rounds,
-        "tol": args.tol, "random_state": args.seed,
+        "tol": args.tol, "random_state": args.seed, "channel_axis": args.channels,
     }  # fmt: skip
 
 
@@ -303,17 +333,17 @@ def _suffix(array: np.ndarray) -> str:
 
 
 def run_single(args, image, stem, mask, outputs: OutputFolder) -> dict:
+    from ._params import layout_of
     from ._report import compression, distinct_colors
     from ._result import recolor
 
     progress = Progress(args.rounds, f"k-means k={args.clusters}", args.quiet)
 
-    colour = image.ndim >= 3 and image.shape[-1] in (3, 4)
-    rgba = colour and image.shape[-1] == 4
+    layout = layout_of(image.shape, args.channels, None)
 
     def each_round(state):
-        painted = recolor(state.labels(), state.colors, dtype=image.dtype, alpha=rgba)
-        if not colour:
+        painted = recolor(state.labels(), state.colors, dtype=image.dtype, alpha=layout.alpha)
+        if layout.channel_axis is None:
             painted = painted[..., 0]
         _save_image(outputs, f"{stem}_round_{state.round:03d}", painted)
 
@@ -335,8 +365,10 @@ def run_single(args, image, stem, mask, outputs: OutputFolder) -> dict:
     painted = np.asarray(result.recolor())
     _save_image(outputs, f"{stem}_labels", labels_out)
     _save_image(outputs, f"{stem}_recoloured", painted)
-    palette_path = outputs.path(f"{stem}_palette.png")
-    if save_palette_png(palette_path, labels, result.colors, image.dtype):
+    palette_path = outputs.path(f"{stem}_palette.png")  # (grey or colour: what a PNG shows)
+    if _suffix(painted) == ".png" and save_palette_png(
+        palette_path, labels, result.colors, image.dtype
+    ):
         outputs.wrote(palette_path)
     channel_axis = result.layout.channel_axis
     report = {
@@ -404,7 +436,8 @@ def run_sweep(args, image, stem, mask, outputs: OutputFolder) -> dict:
             break
         progress.finish(result)
         results.append(result)
-        frames.append(_preview_frame(np.asarray(result.recolor()), image.dtype))
+        painted = np.asarray(result.recolor())
+        frames.append(_preview_frame(painted, image.dtype, result.layout.channel_axis is not None))
     seconds = time.perf_counter() - start
     inertias = [r.inertia for r in results]
     suggested = suggest_k(ks, inertias)
@@ -428,8 +461,11 @@ def run_sweep(args, image, stem, mask, outputs: OutputFolder) -> dict:
     return _finish_report(outputs, f"{stem}_sweep_report.json", report)
 
 
-def _preview_frame(painted: np.ndarray, dtype) -> np.ndarray:
-    """An 8-bit RGB frame for the animation (the middle plane of a stack)."""
+def _preview_frame(painted: np.ndarray, dtype, channels: bool = False) -> np.ndarray:
+    """An 8-bit RGB frame for the animation (the middle plane of a stack; the first channel
+    of channels that are not RGB(A))."""
+    if channels and painted.shape[-1] not in (3, 4):
+        painted = painted[..., 0]
     while painted.ndim > 3 or (painted.ndim == 3 and painted.shape[-1] not in (3, 4)):
         painted = painted[painted.shape[0] // 2]
     from ._params import full_scale
@@ -472,6 +508,7 @@ def _parameters(args) -> dict:
         "init": args.init,
         "tol": args.tol,
         "mask": None if args.mask is None else str(args.mask),
+        "channel_axis": args.channels,
     }
 
 
@@ -517,6 +554,7 @@ def main(argv=None) -> int:
         from . import _batch  # (it builds on this module)
 
         names = _batch.expand(args.images)
+        args.channels = channel_option(args, names[0])
         if len(names) > 1 or names[0] != args.images[0]:
             return _run_batch(args, names, outputs)
         args.image = names[0]

@@ -21,12 +21,12 @@ import numpy as np
 
 from ._defaults import CLI
 from ._io import (
-    CONVERTED_MODES,
     OutputFolder,
     atomic,
     elbow_plot,
-    picture_pixels,
+    read_picture,
     save_palette_png,
+    tiff_channel_axis,
 )
 
 SAMPLES = (
@@ -195,7 +195,7 @@ def read_image(name: str) -> tuple[np.ndarray, str]:
 
                 image = tifffile.imread(path)
             else:
-                image = _read_picture(path)
+                image = read_picture(path)
         except Exception as err:  # any reader failure is a bad input file
             reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise UsageError(f"cannot read image {name!r}: {reason}") from err
@@ -207,17 +207,6 @@ def read_image(name: str) -> tuple[np.ndarray, str]:
     raise UsageError(
         f"no such image file or bundled sample: {name!r} (samples: {', '.join(SAMPLES)})"
     )
-
-
-def tiff_channel_axis(path) -> int | None:
-    """The axis of a TIFF's channels where its metadata names one ('C' in the axes of its
-    first series, as ImageJ and OME write a (C, Y, X) stack), else None (RGB samples, 'S',
-    are a last axis already)."""
-    import tifffile
-
-    with tifffile.TiffFile(path) as tiff:
-        axes = tiff.series[0].axes if tiff.series else ""
-    return axes.index("C") if "C" in axes and "S" not in axes else None
 
 
 def channel_option(args, first: str) -> int | str:
@@ -233,18 +222,6 @@ def channel_option(args, first: str) -> int | str:
             axis = None
         return "auto" if axis is None else axis
     return "auto"
-
-
-def _read_picture(path: Path) -> np.ndarray:
-    """A picture file's pixels as grey, RGB or RGBA (see ``_io.CONVERTED_MODES``)."""
-    from PIL import Image
-
-    with Image.open(path) as picture:
-        if picture.mode in CONVERTED_MODES and getattr(picture, "n_frames", 1) == 1:
-            return picture_pixels(picture)
-    from skimage import io
-
-    return io.imread(path)
 
 
 def _save_image(outputs: OutputFolder, stem: str, array: np.ndarray) -> Path:

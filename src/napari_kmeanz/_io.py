@@ -34,6 +34,29 @@ def picture_pixels(picture) -> np.ndarray:
     return np.asarray(picture)
 
 
+def read_picture(path: Path) -> np.ndarray:
+    """A picture file's pixels as grey, RGB or RGBA (see CONVERTED_MODES)."""
+    from PIL import Image
+
+    with Image.open(path) as picture:
+        if picture.mode in CONVERTED_MODES and getattr(picture, "n_frames", 1) == 1:
+            return picture_pixels(picture)
+    from skimage import io
+
+    return io.imread(path)
+
+
+def tiff_channel_axis(path) -> int | None:
+    """The axis of a TIFF's channels where its metadata names one ('C' in the axes of its
+    first series, as ImageJ and OME write a (C, Y, X) stack), else None (RGB samples, 'S',
+    are a last axis already)."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tiff:
+        axes = tiff.series[0].axes if tiff.series else ""
+    return axes.index("C") if "C" in axes and "S" not in axes else None
+
+
 @contextlib.contextmanager
 def atomic(path: Path):
     """Yield a temporary name beside ``path``, unique to this writer; rename it to ``path``

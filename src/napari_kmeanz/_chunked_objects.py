@@ -108,26 +108,32 @@ def label_regions(labels: np.ndarray, connectivity: int, planes=()) -> np.ndarra
 
     if not planes:
         return measure.label(labels, background=0, connectivity=connectivity)
-    lead = tuple(range(len(planes)))
     out = np.zeros(labels.shape, dtype=np.int64)
-    source, target = np.moveaxis(labels, planes, lead), np.moveaxis(out, planes, lead)
     rest = labels.ndim - len(planes)
     n = 0
-    for index in np.ndindex(*source.shape[: len(planes)]):
-        plane = source[index]
+    for plane, into in each_plane(labels, out, planes):
         if rest == 0:  # a pixel per plane: each non-zero one a region
             numbered = np.int64(plane != 0)
         else:
             numbered = measure.label(plane, background=0, connectivity=min(connectivity, rest))
-        target[index] = np.where(numbered > 0, numbered + n, 0)
+        into[...] = np.where(numbered > 0, numbered + n, 0)
         n += int(numbered.max())
-    if tuple(planes) == lead:  # planes in C order already: so are their regions
+    if tuple(planes) == tuple(range(len(planes))):  # planes in C order: so are their regions
         return out
     ids, first = np.unique(out.ravel(), return_index=True)
     ids, first = ids[ids > 0], first[ids > 0]
     order = np.zeros(n + 1, dtype=np.int64)
     order[ids[np.argsort(first)]] = np.arange(1, len(ids) + 1)
     return order[out]
+
+
+def each_plane(array: np.ndarray, out: np.ndarray, planes: tuple[int, ...]):
+    """``(plane of array, the same plane of out)`` for every plane along the axes ``planes``
+    (of spacing 0), in C order; the second a view to write the plane's result into."""
+    lead = tuple(range(len(planes)))
+    source, target = np.moveaxis(array, planes, lead), np.moveaxis(out, planes, lead)
+    for index in np.ndindex(*source.shape[: len(planes)]):
+        yield source[index], target[(*index, ...)]
 
 
 def _chunk_summary(block, offset, shape, labelling, values):

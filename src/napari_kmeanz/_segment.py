@@ -16,6 +16,7 @@ import numpy as np
 from ._chunked_objects import (
     check_region_axes,
     chunked_objects,
+    each_plane,
     label_regions,
     plane_area,
     planes_of,
@@ -90,11 +91,8 @@ def _clean_planes(labels: np.ndarray, *, planes: tuple[int, ...], **options) -> 
         return labels.copy()
     options["connectivity"] = min(options["connectivity"], rest)
     out = np.empty_like(labels)
-    for index in np.ndindex(*(labels.shape[a] for a in planes)):
-        where = [slice(None)] * labels.ndim
-        for axis, i in zip(planes, index, strict=True):
-            where[axis] = i
-        out[tuple(where)] = _clean(labels[tuple(where)], **options)
+    for plane, into in each_plane(labels, out, planes):
+        into[...] = _clean(plane, **options)
     return out
 
 

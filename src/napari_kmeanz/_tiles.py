@@ -181,9 +181,9 @@ def chunk_pass(chunk: Chunk, space: FeatureSpace, centers, tiles: ChunkTiles, la
     out = _whole_tile_labels(grid, chunk, label_of, label_dtype) if want_labels else None
     if not len(open_tiles):
         return counts, sums, out
-    is_candidate = _refined(grid, chunk, space, centers, open_tiles, is_candidate)
+    candidates = _refined(grid, chunk, space, centers, open_tiles, is_candidate)
     found, all_weights = [], _padded_weights(centers, space.factor)
-    for batch, chosen, rows, valid in _open_batches(grid, chunk, space, open_tiles, is_candidate):
+    for batch, chosen, rows, valid in _open_batches(grid, chunk, space, open_tiles, *candidates):
         if chosen.shape[1] > ONE_HOT_MAX:
             weights = all_weights[:, chosen].transpose(1, 0, 2)
             partial, local = nearest_sums_many(rows.transpose(0, 2, 1), weights)
@@ -209,12 +209,12 @@ def _refined(grid, chunk, space, centers, open_tiles, is_candidate):
     REFINE_FROM) narrowed by the tiles' own pixels: if every pixel of a tile is within ``U``
     of one of a few probes (its candidates nearest the tile's box), a centre farther than
     ``U`` from the box is nearer to none of them (with the rounding margin of
-    ``_prune.box_candidates``)."""
+    ``_prune.box_candidates``). Returns them with each tile's number of candidates."""
     k = len(centers)
     m = np.count_nonzero(is_candidate, axis=1)
     many = np.flatnonzero(m > REFINE_FROM)
     if not len(many):
-        return is_candidate
+        return is_candidate, m
     factor = space.factor
     weights = distance_weights(centers, factor)
     columns = np.vstack([centers, np.full((1, centers.shape[1]), np.inf)]).T.copy()
@@ -228,7 +228,8 @@ def _refined(grid, chunk, space, centers, open_tiles, is_candidate):
         narrowed = np.zeros((len(batch), k + 1), dtype=bool)
         np.put_along_axis(narrowed, np.where(kept, wanted, k), True, axis=1)
         is_candidate[batch] = narrowed[:, :k]
-    return is_candidate
+        m[batch] = np.count_nonzero(narrowed[:, :k], axis=1)
+    return is_candidate, m
 
 
 def _narrowed(rows, valid, factor, weights, columns, wanted, centre_scale):
@@ -286,11 +287,11 @@ def _padded_weights(centers, factor):
     return weights
 
 
-def _open_batches(grid, chunk, space, open_tiles, is_candidate):
-    """Batches of open tiles with the same padded number of candidates: yields the tiles,
-    their candidates (T, M; padding k), their rows and which pixels are clustered."""
+def _open_batches(grid, chunk, space, open_tiles, is_candidate, m):
+    """Batches of open tiles with the same padded number of candidates (``m``, each tile's
+    count of ``is_candidate``): yields the tiles, their candidates (T, M; padding k), their
+    rows and which pixels are clustered."""
     k = is_candidate.shape[1]
-    m = np.count_nonzero(is_candidate, axis=1)
     padded = _bucket(m, k)
     most = max(1, BATCH_DISTANCES // (int(padded.min()) * grid.pixels))
     builder = TileRows(grid, chunk, space, min(most, len(open_tiles)))

@@ -63,7 +63,9 @@ class Filters:
         """Pixels of overlap each filter needs on each side, per spatial axis."""
         if self.kinds == ("value",):
             return (0,) * len(self.sigma)
-        return tuple(int(TRUNCATE * s + 0.5) + 2 if s > 0 else 0 for s in self.sigma)
+        return tuple(
+            r + 2 if s > 0 else 0 for r, s in zip(_radii(self.sigma), self.sigma, strict=True)
+        )
 
     @property
     def axes(self) -> tuple[int, ...]:
@@ -135,6 +137,12 @@ def _filtered(kind: str, values: np.ndarray, sigma: tuple[float, ...], smooth=No
     return hessian_eigenvalues(smooth, _scaled_axes(sigma))
 
 
+def _radii(sigma) -> list[int]:
+    """The radius of scipy's Gaussian kernel along each axis (``truncate`` sigmas, rounded
+    as ``ndimage.gaussian_filter`` rounds it; 0 along an axis of sigma 0)."""
+    return [int(TRUNCATE * s + 0.5) if s > 0 else 0 for s in sigma]
+
+
 def _scaled_axes(sigma) -> tuple[int, ...]:
     return tuple(axis for axis, s in enumerate(sigma) if s > 0)
 
@@ -172,8 +180,7 @@ def _missing_filtered(kinds, values, finite, sigma) -> dict[str, list[np.ndarray
     zeroed = np.where(finite, values, 0.0)
     # the pixels whose window (scipy's radius, per axis) holds a missing value; the Hessian's
     # differences read the smoothed values of pixels 2 away, each by its own window
-    radius = [int(TRUNCATE * s + 0.5) if s > 0 else 0 for s in sigma]
-    near = ndimage.maximum_filter(~finite, size=[2 * r + 1 for r in radius], mode="nearest")
+    near = ndimage.maximum_filter(~finite, size=[2 * r + 1 for r in _radii(sigma)], mode="nearest")
     ones = finite.astype(np.float64)
     weight = ndimage.gaussian_filter(ones, sigma, mode="nearest", truncate=TRUNCATE)
     out = {}

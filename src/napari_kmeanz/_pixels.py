@@ -357,8 +357,11 @@ class PixelSource:
                 index = np.ravel_multi_index(info["chunk-location"], info["num-chunks"])
                 task_args.append(objects[index])
             offset = tuple(lo for lo, _ in info["array-location"])
-            return task(Chunk(block, mask_block, offset, *reading), *task_args)
+            return task(Chunk(block, mask_block, offset, *reading), *task_args)[..., None]
 
+        # The channel axis is kept (as one of length 1) and indexed away after: dropping it
+        # in map_blocks makes dask concatenate each chunk's one block along it, a copy of
+        # the chunk's pixels in every task (36 MiB a chunk of a 4096x6144 photo).
         mask = None if self.mask is None else self.mask[..., None]
         return da.map_blocks(
             run,
@@ -366,11 +369,10 @@ class PixelSource:
             mask,
             *args,
             *(() if per_chunk is None else (per_chunk,)),
-            drop_axis=self.data.ndim - 1,
-            chunks=self.data.chunks[:-1],
+            chunks=(*self.data.chunks[:-1], (1,)),
             dtype=dtype,
-            meta=np.empty((0,) * (self.data.ndim - 1), dtype=dtype),
-        )
+            meta=np.empty((0,) * self.data.ndim, dtype=dtype),
+        )[..., 0]
 
     def labels(self, centers: np.ndarray, dtype) -> da.Array:
         """Lazy labels, 1 + the index of the nearest centre, 0 where pixels are not clustered.

@@ -231,12 +231,29 @@ def test_diagonal_connectivity():
         (lambda: clean(np.full((4, 4), -3), min_size=2), "got a minimum of -3"),
         (lambda: objects(np.ones((4, 4), int), clusters=[]), "clusters=[] chooses no cluster"),
         (lambda: objects(np.ones((4, 4), int), origin=[1]), "2 finite numbers, got (1.0,)."),
+        (lambda: objects(np.ones((4, 4), int), image=np.full((4, 4), "a")), "numeric dtype"),
+        (
+            lambda: objects(da.ones((4, 4), dtype=int, chunks=2), image=np.ones((4, 5))),
+            "image has shape (4, 5)",
+        ),
+        (lambda: objects(_unknown_chunks(8)), "labels is a dask array of unknown chunk sizes"),
+        (lambda: clean(_unknown_chunks(8), min_size=2), "call labels.compute_chunk_sizes()"),
+        (
+            lambda: objects(np.ones(8, int), image=_unknown_chunks(8)),
+            "image is a dask array of unknown chunk sizes (shape (None,))",
+        ),
     ],
 )
 def test_bad_arguments_are_refused(call, message):
     with pytest.raises((ValueError, TypeError)) as err:
         call()
     assert message in str(err.value)
+
+
+def _unknown_chunks(n):
+    """A dask array of ``n`` ones whose chunk sizes dask does not know (a boolean index)."""
+    ones = da.ones(n, dtype=int, chunks=3)
+    return ones[ones > 0]
 
 
 def test_margins_are_low_where_the_clustering_is_unsure():

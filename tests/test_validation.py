@@ -147,3 +147,20 @@ def test_predict_refuses_images_that_do_not_fit_the_model():
     np.testing.assert_array_equal(
         predict((photo / 255.0).astype(np.float32), float_model), float_model.labels
     )
+
+
+def test_dask_arrays_of_unknown_chunk_sizes_are_refused_by_name():
+    """A boolean index leaves a dask array's chunk sizes unknown (NaN): kmeans failed with
+    "cannot convert float NaN to integer"; the image, mask and predict's image are named."""
+    from napari_kmeanz import predict
+
+    flat = da.from_array(IMAGE.reshape(-1, 3), chunks=(1000, 3))
+    unknown = flat[flat[:, 0] >= 0]
+    message = r"image is a dask array of unknown chunk sizes \(shape \(None, 3\)\); call image"
+    with pytest.raises(ValueError, match=message):
+        kmeans(unknown, 3)
+    ones = da.ones(len(flat), dtype=bool, chunks=1000)
+    with pytest.raises(ValueError, match=r"mask is a dask array of unknown chunk sizes"):
+        kmeans(IMAGE.reshape(-1, 3), 3, mask=ones[ones])
+    with pytest.raises(ValueError, match=message):
+        predict(unknown, kmeans(IMAGE.reshape(-1, 3), 3, random_state=0))

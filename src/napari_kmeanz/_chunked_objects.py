@@ -18,6 +18,7 @@ import dask.array as da
 import numpy as np
 
 from ._compute import chunk_grid
+from ._params import known_chunks
 
 
 def chunked_objects(array: da.Array, chosen, connectivity: int, image, spacing, origin):
@@ -53,14 +54,27 @@ def _select(block, chosen):
     return np.where(np.isin(block, chosen), block, 0).astype(block.dtype, copy=False)
 
 
-def _image_chunks(image, array: da.Array):
-    """The image's values as a dask array of the labels' chunks and one channel axis."""
-    values = image if isinstance(image, da.Array) else da.from_array(np.asarray(image))
-    if values.shape[: array.ndim] != array.shape or values.ndim > array.ndim + 1:
+def check_object_image(image, shape: tuple[int, ...]):
+    """The image whose values the objects' table averages (numpy or dask), checked against
+    the labels' ``shape`` before any work; None for none."""
+    if image is None:
+        return None
+    values = known_chunks(image, "image") if isinstance(image, da.Array) else np.asarray(image)
+    if tuple(values.shape[: len(shape)]) != tuple(shape) or values.ndim > len(shape) + 1:
         raise ValueError(
-            f"image has shape {values.shape}, but the labels have shape {array.shape} "
+            f"image has shape {values.shape}, but the labels have shape {tuple(shape)} "
             "(an image has the labels' shape, with an optional channel axis last)."
         )
+    if values.dtype.kind not in "biuf":
+        raise TypeError(f"image must have a numeric dtype, got dtype {values.dtype}.")
+    return values
+
+
+def _image_chunks(values, array: da.Array):
+    """The image's values (checked) as a dask array of the labels' chunks and one channel
+    axis."""
+    if not isinstance(values, da.Array):
+        values = da.from_array(values)
     if values.ndim == array.ndim:
         values = values[..., None]
     return values.rechunk((*array.chunks, -1)).to_delayed()

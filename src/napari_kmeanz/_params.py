@@ -52,6 +52,18 @@ def check_real(name: str, value, minimum: float) -> float:
     return float(value)
 
 
+def known_chunks(array, name: str):
+    """``array``, refused when it is a dask array of unknown chunk sizes (after a boolean
+    index, say), whose pixels cannot be placed."""
+    if isinstance(array, da.Array) and any(math.isnan(n) for n in array.shape):
+        shape = tuple(None if math.isnan(n) else int(n) for n in array.shape)
+        raise ValueError(
+            f"{name} is a dask array of unknown chunk sizes (shape {shape}); call "
+            f"{name}.compute_chunk_sizes() first, or pass it as numpy."
+        )
+    return array
+
+
 def as_array(image, name: str = "image"):
     """numpy or dask array of a supported dtype; chunked stores (zarr, h5py) become dask arrays.
 
@@ -59,7 +71,7 @@ def as_array(image, name: str = "image"):
     array is taken apart by :func:`masked_pixels`.
     """
     if isinstance(image, da.Array):
-        array = image
+        array = known_chunks(image, name)
     elif is_picture(image):  # a Pillow image: its colours (a palette's, not its indices)
         array = picture_pixels(image)
     elif isinstance(image, np.ndarray):
@@ -189,7 +201,7 @@ def check_mask(mask, spatial_shape: tuple[int, ...], chunks, masked=None):
     if mask is None:
         array = np.ones(spatial_shape, dtype=bool)
     elif isinstance(mask, da.Array):
-        array = mask
+        array = known_chunks(mask, "mask")
     elif hasattr(mask, "chunks") and not isinstance(mask, np.ndarray) and hasattr(mask, "shape"):
         array = da.from_array(mask)
     else:

@@ -14,6 +14,7 @@ import dask.array as da
 import numpy as np
 
 from ._chunked_objects import (
+    check_object_image,
     check_region_axes,
     chunked_objects,
     each_plane,
@@ -23,7 +24,7 @@ from ._chunked_objects import (
     step,
 )
 from ._filters import merged_chunks
-from ._params import check_int, check_spacing
+from ._params import check_int, check_spacing, known_chunks
 
 
 def clean(labels, *, min_size: int = 0, radius: int = 0, connectivity: int = 1, spacing=None):
@@ -97,7 +98,7 @@ def _clean_planes(labels: np.ndarray, *, planes: tuple[int, ...], **options) -> 
 
 
 def _check_labels(labels):
-    array = labels if isinstance(labels, da.Array) else np.asarray(labels)
+    array = known_chunks(labels, "labels") if isinstance(labels, da.Array) else np.asarray(labels)
     if array.dtype.kind not in "iu":
         raise TypeError(f"labels must be integers, got dtype {array.dtype}.")
     if array.ndim < 1 or array.size == 0:
@@ -248,6 +249,7 @@ def objects(labels, *, clusters=None, connectivity: int = 1, image=None, spacing
     """
     array = _check_labels(labels)
     connectivity = _check_connectivity(connectivity, array.ndim)
+    image = check_object_image(image, array.shape)
     spacing = np.asarray(check_spacing(spacing, array.ndim))
     check_region_axes(array.shape, planes_of(spacing))
     origin = np.zeros(array.ndim) if origin is None else np.asarray(origin, np.float64)
@@ -293,13 +295,7 @@ def _table(numbered, clusters, image, spacing, origin) -> dict:
             counts, 1
         )
     if image is not None:
-        values = np.asarray(image)
-        if values.shape[: numbered.ndim] != numbered.shape or values.ndim > numbered.ndim + 1:
-            raise ValueError(
-                f"image has shape {values.shape}, but the labels have shape {numbered.shape} "
-                "(an image has the labels' shape, with an optional channel axis last)."
-            )
-        channels = values.reshape(flat.size, -1).astype(np.float64)
+        channels = np.asarray(image).reshape(flat.size, -1).astype(np.float64)
         for channel in range(channels.shape[1]):
             sums = np.bincount(flat, weights=channels[:, channel], minlength=n + 1)[1:]
             table[f"intensity_mean-{channel}"] = sums / np.maximum(counts, 1)

@@ -35,7 +35,12 @@ IMAGE = data.astronaut()[::8, ::8]  # 64 x 64 x 3
         ({"sample_size": 0}, ValueError, r"sample_size must be >= 1, got 0"),
         ({"color_space": "hsv"}, ValueError, r"color_space must be one of .* got .hsv."),
         ({"n_init": 0}, ValueError, r"n_init must be >= 1, got 0"),
-        ({"random_state": "seed"}, TypeError, r"random_state must be an integer, got 'seed'"),
+        ({"random_state": "seed"}, TypeError, r"random_state must be an integer >= 0, a "),
+        (
+            {"random_state": np.random.RandomState(0)},
+            TypeError,
+            r"a numpy.random.Generator or None, got RandomState\(MT19937\)",
+        ),
         ({"spacing": (1.0,)}, ValueError, r"spacing must hold 2 .* got \(1.0,\)"),
         ({"spacing": (1.0, -2.0)}, ValueError, r"spacing must hold 2 finite numbers >= 0.* -2.0"),
         ({"spacing": [np.float64(-1), np.float32(2)]}, ValueError, r"got \(-1.0, 2.0\)\.$"),

@@ -386,6 +386,11 @@ class Params:
         init = check_init(a["init"], n_clusters, n_features)
         random_state = a["random_state"]
         if random_state is not None and not isinstance(random_state, np.random.Generator):
+            if isinstance(random_state, bool) or not isinstance(random_state, Integral):
+                raise TypeError(
+                    "random_state must be an integer >= 0, a numpy.random.Generator or None, "
+                    f"got {random_state!r}."
+                )
             check_int("random_state", random_state, 0)
         return cls(
             n_clusters, spatial_weight, spacing, color_space, init, random_state=random_state,

@@ -184,8 +184,7 @@ def test_sigma_and_features_options(tmp_path):
 
 
 def test_save_a_model_and_apply_it_to_another_image(tmp_path):
-    model_file = tmp_path / "models" / "astronaut.json"
-    model_file.parent.mkdir()
+    model_file = tmp_path / "models" / "v1" / "astronaut.json"  # its folders are made
     done = run("astronaut", "-k", 6, "-o", tmp_path / "fit", "--save-model", model_file, "--quiet")
     assert done.returncode == 0, done.stderr
     applied = run("coffee", "--model", model_file, "-o", tmp_path / "applied")
@@ -210,7 +209,7 @@ def test_several_images_one_model_and_a_table(tmp_path):
     io.imsave(folder / "b.png", data.coffee())
     (folder / "broken.png").write_bytes(b"not an image")
     io.imsave(folder / "grey.png", data.camera())  # not the others' channels
-    model_file = tmp_path / "model.json"
+    model_file = tmp_path / "models" / "model.json"  # its folder made
     done = run(folder, "-k", 5, "-o", tmp_path / "out", "--save-model", model_file, "--quiet")
     assert done.returncode == 1  # two files skipped, the others done
     skipped = [line for line in done.stderr.splitlines() if "skipped" in line]
@@ -287,6 +286,7 @@ def test_a_sweep_past_the_distinct_values_ends_there_and_keeps_its_results(tmp_p
         (["camera", "--features", "edges"], "argument --features: expected feature kinds"),
         (["camera", "--features", "std"], "'std' is taken at a Gaussian scale; give sigma"),
         (["camera", "--model", "nope.json"], "no such model file: 'nope.json'"),
+        (["camera", "--model", "."], "--model '.' is a folder, not a model file"),
         (["camera", "--model", "BROKEN", "--sweep", "2:3"], "cannot be combined with --sweep"),
         (["camera", "--model", "BROKEN"], "is not a napari-kmeanz model"),
         (["camera", "coffee", "--sweep", "2:3"], "--sweep cannot be used with several images"),

@@ -95,6 +95,16 @@ def test_saving_to_a_folder_is_refused_and_writes_nothing(tmp_path):
     with pytest.raises(IsADirectoryError, match="is a folder: give the model a file name"):
         result.save(folder)
     assert sorted(tmp_path.iterdir()) == [folder] and not any(folder.iterdir())
+    with pytest.raises(IsADirectoryError, match="is a folder: give the model's file"):
+        load(folder)
+
+
+def test_saving_into_a_missing_folder_names_the_folder(tmp_path):
+    result = kmeans(data.camera()[::8, ::8], 3, random_state=0)
+    missing = tmp_path / "nope"
+    with pytest.raises(FileNotFoundError, match=f"no folder {str(missing)!r}") as err:
+        result.save(missing / "model.json")
+    assert "partial" not in str(err.value) and not missing.exists()
 
 
 def test_a_model_that_does_not_fit_the_image_is_refused(tmp_path):

@@ -92,7 +92,7 @@ def run_batch(args, names: list[str], outputs: OutputFolder) -> tuple[dict, list
         sys.stderr.write("\n")
     _write_table(outputs, counts_table(counts, done))
     if args.save_model is not None:
-        model.save(args.save_model)
+        model.save(outputs.place(args.save_model))
         outputs.wrote(args.save_model)
     report = _report(args, model, done, failures, fitted, time.perf_counter() - start)
     path = _write_json(outputs, "batch_report.json", report)

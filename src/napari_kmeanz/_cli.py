@@ -362,7 +362,7 @@ def run_single(args, image, stem, mask, outputs: OutputFolder) -> dict:
         "compression": compression(result),
     }
     if args.save_model is not None:  # with the outputs: gone again if the run fails
-        result.save(args.save_model)
+        result.save(outputs.place(args.save_model))
         outputs.wrote(args.save_model)
     return _finish_report(outputs, f"{stem}_report.json", report)
 
@@ -499,6 +499,8 @@ def _finish_report(outputs: OutputFolder, name: str, report: dict) -> dict:
 def _check_model_options(args) -> None:
     if args.model is not None and args.sweep is not None:
         raise UsageError("--model labels with a saved model: it cannot be combined with --sweep")
+    if args.model is not None and args.model.is_dir():
+        raise UsageError(f"--model {str(args.model)!r} is a folder, not a model file")
     if args.model is not None and not args.model.is_file():
         raise UsageError(f"no such model file: {str(args.model)!r}")
     if args.save_model is not None:

@@ -62,6 +62,12 @@ def atomic(path: Path):
     """Yield a temporary name beside ``path``, unique to this writer; rename it to ``path``
     only when done (two writers to one output never share a temporary file)."""
     path = Path(path)
+    if path.is_dir():  # (the temporary file would go beside the folder, the rename fail)
+        raise IsADirectoryError(f"{str(path)!r} is a folder: give a file name to write.")
+    if not path.parent.is_dir():  # (mkstemp would name its temporary file)
+        raise FileNotFoundError(
+            f"{str(path)!r} cannot be written: no folder {str(path.parent)!r}."
+        )
     handle, name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".partial{path.suffix}",
                                     dir=path.parent)  # fmt: skip
     os.close(handle)
@@ -109,15 +115,20 @@ class OutputFolder:
 
     def path(self, name: str) -> Path:
         """Where to write the file ``name``; the folder is made if it is missing."""
+        return self.place(self.folder / name)
+
+    def place(self, path: Path) -> Path:
+        """``path`` (in this folder or elsewhere, as a model file), its missing folders made;
+        :meth:`rollback` removes them again."""
         missing = []
-        folder = self.folder
+        folder = Path(path).parent
         while not folder.exists():
             missing.append(folder)
             folder = folder.parent
         for made in reversed(missing):
             made.mkdir()
             self._made.append(made)
-        return self.folder / name
+        return Path(path)
 
     def wrote(self, path: Path) -> None:
         self.written.append(Path(path))

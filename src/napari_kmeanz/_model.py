@@ -99,6 +99,8 @@ def read(path) -> dict:
     """The fields of the model in the file at ``path``; ValueError for a file that is not
     one (saying what is wrong), OSError when it cannot be read."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{str(path)!r} is a folder: give the model's file.")
     try:
         document = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:

@@ -149,6 +149,26 @@ def test_a_multichannel_tiff_clusters_its_channels(tmp_path):
     assert plain.returncode == 0
 
 
+def test_a_planar_rgb_tiff_clusters_its_colours(tmp_path):
+    """A TIFF of planar RGB samples ((3, Y, X), as scanners write) is clustered by colour (it
+    was a volume of 3 grey slices); planar RGBA keeps its extra sample as alpha."""
+    photo = np.moveaxis(data.astronaut()[::4, ::4], -1, 0)
+    opaque = np.where(np.arange(128) < 64, 0, 255).astype(np.uint8)
+    rgba = np.concatenate([photo, np.broadcast_to(opaque, (1, 128, 128))])
+    tifffile.imwrite(tmp_path / "rgb.tif", photo, photometric="rgb", planarconfig="separate")
+    tifffile.imwrite(tmp_path / "rgba.tif", rgba, photometric="rgb", planarconfig="separate",
+                     extrasamples=["unassalpha"])  # fmt: skip
+    for name, image, alpha in [("rgb", photo, False), ("rgba", rgba, True)]:
+        done = run(tmp_path / f"{name}.tif", "-k", 3, "-o", tmp_path / name, "--quiet")
+        assert done.returncode == 0, done.stderr
+        expected = kmeans(image, 3, channel_axis=0, alpha=alpha, max_iter=5, random_state=0)
+        labels = io.imread(tmp_path / name / f"{name}_labels.png")
+        np.testing.assert_array_equal(labels, expected.labels)
+        report = read_report(tmp_path / name, name)
+        assert report["parameters"]["channel_axis"] == 0 and len(report["colors"][0]) == 3
+    assert (labels[:, :64] == 0).all() and (labels[:, 64:] > 0).all()  # alpha 0: unclustered
+
+
 def test_16_bit_tiff_stack(files, tmp_path):
     done = run(files / "stack.tif", "-k", 4, "-s", 0.5, "-o", tmp_path, "--quiet")
     assert done.returncode == 0, done.stderr

@@ -26,7 +26,7 @@ from ._io import (
     elbow_plot,
     read_picture,
     save_palette_png,
-    tiff_channel_axis,
+    tiff_channels,
 )
 
 SAMPLES = (
@@ -209,19 +209,20 @@ def read_image(name: str) -> tuple[np.ndarray, str]:
     )
 
 
-def channel_option(args, first: str) -> int | str:
-    """The ``channel_axis`` the images are clustered with: ``--channel-axis``; else the C
-    axis of a TIFF whose axes name it (the first image's, for several); else 'auto'."""
+def channel_option(args, first: str) -> tuple[int | str, bool | None]:
+    """The ``channel_axis`` and ``alpha`` the images are clustered with: ``--channel-axis``;
+    else the channels a TIFF's metadata names (the first image's, for several: see
+    :func:`_io.tiff_channels`); else 'auto'."""
     if args.channel_axis is not None:
-        return args.channel_axis
+        return args.channel_axis, None
     path = Path(first)
     if path.suffix.lower() in TIFF and path.is_file():
         try:
-            axis = tiff_channel_axis(path)
+            axis, alpha = tiff_channels(path)
         except Exception:  # an unreadable file: said when it is read
-            axis = None
-        return "auto" if axis is None else axis
-    return "auto"
+            axis, alpha = None, None
+        return ("auto" if axis is None else axis), alpha
+    return "auto", None
 
 
 def _save_image(outputs: OutputFolder, stem: str, array: np.ndarray) -> Path:
@@ -283,6 +284,7 @@ def kmeans_options(args) -> dict:
         "spatial_weight": args.spatial, "color_space": args.color_space, "sigma": args.sigma,
         "features": args.features, "init": args.init, "max_iter": args.rounds,
         "tol": args.tol, "random_state": args.seed, "channel_axis": args.channels,
+        "alpha": args.alpha,
     }  # fmt: skip
 
 
@@ -316,7 +318,7 @@ def run_single(args, image, stem, mask, outputs: OutputFolder) -> dict:
 
     progress = Progress(args.rounds, f"k-means k={args.clusters}", args.quiet)
 
-    layout = layout_of(image.shape, args.channels, None)
+    layout = layout_of(image.shape, args.channels, args.alpha)
 
     def each_round(state):
         painted = recolor(state.labels(), state.colors, dtype=image.dtype, alpha=layout.alpha)
@@ -533,7 +535,7 @@ def main(argv=None) -> int:
         from . import _batch  # (it builds on this module)
 
         names = _batch.expand(args.images)
-        args.channels = channel_option(args, names[0])
+        args.channels, args.alpha = channel_option(args, names[0])
         if len(names) > 1 or names[0] != args.images[0]:
             return _run_batch(args, names, outputs)
         args.image = names[0]

@@ -46,15 +46,28 @@ def read_picture(path: Path) -> np.ndarray:
     return io.imread(path)
 
 
-def tiff_channel_axis(path) -> int | None:
-    """The axis of a TIFF's channels where its metadata names one ('C' in the axes of its
-    first series, as ImageJ and OME write a (C, Y, X) stack), else None (RGB samples, 'S',
-    are a last axis already)."""
+def tiff_channels(path) -> tuple[int | None, bool | None]:
+    """The axis of a TIFF's channels where its metadata names one, else None, and whether
+    its last channel is alpha (None: the usual guess).
+
+    The channels are 'C' in the axes of its first series (as ImageJ and OME write a
+    (C, Y, X) stack), or its samples 'S' when they come first (planar RGB, (3, Y, X));
+    samples last are the usual last axis of RGB(A). An extra sample is alpha where the file
+    says so.
+    """
     import tifffile
 
     with tifffile.TiffFile(path) as tiff:
-        axes = tiff.series[0].axes if tiff.series else ""
-    return axes.index("C") if "C" in axes and "S" not in axes else None
+        series = tiff.series[0] if tiff.series else None
+        axes = series.axes if series is not None else ""
+        extra = tuple(series.keyframe.extrasamples) if series is not None else ()
+    if "C" in axes and "S" not in axes:
+        return axes.index("C"), None
+    # an extra sample is alpha where the file says so (associated or unassociated alpha)
+    alpha = int(extra[-1]) in (1, 2) if extra else None
+    if "S" in axes and axes.index("S") < len(axes) - 1:  # planar samples
+        return axes.index("S"), bool(alpha)
+    return None, alpha
 
 
 @contextlib.contextmanager

@@ -196,6 +196,21 @@ def test_rgba_alpha_is_not_a_feature_and_transparent_pixels_are_masked(astronaut
     assert np.all(painted[:100, :, 3] == 0) and np.all(painted[100:, :, 3] == 255)
 
 
+def test_four_channels_of_wide_integers_are_taken_for_alpha_with_a_warning(astronaut):
+    """(Y, X, 4) uint16 is more often 4 fluorescence channels than RGBA: the default alpha
+    then warns, and alpha=False clusters the 4 channels (a sparse 4th channel's zeros were
+    silently left unclustered)."""
+    four = np.dstack([astronaut, astronaut[..., :1] // 2]).astype(np.uint16) * 200
+    four[:100, :, 3] = 0
+    with pytest.warns(UserWarning, match=r"4 channels of this uint16 image .* alpha=False"):
+        guessed = kmeans(four, 4, random_state=0)
+    assert guessed.colors.shape == (4, 3) and np.all(guessed.labels[:100] == 0)
+    values = kmeans(four, 4, random_state=0, alpha=False)  # no warning (warnings are errors)
+    assert values.colors.shape == (4, 4) and np.all(values.labels > 0)
+    kmeans(four.astype(np.uint8), 4, random_state=0)  # 8-bit RGBA: no warning
+    kmeans(four / 65535.0, 4, random_state=0)  # float RGBA: no warning
+
+
 def test_multichannel_with_channel_axis_first():
     ihc = data.immunohistochemistry()
     planar = np.moveaxis(ihc, -1, 0).copy()

@@ -90,6 +90,9 @@ def kmeans(
     alpha : bool, optional
         Whether the last channel is alpha. Defaults to True for an auto-detected 4-channel
         image. Alpha is not a feature; fully transparent pixels (alpha 0) are not clustered.
+        For a 4-channel image of integers wider than 8 bits (rarely RGBA; often 4
+        fluorescence channels), that default comes with a warning: pass ``alpha=False`` to
+        cluster the 4 channels.
     spacing : sequence of float, optional
         Physical pixel size along each spatial axis (anisotropic voxels); default 1. A spacing
         of 0 leaves that axis out of the position features: the frames of a time series (or

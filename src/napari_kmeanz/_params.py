@@ -12,6 +12,7 @@ import contextlib
 import math
 import os
 import uuid
+import warnings
 from dataclasses import dataclass
 from numbers import Integral, Real
 
@@ -323,6 +324,14 @@ def check_image(image, channel_axis="auto", alpha=None, mask=None) -> Image:
     """The input image, its layout and its mask, checked (see :func:`kmeans`)."""
     array = as_array(image)
     layout = layout_of(tuple(array.shape), channel_axis, alpha)
+    if alpha is None and layout.alpha and array.dtype.kind in "iu" and array.itemsize > 1:
+        warnings.warn(
+            f"The last of the 4 channels of this {array.dtype} image (shape "
+            f"{tuple(array.shape)}) is taken for alpha: not a feature, and its pixels of "
+            "alpha 0 are not clustered. Pass alpha=False to cluster 4 channels of values "
+            "(microscopy), or alpha=True to say it is alpha.",
+            stacklevel=4,  # kmeans's caller (check_image, iter_kmeans, kmeans)
+        )
     data = channels_last(array, layout)
     masked = masked_pixels(image, layout)
     mask = check_mask(mask, data.shape[:-1], data.chunks[:-1], masked)

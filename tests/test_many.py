@@ -26,6 +26,19 @@ def test_several_images_share_one_model():
                 assert np.abs(mean - result.colors[cluster - 1]).max() < 40
 
 
+def test_several_images_of_other_shapes_are_recoloured_and_located_each():
+    """recolor() and centroids() of several images give one per image (numpy failed on the
+    list of labels of other shapes)."""
+    images = [data.astronaut()[::4, ::4], data.coffee()[::4, ::4]]
+    result = kmeans(images, 4, random_state=0)
+    painted, centroids = result.recolor(), result.centroids()
+    assert [p.shape for p in painted] == [i.shape for i in images]
+    for one, labels, where in zip(painted, result.labels, centroids, strict=True):
+        np.testing.assert_array_equal(one, result.colors.round().astype(np.uint8)[labels - 1])
+        yy, xx = np.indices(labels.shape)
+        np.testing.assert_allclose(where[0], [yy[labels == 1].mean(), xx[labels == 1].mean()])
+
+
 def test_the_same_image_twice_gets_the_same_labels_and_dask_stays_lazy():
     image = data.astronaut()
     lazy = da.from_array(image, chunks=(128, 256, 3))

@@ -37,9 +37,10 @@ class KMeansResult:
 
     Attributes
     ----------
-    labels : ndarray or dask.array.Array of shape (*spatial,), or None
+    labels : ndarray or dask.array.Array of shape (*spatial,), list of them, or None
         Cluster of each pixel, 1..k; 0 for pixels that were not clustered (masked out, fully
-        transparent, or NaN); None for a model read by :func:`load`. A dask array when the
+        transparent, or NaN); one array per image for several images (a list); None for a
+        model read by :func:`load`. A dask array when the
         input was one (computed lazily): lazy labels read the input again when computed, so
         changing a store (zarr) after the run changes them too; compute or write them
         (``labels.to_zarr``) before changing it.
@@ -89,9 +90,16 @@ class KMeansResult:
         """The image with every pixel painted in its cluster's colour, in the input's layout.
 
         Returns an array of the input's dtype and shape; where the input had alpha, clustered
-        pixels are opaque and the others fully transparent. Lazy when ``labels`` is.
+        pixels are opaque and the others fully transparent. Lazy when ``labels`` is. For
+        several images (``labels`` a list), a list: each image recoloured.
         """
-        out = recolor(self._labels(), self.colors, dtype=self.dtype, alpha=self.layout.alpha)
+        labels = self._labels()
+        if isinstance(labels, list):
+            return [self._recolor(one) for one in labels]
+        return self._recolor(labels)
+
+    def _recolor(self, labels):
+        out = recolor(labels, self.colors, dtype=self.dtype, alpha=self.layout.alpha)
         if self.layout.channel_axis is None:
             return out[..., 0]
         if self.layout.channel_axis != self.layout.ndim - 1:
@@ -121,9 +129,12 @@ class KMeansResult:
         """Mean pixel position of each cluster, shape (k, spatial ndim), in pixel indices.
 
         Computed chunk by chunk from :attr:`labels` (a pass over them when they are lazy); NaN
-        for a cluster without pixels.
+        for a cluster without pixels. For several images, a list: each image's.
         """
-        return label_centroids(self._labels(), self.n_clusters)
+        labels = self._labels()
+        if isinstance(labels, list):
+            return [label_centroids(one, self.n_clusters) for one in labels]
+        return label_centroids(labels, self.n_clusters)
 
 
 @dataclass(frozen=True, eq=False)

@@ -400,3 +400,19 @@ def test_lazy_outputs_read_the_image_chunks_without_copying_them():
     assert out.shape == image.shape[:2]
     np.testing.assert_array_equal(out.compute(scheduler="sync"), 0)
     assert views == [True] * pixels.data.numblocks[0]
+
+
+def test_the_nearest_of_many_candidates_a_few_rows_at_a_time_is_the_plain_argmin():
+    """nearest_many (rows in cache-sized steps) against one argmin over all the distances,
+    ties (duplicated centres) going to the first, as argmin's do."""
+    from napari_kmeanz import _kernels
+
+    rng = np.random.default_rng(0)
+    rows = engine.with_ones(rng.integers(0, 6, (5000, 3)).astype(np.float64))
+    centers = rng.integers(0, 6, (400, 3)).astype(np.float64)
+    centers[200:] = centers[:200]  # every centre twice: ties everywhere
+    matrix = _kernels.distance_weights(centers, np.ones(3))
+    assert len(rows) > _kernels.MANY_DISTANCES // len(centers)  # several steps
+    np.testing.assert_array_equal(_kernels.nearest_many(rows, matrix), (rows @ matrix).argmin(1))
+    plain = ((rows[:, None, :-1] - centers[None]) ** 2).sum(-1).min(1)
+    np.testing.assert_allclose(engine.nearest_sqdist(rows, centers, np.ones(3)), plain)

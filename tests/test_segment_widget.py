@@ -42,6 +42,10 @@ def test_clean_objects_and_mask_of_a_clustering(viewer, qtbot):
     np.testing.assert_array_equal(found.data, expected.labels)
     np.testing.assert_allclose(found.features["area"], expected.table["area"])
     assert "intensity_mean-2" in found.features  # the source image's channels
+    widget.chosen.value = []
+    assert widget.mask() is None and "astronaut clusters mask of none" not in viewer.layers
+    assert widget.status.value.startswith("Choose one cluster or more for the mask")
+    widget.chosen.value = [2]
     mask = wait_for(qtbot, viewer, widget.mask(), "astronaut clusters mask of 2")
     np.testing.assert_array_equal(mask.data, (clusters.data == 2).astype(np.uint8))
     unsure = wait_for(qtbot, viewer, widget.uncertainty(), "astronaut clusters uncertainty")

@@ -211,7 +211,10 @@ class SegmentWidget(Container):
         if layer is None:
             return None
         chosen = list(self.chosen.value)
-        name = f"{layer.name} mask of {', '.join(map(str, chosen)) or 'none'}"
+        if not chosen:  # (an empty mask, named 'mask of none', was added)
+            self._refuse("Choose one cluster or more for the mask (click them, or tick them).")
+            return None
+        name = f"{layer.name} mask of {', '.join(map(str, chosen))}"
         labels = as_array(layer.data, "labels")
         isin = da.isin if isinstance(labels, da.Array) else np.isin  # lazy for dask labels
         return self._work(

@@ -613,6 +613,21 @@ def test_renaming_a_result_layer_mid_run_adds_no_duplicate(viewer, qtbot):
     assert [layer.name for layer in viewer.layers] == ["retina", "mine", "retina recoloured"]
 
 
+def test_renaming_the_source_mid_run_keeps_its_results_names_together(viewer, qtbot):
+    widget = open_widget(viewer)
+    long_run(viewer, widget)
+    qtbot.waitUntil(lambda: "retina clusters" in viewer.layers, timeout=60_000)
+    viewer.layers["retina"].name = "eye"
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    # the names the run started with (the recoloured layer was "eye recoloured")
+    assert [layer.name for layer in viewer.layers] == [
+        "eye",
+        "retina clusters",
+        "retina recoloured",
+    ]
+    assert viewer.layers["retina clusters"].metadata["napari-kmeanz"]["n_iter"] == 6
+
+
 def test_replacing_the_source_data_mid_run_discards_the_run_with_a_word(viewer, qtbot):
     from napari.utils.notifications import notification_manager
 

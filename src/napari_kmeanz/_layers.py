@@ -47,6 +47,21 @@ class Job:
     levels: list = field(default_factory=list)  # (array, spacing) per level of a multiscale
     rgb: bool = False
     source_data: object = None  # the source layer's data when the job was made
+    # the layers' names when the job was made: a layer renamed mid-run does not split the
+    # names of its results ("retina clusters" beside "eye recoloured")
+    names: tuple = ()
+
+    def __post_init__(self):
+        if not self.names:
+            self.names = (self.source.name, *(layer.name for layer in self.channel_layers))
+
+    @property
+    def source_name(self) -> str:
+        return self.names[0]
+
+    @property
+    def channel_names(self) -> tuple:
+        return self.names[1:]
 
     def states(self, cancel=None, progress=None):
         """Check the parameters (raising ValueError/TypeError) and return the round iterator
@@ -254,7 +269,7 @@ def _colormap(job: Job, colors: np.ndarray):
 def _channel_names(job: Job) -> list[str]:
     if job.rgb:
         return ["R", "G", "B"]
-    return [layer.name for layer in job.channel_layers]
+    return list(job.channel_names)
 
 
 def _features(job: Job, result: KMeansResult):
@@ -282,7 +297,7 @@ def _metadata(job: Job, result: KMeansResult) -> dict:
     params = {key: value for key, value in job.kwargs.items() if key != "mask"}
     return {
         PREFIX: {
-            "source": job.source.name,
+            "source": job.source_name,
             "parameters": params,
             "inertia": result.inertia,
             "inertia_history": result.inertia_history.tolist(),
@@ -306,13 +321,13 @@ def _all_levels(job: Job, result: KMeansResult):
 
 
 def labels_name(job: Job) -> str:
-    return f"{job.source.name} clusters"
+    return f"{job.source_name} clusters"
 
 
 def recoloured_names(job: Job) -> list[str]:
     if len(job.channel_layers) > 1:
-        return [f"{layer.name} recoloured" for layer in job.channel_layers]
-    return [f"{job.source.name} recoloured"]
+        return [f"{name} recoloured" for name in job.channel_names]
+    return [f"{job.source_name} recoloured"]
 
 
 def _recoloured(job: Job, labels, colors: np.ndarray) -> list:
@@ -324,7 +339,7 @@ def _recoloured(job: Job, labels, colors: np.ndarray) -> list:
     single = None if multi else recolor(labels, colors, dtype=dtype, alpha=alpha)
     tuples = []
     names = recoloured_names(job)
-    mark = {PREFIX: {"source": job.source.name, "recoloured": True}}  # see is_output
+    mark = {PREFIX: {"source": job.source_name, "recoloured": True}}  # see is_output
     if job.rgb or len(job.channel_layers) == 1:
         data = paint if multi else single
         if not job.rgb:

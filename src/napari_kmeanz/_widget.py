@@ -341,7 +341,7 @@ class KMeansWidget(Container):
         if not flight.cancel.is_set():
             flight.cancel.set()
             flight.discarded = (
-                f"The data of layer {job.source.name!r} changed during the run: its results "
+                f"The data of layer {job.source_name!r} changed during the run: its results "
                 "were discarded. Run again."
             )
         return True

@@ -602,30 +602,24 @@ def long_run(viewer, widget, rounds=6):
     return widget.run()
 
 
-def test_renaming_a_result_layer_mid_run_adds_no_duplicate(viewer, qtbot):
+@pytest.mark.parametrize(
+    ("renamed", "new", "expected"),
+    [
+        # a result renamed mid-run: no duplicate is added beside it
+        ("retina clusters", "mine", ["retina", "mine", "retina recoloured"]),
+        # the source renamed: its results keep the names the run started with (the
+        # recoloured layer was "eye recoloured")
+        ("retina", "eye", ["eye", "retina clusters", "retina recoloured"]),
+    ],
+)
+def test_a_layer_renamed_mid_run(viewer, qtbot, renamed, new, expected):
     widget = open_widget(viewer)
     long_run(viewer, widget)
     qtbot.waitUntil(lambda: "retina clusters" in viewer.layers, timeout=60_000)
-    viewer.layers["retina clusters"].name = "mine"
+    viewer.layers[renamed].name = new
     qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
-    assert "retina clusters" not in viewer.layers
-    assert viewer.layers["mine"].metadata["napari-kmeanz"]["n_iter"] == 6
-    assert [layer.name for layer in viewer.layers] == ["retina", "mine", "retina recoloured"]
-
-
-def test_renaming_the_source_mid_run_keeps_its_results_names_together(viewer, qtbot):
-    widget = open_widget(viewer)
-    long_run(viewer, widget)
-    qtbot.waitUntil(lambda: "retina clusters" in viewer.layers, timeout=60_000)
-    viewer.layers["retina"].name = "eye"
-    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
-    # the names the run started with (the recoloured layer was "eye recoloured")
-    assert [layer.name for layer in viewer.layers] == [
-        "eye",
-        "retina clusters",
-        "retina recoloured",
-    ]
-    assert viewer.layers["retina clusters"].metadata["napari-kmeanz"]["n_iter"] == 6
+    assert [layer.name for layer in viewer.layers] == expected
+    assert viewer.layers[expected[1]].metadata["napari-kmeanz"]["n_iter"] == 6
 
 
 def test_replacing_the_source_data_mid_run_discards_the_run_with_a_word(viewer, qtbot):

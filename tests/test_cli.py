@@ -151,7 +151,8 @@ def test_a_multichannel_tiff_clusters_its_channels(tmp_path):
 
 def test_a_planar_rgb_tiff_clusters_its_colours(tmp_path):
     """A TIFF of planar RGB samples ((3, Y, X), as scanners write) is clustered by colour (it
-    was a volume of 3 grey slices); planar RGBA keeps its extra sample as alpha."""
+    was a volume of 3 grey slices); planar RGBA keeps its extra sample as alpha; samples
+    last that are not RGB(A) are channels too."""
     photo = np.moveaxis(data.astronaut()[::4, ::4], -1, 0)
     opaque = np.where(np.arange(128) < 64, 0, 255).astype(np.uint8)
     rgba = np.concatenate([photo, np.broadcast_to(opaque, (1, 128, 128))])
@@ -167,6 +168,19 @@ def test_a_planar_rgb_tiff_clusters_its_colours(tmp_path):
         report = read_report(tmp_path / name, name)
         assert report["parameters"]["channel_axis"] == 0 and len(report["colors"][0]) == 3
     assert (labels[:, :64] == 0).all() and (labels[:, 64:] > 0).all()  # alpha 0: unclustered
+    # samples last but not RGB(A): grey and alpha, or 5 channels (they were 2 or 5 slices)
+    grey_alpha = np.moveaxis(rgba[[0, 3]], 0, -1)
+    five = np.moveaxis(np.concatenate([photo, photo[:2] // 2]), 0, -1)
+    contiguous = {"photometric": "minisblack", "planarconfig": "contig"}
+    tifffile.imwrite(tmp_path / "la.tif", grey_alpha, extrasamples=["unassalpha"], **contiguous)
+    tifffile.imwrite(tmp_path / "five.tif", five, **contiguous)
+    for name, image, alpha in [("la", grey_alpha, True), ("five", five, False)]:
+        done = run(tmp_path / f"{name}.tif", "-k", 3, "-o", tmp_path / name, "--quiet")
+        assert done.returncode == 0, done.stderr
+        expected = kmeans(image, 3, channel_axis=-1, alpha=alpha, max_iter=5, random_state=0)
+        np.testing.assert_array_equal(io.imread(tmp_path / name / f"{name}_labels.png"),
+                                      expected.labels)  # fmt: skip
+        assert len(read_report(tmp_path / name, name)["colors"][0]) == 1 + 4 * (not alpha)
 
 
 def test_16_bit_tiff_stack(files, tmp_path):

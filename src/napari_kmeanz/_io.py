@@ -51,9 +51,9 @@ def tiff_channels(path) -> tuple[int | None, bool | None]:
     its last channel is alpha (None: the usual guess).
 
     The channels are 'C' in the axes of its first series (as ImageJ and OME write a
-    (C, Y, X) stack), or its samples 'S' when they come first (planar RGB, (3, Y, X));
-    samples last are the usual last axis of RGB(A). An extra sample is alpha where the file
-    says so.
+    (C, Y, X) stack), or its samples 'S' when they come first (planar RGB, (3, Y, X)) or are
+    not 3 or 4 (grey and alpha); 3 or 4 samples last are the usual last axis of RGB(A). An
+    extra sample is alpha where the file says so.
     """
     import tifffile
 
@@ -65,8 +65,10 @@ def tiff_channels(path) -> tuple[int | None, bool | None]:
         return axes.index("C"), None
     # an extra sample is alpha where the file says so (associated or unassociated alpha)
     alpha = int(extra[-1]) in (1, 2) if extra else None
-    if "S" in axes and axes.index("S") < len(axes) - 1:  # planar samples
-        return axes.index("S"), bool(alpha)
+    if "S" in axes:
+        at = axes.index("S")
+        if at < len(axes) - 1 or series.shape[at] not in (3, 4):  # planar, or grey + alpha
+            return at, bool(alpha)
     return None, alpha
 
 

@@ -40,10 +40,9 @@ class KMeansResult:
     labels : ndarray or dask.array.Array of shape (*spatial,), list of them, or None
         Cluster of each pixel, 1..k; 0 for pixels that were not clustered (masked out, fully
         transparent, or NaN); one array per image for several images (a list); None for a
-        model read by :func:`load`. A dask array when the
-        input was one (computed lazily): lazy labels read the input again when computed, so
-        changing a store (zarr) after the run changes them too; compute or write them
-        (``labels.to_zarr``) before changing it.
+        model read by :func:`load`. A dask array when the input was one (computed lazily):
+        lazy labels read the input again when computed, so changing a store (zarr) after the
+        run changes them too; compute or write them (``labels.to_zarr``) before changing it.
     colors : ndarray of shape (k, C)
         Mean value of each cluster's pixels, per channel, in the image's own units (alpha left
         out); with ``color_space='lab'``, the cluster's mean Lab colour in the image's RGB

@@ -168,6 +168,18 @@ def test_a_planar_rgb_tiff_clusters_its_colours(tmp_path):
         report = read_report(tmp_path / name, name)
         assert report["parameters"]["channel_axis"] == 0 and len(report["colors"][0]) == 3
     assert (labels[:, :64] == 0).all() and (labels[:, 64:] > 0).all()  # alpha 0: unclustered
+    # a model fitted on the photo, channels last, labels the planar file (and back)
+    io.imsave(tmp_path / "photo.png", np.moveaxis(photo, 0, -1))
+    fit = run(tmp_path / "photo.png", "-k", 3, "--save-model", tmp_path / "m.json",
+              "-o", tmp_path / "fit", "--quiet")  # fmt: skip
+    assert fit.returncode == 0, fit.stderr
+    both = run(tmp_path / "photo.png", tmp_path / "rgb.tif", "--model", tmp_path / "m.json",
+               "-o", tmp_path / "both", "--quiet")  # fmt: skip
+    assert both.returncode == 0, both.stderr
+    fitted = io.imread(tmp_path / "fit" / "photo_labels.png")
+    for stem in ("photo", "rgb"):
+        np.testing.assert_array_equal(io.imread(tmp_path / "both" / f"{stem}_labels.png"), fitted)
+    assert tifffile.imread(tmp_path / "both" / "rgb_recoloured.tif").shape == photo.shape
     # samples last but not RGB(A): grey and alpha, or 5 channels (they were 2 or 5 slices)
     grey_alpha = np.moveaxis(rgba[[0, 3]], 0, -1)
     five = np.moveaxis(np.concatenate([photo, photo[:2] // 2]), 0, -1)

@@ -107,6 +107,26 @@ def test_saving_into_a_missing_folder_names_the_folder(tmp_path):
     assert "partial" not in str(err.value) and not missing.exists()
 
 
+def test_predict_takes_the_images_own_channel_axis():
+    """A model fitted on (Y, X, C) labels a (C, Y, X) array given its channel_axis (it was
+    refused, with no way to say where the channels are); a wrong axis says which fits."""
+    from napari_kmeanz import margins
+
+    photo = data.astronaut()[::4, ::4]
+    model = kmeans(photo, 4, random_state=0)
+    first = np.moveaxis(photo, -1, 0)
+    np.testing.assert_array_equal(predict(first, model, channel_axis=0), model.labels)
+    np.testing.assert_array_equal(model.predict(first, channel_axis=-3), model.labels)
+    np.testing.assert_allclose(margins(first, model, channel_axis=0), margins(photo, model))
+    with pytest.raises(ValueError, match=r"128 channels along axis 2 .* give channel_axis=0"):
+        predict(first, model)
+    with pytest.raises(ValueError, match=r"channel_axis=3 is out of range for 3 dimensions"):
+        predict(first, model, channel_axis=3)
+    grey = kmeans(photo[..., 0], 3, random_state=0)
+    with pytest.raises(ValueError, match=r"channel_axis=0: the model was fitted on grey"):
+        predict(photo[..., 0], grey, channel_axis=0)
+
+
 def test_a_model_that_does_not_fit_the_image_is_refused(tmp_path):
     kmeans(data.astronaut(), 3, random_state=0).save(tmp_path / "m.json")
     model = load(tmp_path / "m.json")

@@ -23,6 +23,7 @@ from ._cli import (
     _save_image,
     _suffix,
     _write_json,
+    channel_option,
     kmeans_options,
     read_image,
 )
@@ -83,7 +84,7 @@ def run_batch(args, names: list[str], outputs: OutputFolder) -> tuple[dict, list
         if any(f.startswith(f"{name}:") for f in failures):
             continue
         try:
-            counts.append(_label_one(name, stems[index], model, outputs))
+            counts.append(_label_one(name, stems[index], model, args, outputs))
             done.append(name)
         except (UsageError, ValueError) as err:
             failures.append(_failure(name, err))
@@ -132,13 +133,26 @@ def _stems(names: list[str]) -> list[str]:
     return [s if stems.count(s) == 1 else f"{s}_{i}" for i, s in enumerate(stems)]
 
 
-def _label_one(name: str, stem: str, model, outputs: OutputFolder) -> np.ndarray:
+def model_labels(image, model, args, mask=None, name: str | None = None):
+    """The image labelled by ``model``, and the layout its outputs keep: the image's own,
+    from the options (for the file ``name``: its own TIFF axes), so that a model fitted on
+    channels last labels a planar TIFF's channels first, and back."""
+    from ._params import layout_of
+    from ._result import predict
+
+    if model.layout.channel_axis is None:
+        return np.asarray(predict(image, model, mask=mask)), model.layout
+    channels, alpha = (args.channels, args.alpha) if name is None else channel_option(args, name)
+    layout = layout_of(image.shape, channels, alpha)
+    return np.asarray(predict(image, model, mask=mask, channel_axis=layout.channel_axis)), layout
+
+
+def _label_one(name: str, stem: str, model, args, outputs: OutputFolder) -> np.ndarray:
     """Label one image and write its outputs; returns its pixel count per cluster."""
-    from ._result import predict, recolor
+    from ._result import recolor
 
     image, _ = read_image(name)
-    labels = np.asarray(predict(image, model))
-    layout = model.layout
+    labels, layout = model_labels(image, model, args, name=name)
     painted = recolor(labels, model.colors, dtype=image.dtype, alpha=layout.alpha)
     if layout.channel_axis is None:
         painted = painted[..., 0]

@@ -328,7 +328,7 @@ def run_single(args, image, stem, mask, outputs: OutputFolder) -> dict:
 
     start = time.perf_counter()
     if args.model is not None:
-        result = _apply_model(image, args.model, mask)
+        result = _apply_model(image, args, mask)
     else:
         result = _cluster(
             image, args.clusters, args, mask, progress, each_round if args.every_round else None
@@ -383,17 +383,18 @@ def _fit_figures(result, model_path) -> dict:
     return {"model": str(model_path), "model_fit": figures}
 
 
-def _apply_model(image, path, mask):
-    """The image labelled by the model saved at ``path``, as a result (the model's fit
-    figures, this image's labels and pixel counts)."""
+def _apply_model(image, args, mask):
+    """The image labelled by the model saved at ``--model``, as a result (the model's fit
+    figures, this image's labels, pixel counts and layout)."""
     from dataclasses import replace
 
-    from ._result import load, predict
+    from ._batch import model_labels
+    from ._result import load
 
-    model = load(path)
-    labels = np.asarray(predict(image, model, mask=mask))
+    model = load(args.model)
+    labels, layout = model_labels(image, model, args, mask)
     counts = np.bincount(labels.ravel(), minlength=model.n_clusters + 1)[1:]
-    return replace(model, labels=labels, counts=counts.astype(np.int64))
+    return replace(model, labels=labels, counts=counts.astype(np.int64), layout=layout)
 
 
 def run_sweep(args, image, stem, mask, outputs: OutputFolder) -> dict:

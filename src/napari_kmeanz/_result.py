@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from numbers import Integral
 
 import dask.array as da
 import numpy as np
@@ -106,9 +107,9 @@ class KMeansResult:
             out = xp.moveaxis(out, -1, self.layout.channel_axis)
         return out
 
-    def predict(self, image, *, mask=None, spacing=None):
+    def predict(self, image, *, mask=None, spacing=None, channel_axis=None):
         """Labels of another image by these centres; see :func:`predict`."""
-        return predict(image, self, mask=mask, spacing=spacing)
+        return predict(image, self, mask=mask, spacing=spacing, channel_axis=channel_axis)
 
     def save(self, path) -> None:
         """Write the model (everything :func:`predict` needs, not the labels) to exactly
@@ -169,7 +170,7 @@ class KMeansState:
         return self._labeler(self.centers)
 
 
-def predict(image, model: KMeansResult, *, mask=None, spacing=None):
+def predict(image, model: KMeansResult, *, mask=None, spacing=None, channel_axis=None):
     """Assign the pixels of an image to the nearest centres of a fitted model.
 
     Parameters
@@ -189,6 +190,9 @@ def predict(image, model: KMeansResult, *, mask=None, spacing=None):
         Pixel size of ``image`` along each spatial axis, in the units of the fitted image's
         spacing; default: the fitted image's. For another resolution level of the same image,
         the downsampling factors (times the fitted spacing).
+    channel_axis : int, optional
+        The image's axis of channels where it is not the model's (a (C, Y, X) array for a
+        model fitted on (Y, X, C)); default: the model's. Only for a model with channels.
 
     Returns
     -------
@@ -212,8 +216,9 @@ def predict(image, model: KMeansResult, *, mask=None, spacing=None):
     (256, 512)
     """
     if _is_stack(image, model):
-        return _each_frame(image, mask, lambda f, m: predict(f, model, mask=m, spacing=spacing))
-    source, lazy = _pixels_of(image, model, mask, spacing)
+        return _each_frame(image, mask, lambda f, m: predict(
+            f, model, mask=m, spacing=spacing, channel_axis=channel_axis))  # fmt: skip
+    source, lazy = _pixels_of(image, model, mask, spacing, channel_axis)
     labels = source.labels(model.centers, label_dtype(model.n_clusters))
     return labels if lazy else to_numpy(labels)
 
@@ -240,7 +245,7 @@ def _each_frame(image, mask, label):
     return da.stack(frames) if isinstance(frames[0], da.Array) else np.stack(frames)
 
 
-def margins(image, model: KMeansResult, *, mask=None, spacing=None):
+def margins(image, model: KMeansResult, *, mask=None, spacing=None, channel_axis=None):
     """How sure the clustering is of each pixel: its margin between the nearest and the
     second-nearest centre of ``model``, normalised.
 
@@ -252,19 +257,43 @@ def margins(image, model: KMeansResult, *, mask=None, spacing=None):
     one cluster.
     """
     if _is_stack(image, model):
-        return _each_frame(image, mask, lambda f, m: margins(f, model, mask=m, spacing=spacing))
-    source, lazy = _pixels_of(image, model, mask, spacing)
+        return _each_frame(image, mask, lambda f, m: margins(
+            f, model, mask=m, spacing=spacing, channel_axis=channel_axis))  # fmt: skip
+    source, lazy = _pixels_of(image, model, mask, spacing, channel_axis)
     margin = source.margins(model.centers)
     return margin if lazy else to_numpy(margin)
 
 
-def _pixels_of(image, model: KMeansResult, mask, spacing):
+def _image_axis(channel_axis, fitted, ndim: int):
+    """The image's axis of channels for :func:`predict`: ``channel_axis``, or the model's."""
+    if channel_axis is None:
+        return fitted.channel_axis
+    if fitted.channel_axis is None:
+        raise ValueError(
+            f"channel_axis={channel_axis!r}: the model was fitted on grey images (no channel "
+            "axis); label a grey image with it."
+        )
+    if isinstance(channel_axis, bool) or not isinstance(channel_axis, Integral):
+        raise TypeError(f"channel_axis must be an int or None, got {channel_axis!r}.")
+    if not -ndim <= channel_axis < ndim:
+        raise ValueError(f"channel_axis={channel_axis} is out of range for {ndim} dimensions.")
+    return int(channel_axis) % ndim
+
+
+def _axis_hint(shape, n_fitted: int, axis) -> str:
+    """Where another axis of ``shape`` holds the model's channels: say which to give."""
+    others = [i for i, n in enumerate(shape) if n == n_fitted and i != axis]
+    return f" If axis {others[0]} holds them, give channel_axis={others[0]}." if others else ""
+
+
+def _pixels_of(image, model: KMeansResult, mask, spacing, channel_axis=None):
     """The pixels of ``image`` as points of ``model``'s feature space, checked against the
     model; and whether the image is lazy."""
     if not isinstance(model, KMeansResult):
         raise TypeError(f"model must be a KMeansResult, got {type(model).__name__}.")
     array = as_array(image)
     fitted = model.layout
+    axis = _image_axis(channel_axis, fitted, fitted.ndim)
     n_fitted = model.feature_space.n_channels + fitted.alpha
     fitted_channels = channels_text(n_fitted) + (" (colour plus alpha)" if fitted.alpha else "")
     if array.ndim != fitted.ndim:
@@ -272,14 +301,15 @@ def _pixels_of(image, model: KMeansResult, mask, spacing):
             f"image has {array.ndim} dimensions (shape {array.shape}), the model was fitted on "
             f"an image with {fitted.ndim} dimensions and {fitted_channels}."
         )
-    n_channels = 1 if fitted.channel_axis is None else array.shape[fitted.channel_axis]
+    n_channels = 1 if axis is None else array.shape[axis]
     alpha = fitted.alpha
     if model.feature_space.n_channels == 3 and n_channels in (3, 4):  # colour, with or
         alpha, n_fitted = n_channels == 4, n_channels  # without alpha, as for a fit
     if n_channels != n_fitted:
         raise ValueError(
-            f"image has {channels_text(n_channels)} along axis {fitted.channel_axis} (shape "
+            f"image has {channels_text(n_channels)} along axis {axis} (shape "
             f"{array.shape}), the model was fitted on {fitted_channels}."
+            + _axis_hint(array.shape, n_fitted, axis)
         )
     if value_scale(array.dtype) != value_scale(model.dtype):
         raise ValueError(
@@ -287,7 +317,7 @@ def _pixels_of(image, model: KMeansResult, mask, spacing):
             f"model's dtype {np.dtype(model.dtype)} (0..{full_scale(model.dtype):g}): convert "
             f"the image to {np.dtype(model.dtype)} first (skimage.util offers img_as_*)."
         )
-    layout = layout_of(tuple(array.shape), fitted.channel_axis, alpha)
+    layout = layout_of(tuple(array.shape), axis, alpha)
     data = channels_last(array, layout)
     masked = masked_pixels(image, layout)
     mask = check_mask(mask, data.shape[:-1], data.chunks[:-1], masked)

@@ -180,6 +180,13 @@ def test_a_planar_rgb_tiff_clusters_its_colours(tmp_path):
     for stem in ("photo", "rgb"):
         np.testing.assert_array_equal(io.imread(tmp_path / "both" / f"{stem}_labels.png"), fitted)
     assert tifffile.imread(tmp_path / "both" / "rgb_recoloured.tif").shape == photo.shape
+    # one model fitted on both: the planar file's channels go where the first file's are
+    for order in (["rgb.tif", "photo.png"], ["photo.png", "rgb.tif"]):
+        out = tmp_path / f"pooled-{order[0]}"
+        pooled = run(*(tmp_path / n for n in order), "-k", 3, "-o", out, "--quiet")
+        assert pooled.returncode == 0, pooled.stderr
+        labels = [io.imread(out / f"{s}_labels.png") for s in ("rgb", "photo")]
+        np.testing.assert_array_equal(*labels)
     # samples last but not RGB(A): grey and alpha, or 5 channels (they were 2 or 5 slices)
     grey_alpha = np.moveaxis(rgba[[0, 3]], 0, -1)
     five = np.moveaxis(np.concatenate([photo, photo[:2] // 2]), 0, -1)

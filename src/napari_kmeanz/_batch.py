@@ -28,6 +28,7 @@ from ._cli import (
     read_image,
 )
 from ._io import OutputFolder, atomic, save_palette_png
+from ._params import layout_of
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
 
@@ -73,7 +74,7 @@ def run_batch(args, names: list[str], outputs: OutputFolder) -> tuple[dict, list
         model = load(args.model)
     else:
         model = fit_pooled(
-            [_reader(name) for name in names], _arguments(args),
+            [_reader(name, args) for name in names], _arguments(args),
             on_image=lambda i: progress.show(i + 1, "sampling"),
             on_error=lambda i, err: failures.append(_failure(names[i], err)),
         )  # fmt: skip
@@ -101,11 +102,18 @@ def run_batch(args, names: list[str], outputs: OutputFolder) -> tuple[dict, list
     return report, failures
 
 
-def _reader(name: str):
-    """A callable that reads the image when the fit comes to it (one at a time)."""
+def _reader(name: str, args):
+    """A callable that reads the image when the fit comes to it (one at a time), its
+    channels where the first image's are (a planar TIFF among PNGs, say)."""
 
     def read():
-        return read_image(name)[0]
+        image = read_image(name)[0]
+        own, alpha = channel_option(args, name)
+        mine = layout_of(image.shape, own, alpha).channel_axis
+        first = image.ndim - 1 if args.channels == "auto" else args.channels  # the fit's
+        if mine is not None and mine != first % image.ndim:
+            image = np.moveaxis(image, mine, first)
+        return image
 
     return read
 
@@ -137,7 +145,6 @@ def model_labels(image, model, args, mask=None, name: str | None = None):
     """The image labelled by ``model``, and the layout its outputs keep: the image's own,
     from the options (for the file ``name``: its own TIFF axes), so that a model fitted on
     channels last labels a planar TIFF's channels first, and back."""
-    from ._params import layout_of
     from ._result import predict
 
     if model.layout.channel_axis is None:

@@ -160,13 +160,15 @@ def test_a_planar_rgb_tiff_clusters_its_colours(tmp_path):
     tifffile.imwrite(tmp_path / "rgba.tif", rgba, photometric="rgb", planarconfig="separate",
                      extrasamples=["unassalpha"])  # fmt: skip
     for name, image, alpha in [("rgb", photo, False), ("rgba", rgba, True)]:
-        done = run(tmp_path / f"{name}.tif", "-k", 3, "-o", tmp_path / name, "--quiet")
+        done = run(tmp_path / f"{name}.tif", "-k", 3, "-g", "-o", tmp_path / name, "--quiet")
         assert done.returncode == 0, done.stderr
         expected = kmeans(image, 3, channel_axis=0, alpha=alpha, max_iter=5, random_state=0)
         labels = io.imread(tmp_path / name / f"{name}_labels.png")
         np.testing.assert_array_equal(labels, expected.labels)
         report = read_report(tmp_path / name, name)
         assert report["parameters"]["channel_axis"] == 0 and len(report["colors"][0]) == 3
+        rounds = sorted((tmp_path / name).glob(f"{name}_round_*"))  # in the file's layout
+        assert rounds and all(tifffile.imread(r).shape == image.shape for r in rounds)
     assert (labels[:, :64] == 0).all() and (labels[:, 64:] > 0).all()  # alpha 0: unclustered
     # a model fitted on the photo, channels last, labels the planar file (and back)
     io.imsave(tmp_path / "photo.png", np.moveaxis(photo, 0, -1))

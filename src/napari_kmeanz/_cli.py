@@ -324,6 +324,8 @@ def run_single(args, image, stem, mask, outputs: OutputFolder) -> dict:
         painted = recolor(state.labels(), state.colors, dtype=image.dtype, alpha=layout.alpha)
         if layout.channel_axis is None:
             painted = painted[..., 0]
+        elif layout.channel_axis != layout.ndim - 1:  # in the file's layout, as the result
+            painted = np.moveaxis(painted, -1, layout.channel_axis)
         _save_image(outputs, f"{stem}_round_{state.round:03d}", painted)
 
     start = time.perf_counter()

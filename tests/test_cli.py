@@ -170,6 +170,9 @@ def test_a_planar_rgb_tiff_clusters_its_colours(tmp_path):
         rounds = sorted((tmp_path / name).glob(f"{name}_round_*"))  # in the file's layout
         assert rounds and all(tifffile.imread(r).shape == image.shape for r in rounds)
     assert (labels[:, :64] == 0).all() and (labels[:, 64:] > 0).all()  # alpha 0: unclustered
+    slices = run(tmp_path / "rgb.tif", "--channel-axis", "none", "-o", tmp_path / "z", "--quiet")
+    assert slices.returncode == 0, slices.stderr  # as asked: a stack of 3 grey slices
+    assert tifffile.imread(tmp_path / "z" / "rgb_labels.tif").shape == photo.shape
     # a model fitted on the photo, channels last, labels the planar file (and back)
     io.imsave(tmp_path / "photo.png", np.moveaxis(photo, 0, -1))
     fit = run(tmp_path / "photo.png", "-k", 3, "--save-model", tmp_path / "m.json",
@@ -341,6 +344,7 @@ def test_a_sweep_past_the_distinct_values_ends_there_and_keeps_its_results(tmp_p
         (["camera", "--features", "edges"], "argument --features: expected feature kinds"),
         (["camera", "--features", "std"], "'std' is taken at a Gaussian scale; give sigma"),
         (["camera", "--model", "nope.json"], "no such model file: 'nope.json'"),
+        (["camera", "--channel-axis", "C"], "expected an axis (an integer) or none, got 'C'"),
         (["camera", "--model", "."], "--model '.' is a folder, not a model file"),
         (["camera", "--model", "BROKEN", "--sweep", "2:3"], "cannot be combined with --sweep"),
         (["camera", "--model", "BROKEN"], "is not a napari-kmeanz model"),

@@ -111,7 +111,7 @@ def _reader(name: str, args):
         own, alpha = channel_option(args, name)
         mine = layout_of(image.shape, own, alpha).channel_axis
         first = image.ndim - 1 if args.channels == "auto" else args.channels  # the fit's
-        if mine is not None and mine != first % image.ndim:
+        if mine is not None and first is not None and mine != first % image.ndim:
             image = np.moveaxis(image, mine, first)
         return image
 

@@ -100,6 +100,13 @@ def _features(text: str) -> list[str]:
     return kinds
 
 
+def _channel_axis(text: str) -> int | str:
+    """An axis (an int), or 'none': no channel axis (a grey image or stack)."""
+    if text.lower() == "none" or text.removeprefix("-").isdigit():
+        return "none" if text.lower() == "none" else int(text)
+    raise argparse.ArgumentTypeError(f"expected an axis (an integer) or none, got {text!r}")
+
+
 def _k_range(text: str) -> list[int]:
     try:
         low, high = (int(part) for part in text.split(":"))
@@ -166,10 +173,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--tol", type=_non_negative, default=1e-4,
                    help="stop when a round lowers the inertia by less than this fraction "
                    "(default: 1e-4; 0 runs all rounds)")  # fmt: skip
-    p.add_argument("--channel-axis", type=int, metavar="AXIS",
-                   help="the image's axis of channels (0 for a (C, Y, X) array) (default: a "
-                   "TIFF's C axis when it names its axes, else the last axis of an RGB(A) "
-                   "picture, else none: a grey image or stack)")  # fmt: skip
+    p.add_argument("--channel-axis", type=_channel_axis, metavar="AXIS",
+                   help="the image's axis of channels (0 for a (C, Y, X) array; none for a "
+                   "grey image or stack) (default: a TIFF's channels where its metadata "
+                   "names them, else the last axis of an RGB(A) picture, else none)")  # fmt: skip
     p.add_argument("--mask", type=Path, metavar="MASK",
                    help="an image of the same height and width: only its non-zero pixels "
                    "are clustered")  # fmt: skip
@@ -214,7 +221,7 @@ def channel_option(args, first: str) -> tuple[int | str, bool | None]:
     else the channels a TIFF's metadata names (the first image's, for several: see
     :func:`_io.tiff_channels`); else 'auto'."""
     if args.channel_axis is not None:
-        return args.channel_axis, None
+        return (None if args.channel_axis == "none" else args.channel_axis), None
     path = Path(first)
     if path.suffix.lower() in TIFF and path.is_file():
         try:

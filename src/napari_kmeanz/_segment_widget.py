@@ -472,7 +472,7 @@ def _frame_spacing(layer) -> tuple[float, ...]:
     """The layer's pixel size (its scale, unsigned), 0 along the axes its clustering took
     frame by frame (spacing 0 in its parameters): cleaning and objects then keep to each
     frame too."""
-    scale = np.abs(np.asarray(layer.scale, np.float64))
+    scale = np.asarray(_layers.pixel_size(layer), np.float64)
     fitted = layer.metadata.get(_layers.PREFIX, {}).get("parameters", {}).get("spacing")
     if fitted is not None and len(fitted) == len(scale):
         scale[np.asarray(fitted, np.float64) == 0] = 0.0

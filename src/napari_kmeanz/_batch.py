@@ -141,7 +141,7 @@ def _stems(names: list[str]) -> list[str]:
     return [s if stems.count(s) == 1 else f"{s}_{i}" for i, s in enumerate(stems)]
 
 
-def model_labels(image, model, args, mask=None, name: str | None = None):
+def labelled_by_model(image, model, args, mask=None, name: str | None = None):
     """The image labelled by ``model``, and the layout its outputs keep: the image's own,
     from the options (for the file ``name``: its own TIFF axes), so that a model fitted on
     channels last labels a planar TIFF's channels first, and back."""
@@ -159,7 +159,7 @@ def _label_one(name: str, stem: str, model, args, outputs: OutputFolder) -> np.n
     from ._result import recolor
 
     image, _ = read_image(name)
-    labels, layout = model_labels(image, model, args, name=name)
+    labels, layout = labelled_by_model(image, model, args, name=name)
     painted = recolor(labels, model.colors, dtype=image.dtype, alpha=layout.alpha)
     if layout.channel_axis is None:
         painted = painted[..., 0]

@@ -397,11 +397,11 @@ def _apply_model(image, args, mask):
     figures, this image's labels, pixel counts and layout)."""
     from dataclasses import replace
 
-    from ._batch import model_labels
+    from ._batch import labelled_by_model
     from ._result import load
 
     model = load(args.model)
-    labels, layout = model_labels(image, model, args, mask)
+    labels, layout = labelled_by_model(image, model, args, mask)
     counts = np.bincount(labels.ravel(), minlength=model.n_clusters + 1)[1:]
     return replace(model, labels=labels, counts=counts.astype(np.int64), layout=layout)
 

@@ -91,6 +91,8 @@ def test_objects_and_their_table():
     np.testing.assert_allclose(props["area"] * 1.0, table["area"])
     only = objects(labels, clusters=[2])
     assert only.labels.max() == 1 and (only.labels > 0).sum() == 16
+    as_set = objects(labels, clusters={2})  # any collection of ids, a set too
+    np.testing.assert_array_equal(as_set.labels, only.labels)
 
 
 @pytest.mark.parametrize("connectivity", [1, 2])
@@ -230,6 +232,7 @@ def test_diagonal_connectivity():
         (lambda: clean(np.ones((4, 4), int), spacing=(0,)), "spacing must hold 2 finite"),
         (lambda: clean(np.full((4, 4), -3), min_size=2), "got a minimum of -3"),
         (lambda: objects(np.ones((4, 4), int), clusters=[]), "clusters=[] chooses no cluster"),
+        (lambda: objects(np.ones((4, 4), int), clusters=[0]), "cluster ids 1..k (0 is no"),
         (lambda: objects(np.ones((4, 4), int), origin=[1]), "2 finite numbers, got (1.0,)."),
         (lambda: objects(np.ones((4, 4), int), image=np.full((4, 4), "a")), "numeric dtype"),
         (

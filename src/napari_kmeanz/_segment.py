@@ -256,16 +256,7 @@ def objects(labels, *, clusters=None, connectivity: int = 1, image=None, spacing
     if origin.shape != (array.ndim,) or not np.all(np.isfinite(origin)):
         shown = tuple(origin.tolist()) if origin.ndim == 1 else origin.tolist()
         raise ValueError(f"origin must hold {array.ndim} finite numbers, got {shown}.")
-    wanted = None
-    if clusters is not None:
-        wanted = np.asarray(clusters)
-        if wanted.size == 0:
-            raise ValueError(
-                f"clusters={clusters!r} chooses no cluster: give the ids of the clusters to "
-                "split into objects, or None for all of them."
-            )
-        if wanted.ndim != 1 or wanted.dtype.kind not in "iu":
-            raise ValueError(f"clusters must be a sequence of cluster ids, got {clusters!r}.")
+    wanted = None if clusters is None else _check_clusters(clusters)
     if isinstance(array, da.Array):
         found = chunked_objects(array, wanted, connectivity, image, spacing, origin)
         return Objects(*found)
@@ -275,6 +266,24 @@ def objects(labels, *, clusters=None, connectivity: int = 1, image=None, spacing
     selected = np.where(chosen, array, 0)
     numbered = label_regions(selected, connectivity, planes_of(spacing))
     return Objects(numbered, _table(numbered, array, image, spacing, origin))
+
+
+def _check_clusters(clusters) -> np.ndarray:
+    """The cluster ids chosen for :func:`objects` (any collection of ints), checked."""
+    chosen = sorted(clusters) if isinstance(clusters, set | frozenset) else clusters
+    wanted = np.asarray(chosen)
+    if wanted.size == 0:
+        raise ValueError(
+            f"clusters={clusters!r} chooses no cluster: give the ids of the clusters to "
+            "split into objects, or None for all of them."
+        )
+    if wanted.ndim != 1 or wanted.dtype.kind not in "iu":
+        raise ValueError(f"clusters must be a sequence of cluster ids, got {clusters!r}.")
+    if wanted.min() < 1:
+        raise ValueError(
+            f"clusters must hold cluster ids 1..k (0 is no cluster), got {clusters!r}."
+        )
+    return wanted
 
 
 def _table(numbered, clusters, image, spacing, origin) -> dict:

@@ -11,6 +11,7 @@ and tiles (``_tiles``) both go through it.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -52,15 +53,6 @@ def box_candidates(
     -------
     ndarray of bool, shape (b, k)
     """
-    per_slice = max(1, BOX_SLICE // len(centers))
-    if len(lows) > per_slice:  # each box on its own: slices give the same answer
-        parts = []
-        for start in range(0, len(lows), per_slice):
-            checkpoint()
-            end = start + per_slice
-            part = (lows[start:end], highs[start:end], centers, factor, centre_scale)
-            parts.append(box_candidates(*part))
-        return np.concatenate(parts)
     # Worked out feature by feature on (k, b) arrays: a (b, k, d) temporary costs ten times as
     # much for many boxes.
     k, b = len(centers), len(lows)
@@ -89,6 +81,91 @@ def box_candidates(
     scale = centre_scale + high_sq
     reach += 1e-9 * (reach + scale)
     return (lower <= reach).T
+
+
+@dataclass(frozen=True, eq=False)
+class CandidateLists:
+    """The candidate centres of each of ``n`` cells, as lists: ``counts`` (n,) how many each
+    cell has and ``ids`` all of them, cell after cell, increasing within a cell (of ``k``
+    centres). With many centres a cell keeps few of them: flags (n, k) would hold k bytes a
+    cell (12 MiB for a chunk's 12288 tiles at k=1000), the lists 2 bytes a candidate (4 for
+    k >= 2^15)."""
+
+    counts: np.ndarray
+    ids: np.ndarray
+    k: int
+
+    @classmethod
+    def of(cls, is_candidate: np.ndarray, k: int, chosen=None) -> CandidateLists:
+        """The lists of flags (n, k), or of flags (n, len(chosen)) over the centres ``chosen``
+        (increasing)."""
+        dtype = cls.id_dtype(k)
+        if chosen is None:
+            chosen = np.arange(is_candidate.shape[1], dtype=dtype)
+        # cell by cell, each in order: a boolean index, with no (cell, centre) positions
+        ids = np.broadcast_to(chosen.astype(dtype, copy=False), is_candidate.shape)[is_candidate]
+        return cls(np.count_nonzero(is_candidate, axis=1), ids, k)
+
+    @staticmethod
+    def id_dtype(k: int) -> type:
+        """The dtype of the ids of k centres, and of the padding k."""
+        return np.int16 if k < 1 << 15 else np.int32
+
+    @classmethod
+    def joined(cls, parts: list[CandidateLists], k: int) -> CandidateLists:
+        """The lists of consecutive runs of cells, one after the other."""
+        if not parts:
+            return cls(np.zeros(0, np.intp), np.zeros(0, cls.id_dtype(k)), k)
+        counts = np.concatenate([part.counts for part in parts])
+        return cls(counts, np.concatenate([part.ids for part in parts]), k)
+
+    @functools.cached_property
+    def starts(self) -> np.ndarray:
+        """Where each cell's candidates start in ``ids``."""
+        return np.cumsum(self.counts) - self.counts
+
+    def positions(self, cells: np.ndarray) -> np.ndarray:
+        """Where the candidates of ``cells`` (cell numbers) lie in ``ids``, cell by cell."""
+        counts = self.counts[cells]
+        shift = np.repeat(self.starts[cells] - (np.cumsum(counts) - counts), counts)
+        return np.arange(int(counts.sum())) + shift
+
+    def take(self, cells: np.ndarray) -> CandidateLists:
+        """The lists of ``cells`` (cell numbers), in that order."""
+        return CandidateLists(self.counts[cells], self.ids[self.positions(cells)], self.k)
+
+    def where(self, kept: np.ndarray) -> CandidateLists:
+        """The lists of the cells where ``kept`` (n,) is True: as :meth:`take`, without the
+        positions of the candidates kept (8 bytes each)."""
+        return CandidateLists(self.counts[kept], self.ids[np.repeat(kept, self.counts)], self.k)
+
+    def padded(self, size: int) -> np.ndarray:
+        """Each cell's candidates in a row of ``size`` (n, size), padded with k."""
+        out = np.full((len(self.counts), size), self.k, dtype=self.ids.dtype)
+        cell = np.repeat(np.arange(len(self.counts)), self.counts)
+        place = np.arange(len(self.ids)) - np.repeat(self.starts, self.counts)
+        out[cell, place] = self.ids
+        return out
+
+    def union(self, first: int, last: int) -> np.ndarray:
+        """The centres (increasing) that are candidates of some cell from ``first`` to
+        ``last``."""
+        flags = np.zeros(self.k, dtype=bool)
+        flags[self.ids[self.starts[first] : self.starts[last] + self.counts[last]]] = True
+        return np.flatnonzero(flags)
+
+
+def box_candidate_lists(lows, highs, centers, factor) -> CandidateLists:
+    """:func:`box_candidates` of many boxes, as lists: BOX_SLICE box-centre pairs at a time."""
+    k = len(centers)
+    centre_scale = float(np.max(np.einsum("ij,ij->i", centers, centers)))
+    per_slice, parts = max(1, BOX_SLICE // k), []
+    for start in range(0, len(lows), per_slice):
+        checkpoint()
+        box = slice(start, start + per_slice)
+        found = box_candidates(lows[box], highs[box], centers, factor, centre_scale)
+        parts.append(CandidateLists.of(found, k))
+    return CandidateLists.joined(parts, k)
 
 
 def candidates(raw: np.ndarray, centers: np.ndarray, factor: np.ndarray) -> np.ndarray:
@@ -166,14 +243,14 @@ def split_cells(lows, highs, totals, parents, centers, factor, counts, sums, wan
         The finest cells left open, in order.
     owner_of : ndarray of int or None
         With ``want_labels``, each finest cell's centre (-1: left open).
-    is_candidate : ndarray of bool, shape (len(open_cells), k)
+    still_open : CandidateLists
         The candidate centres of each open cell.
     """
     is_open = owner_of = still_open = None
     for level, (low, high, total) in enumerate(zip(lows, highs, totals, strict=True)):
         if is_open is None:
             tested = np.arange(len(low))
-            is_candidate = box_candidates(low[tested], high[tested], centers, factor)
+            found = box_candidate_lists(low, high, centers, factor)
         else:
             tested = np.flatnonzero(is_open[parents[level - 1]])
             if want_labels:
@@ -182,10 +259,10 @@ def split_cells(lows, highs, totals, parents, centers, factor, counts, sums, wan
             # among its parent's
             above = (np.cumsum(is_open) - 1)[parents[level - 1][tested]]
             boxes = (low[tested], high[tested])
-            is_candidate = inner_candidates(*boxes, above, still_open, centers, factor)
-        single = np.count_nonzero(is_candidate, axis=1) == 1
+            found = inner_candidates(*boxes, above, still_open, centers, factor)
+        single = found.counts == 1
         whole = tested[single]
-        owner = is_candidate[single].argmax(axis=1)
+        owner = found.ids[found.starts[single]]
         add_owned(owner, total[whole], counts, sums)
         if want_labels:
             if owner_of is None:
@@ -193,7 +270,7 @@ def split_cells(lows, highs, totals, parents, centers, factor, counts, sums, wan
             owner_of[whole] = owner
         is_open = np.zeros(len(low), dtype=bool)
         is_open[tested[~single]] = True
-        still_open = is_candidate[~single]
+        still_open = found.where(~single)
     return np.flatnonzero(is_open), owner_of, still_open
 
 
@@ -207,26 +284,27 @@ INNER_SLICE = 64
 
 
 def inner_candidates(lows, highs, parent_row, parent_candidates, centers, factor):
-    """:func:`box_candidates` of cells inside cells already tested: ``parent_row`` is each
-    cell's row in ``parent_candidates`` (the candidates of the cells above, (p, k)), and the
-    cells are in the order of their parents. The same answer as testing every centre (with
-    the rounding margin of all of them): a centre that cannot be nearest to a point of the
-    parent cannot be to one of its cells, and it is not the one nearest to the cell's
-    farthest corner either. (Only a centre within the margin of the parent's bound, nearest
-    to no point either, could be kept by the one test and not by the other.)"""
+    """:func:`box_candidates` of cells inside cells already tested, as
+    :class:`CandidateLists`: ``parent_row`` is each cell's row in ``parent_candidates`` (the
+    lists of the cells above), and the cells are in the order of their parents. The same
+    answer as testing every centre (with the rounding margin of all of them): a centre that
+    cannot be nearest to a point of the parent cannot be to one of its cells, and it is not
+    the one nearest to the cell's farthest corner either. (Only a centre within the margin
+    of the parent's bound, nearest to no point either, could be kept by the one test and not
+    by the other.)"""
     k = len(centers)
     if k <= INNER_FROM:
-        return box_candidates(lows, highs, centers, factor)
+        return box_candidate_lists(lows, highs, centers, factor)
     centre_scale = float(np.max(np.einsum("ij,ij->i", centers, centers)))
-    out = np.zeros((len(lows), k), dtype=bool)
+    parts = []
     for start in range(0, len(lows), INNER_SLICE):
         checkpoint()
         part = slice(start, start + INNER_SLICE)
         rows = parent_row[part]
-        chosen = np.flatnonzero(parent_candidates[rows[0] : rows[-1] + 1].any(axis=0))
+        chosen = parent_candidates.union(rows[0], rows[-1])
         found = box_candidates(lows[part], highs[part], centers[chosen], factor, centre_scale)
-        out[part, chosen] = found
-    return out
+        parts.append(CandidateLists.of(found, k, chosen))
+    return CandidateLists.joined(parts, k)
 
 
 def add_owned(owner: np.ndarray, totals: np.ndarray, counts: np.ndarray, sums: np.ndarray):

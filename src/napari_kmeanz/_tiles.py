@@ -27,7 +27,7 @@ from ._compute import zeros
 from ._features import Chunk, FeatureSpace, TileRows
 from ._grid import TileGrid
 from ._kernels import ONE_HOT_MAX, distance_weights, nearest_sums, nearest_sums_many
-from ._prune import split_cells
+from ._prune import CandidateLists, split_cells
 
 # Distances computed per batch of open tiles (tiles x candidates x pixels): 1 MiB of float64.
 BATCH_DISTANCES = 1 << 17
@@ -140,10 +140,10 @@ def _open_tiles(grid, chunk, space, centers, tiles: ChunkTiles, into, want_label
     label_of = np.zeros(grid.n_tiles, dtype=np.intp) if want_labels else None
     split = (centers, space.factor, *into, want_labels)
     if tiles.tiles is not None:
-        open_tiles, owner_of, is_candidate = split_cells(*tiles.levels, *split)
+        open_tiles, owner_of, candidates = split_cells(*tiles.levels, *split)
         if want_labels:
             label_of[tiles.tiles] = owner_of + 1
-        return tiles.tiles[open_tiles], is_candidate, label_of
+        return tiles.tiles[open_tiles], candidates, label_of
     # blocks only: the tiles of the blocks left open are found again
     open_blocks, owner_of, _ = split_cells(*tiles.levels, *split)
     in_block = np.arange(grid.per_block)
@@ -157,10 +157,10 @@ def _open_tiles(grid, chunk, space, centers, tiles: ChunkTiles, into, want_label
     filled = totals[:, -1] > 0
     inside = inside[filled]
     level = ((lows[filled],), (highs[filled],), (totals[filled],), ())
-    open_tiles, owner_of, is_candidate = split_cells(*level, *split)
+    open_tiles, owner_of, candidates = split_cells(*level, *split)
     if want_labels:
         label_of[inside] = owner_of + 1
-    return inside[open_tiles], is_candidate, label_of
+    return inside[open_tiles], candidates, label_of
 
 
 def _bucket(m: np.ndarray, k: int) -> np.ndarray:
@@ -179,15 +179,15 @@ def chunk_pass(chunk: Chunk, space: FeatureSpace, centers, tiles: ChunkTiles, la
     k, d = centers.shape
     counts, sums = np.zeros(k), np.zeros((k, d))
     want_labels = label_dtype is not None
-    open_tiles, is_candidate, label_of = _open_tiles(
+    open_tiles, candidates, label_of = _open_tiles(
         grid, chunk, space, centers, tiles, (counts, sums), want_labels
     )
     out = _whole_tile_labels(grid, chunk, label_of, label_dtype) if want_labels else None
     if not len(open_tiles):
         return counts, sums, out
-    candidates = _refined(grid, chunk, space, centers, open_tiles, is_candidate)
+    candidates = _refined(grid, chunk, space, centers, open_tiles, candidates)
     found, all_weights = [], _padded_weights(centers, space.factor)
-    for batch, chosen, rows, valid in _open_batches(grid, chunk, space, open_tiles, *candidates):
+    for batch, chosen, rows, valid in _open_batches(grid, chunk, space, open_tiles, candidates):
         if chosen.shape[1] > ONE_HOT_MAX:
             weights = all_weights[:, chosen].transpose(1, 0, 2)
             partial, local = nearest_sums_many(rows.transpose(0, 2, 1), weights)
@@ -219,32 +219,31 @@ def _add_found(found: list, counts: np.ndarray, sums: np.ndarray) -> None:
         sums[:, feature] += np.bincount(ids, weights=partial[:, feature], minlength=k + 1)[:k]
 
 
-def _refined(grid, chunk, space, centers, open_tiles, is_candidate):
-    """``is_candidate`` with the candidates of the tiles that keep many of them (over
+def _refined(grid, chunk, space, centers, open_tiles, lists: CandidateLists) -> CandidateLists:
+    """The candidate ``lists`` of the open tiles, those of the tiles that keep many (over
     REFINE_FROM) narrowed by the tiles' own pixels: if every pixel of a tile is within ``U``
     of one of a few probes (its candidates nearest the tile's box), a centre farther than
     ``U`` from the box is nearer to none of them (with the rounding margin of
-    ``_prune.box_candidates``). Returns them with each tile's number of candidates."""
+    ``_prune.box_candidates``)."""
     k = len(centers)
-    m = np.count_nonzero(is_candidate, axis=1)
-    many = np.flatnonzero(m > REFINE_FROM)
+    many = np.flatnonzero(lists.counts > REFINE_FROM)
     if not len(many):
-        return is_candidate, m
+        return lists
     factor = space.factor
     weights = distance_weights(centers, factor)
     columns = np.vstack([centers, np.full((1, centers.shape[1]), np.inf)]).T.copy()
     centre_scale = float(np.max(np.einsum("ij,ij->i", centers, centers)))
     builder = TileRows(grid, chunk, space, min(REFINE_BATCH, len(many)))
+    kept, counts = np.ones(len(lists.ids), dtype=bool), lists.counts.copy()
     for start in range(0, len(many), REFINE_BATCH):
         batch = many[start : start + REFINE_BATCH]
         rows, valid = builder.build(open_tiles[batch])
-        wanted = _padded_candidates(is_candidate[batch], m[batch], int(m[batch].max()))
-        kept = _narrowed(rows, valid, factor, weights, columns, wanted, centre_scale)
-        narrowed = np.zeros((len(batch), k + 1), dtype=bool)
-        np.put_along_axis(narrowed, np.where(kept, wanted, k), True, axis=1)
-        is_candidate[batch] = narrowed[:, :k]
-        m[batch] = np.count_nonzero(narrowed[:, :k], axis=1)
-    return is_candidate, m
+        wanted = lists.take(batch).padded(int(lists.counts[batch].max()))
+        near = _narrowed(rows, valid, factor, weights, columns, wanted, centre_scale)
+        near &= wanted < k  # (the padding is no candidate)
+        kept[lists.positions(batch)] = near[wanted < k]  # (the lists, in order)
+        counts[batch] = np.count_nonzero(near, axis=1)
+    return CandidateLists(counts, lists.ids[kept], k)
 
 
 def _narrowed(rows, valid, factor, weights, columns, wanted, centre_scale):
@@ -302,30 +301,18 @@ def _padded_weights(centers, factor):
     return weights
 
 
-def _open_batches(grid, chunk, space, open_tiles, is_candidate, m):
-    """Batches of open tiles with the same padded number of candidates (``m``, each tile's
-    count of ``is_candidate``): yields the tiles, their candidates (T, M; padding k), their
-    rows and which pixels are clustered."""
-    k = is_candidate.shape[1]
-    padded = _bucket(m, k)
+def _open_batches(grid, chunk, space, open_tiles, lists: CandidateLists):
+    """Batches of open tiles with the same padded number of candidates (their ``lists``):
+    yields the tiles, their candidates (T, M; padding k), their rows and which pixels are
+    clustered."""
+    padded = _bucket(lists.counts, lists.k)
     most = max(1, BATCH_DISTANCES // (int(padded.min()) * grid.pixels))
     builder = TileRows(grid, chunk, space, min(most, len(open_tiles)))
     for size in np.unique(padded):
         group = np.flatnonzero(padded == size)
-        candidates = _padded_candidates(is_candidate[group], m[group], size)
+        candidates = lists.take(group).padded(int(size))
         per_batch = max(1, BATCH_DISTANCES // (size * grid.pixels))
         for start in range(0, len(group), per_batch):
             batch = open_tiles[group[start : start + per_batch]]
             rows, valid = builder.build(batch)
             yield batch, candidates[start : start + per_batch], rows, valid
-
-
-def _padded_candidates(is_candidate: np.ndarray, m: np.ndarray, size: int) -> np.ndarray:
-    """Each tile's candidates (``is_candidate``, (T, k)) in increasing order, padded with k
-    to ``size``: (T, size). From the candidates' positions (in order, tile by tile), not by
-    sorting each tile's k flags (0.8 s of a 2048x3072 5-D k=1000 run)."""
-    tile, centre = np.nonzero(is_candidate)
-    place = np.arange(len(tile)) - np.repeat(np.cumsum(m) - m, m)
-    out = np.full((len(is_candidate), size), is_candidate.shape[1], dtype=np.intp)
-    out[tile, place] = centre
-    return out

@@ -99,3 +99,16 @@ def test_distributed_cluster_gives_the_threaded_result(cluster, spatial_weight):
     np.testing.assert_array_equal(labels_on_cluster, labels_threaded)
     np.testing.assert_allclose(on_cluster.centers, threaded.centers, rtol=1e-12)
     np.testing.assert_array_equal(predict(image, on_cluster).compute(), labels_threaded)
+
+
+@pytest.mark.parametrize("spatial_weight", [0.0, 1.0])
+def test_numpy_labels_come_back_whole_from_a_distributed_cluster(cluster, spatial_weight):
+    """A numpy image's labels are written chunk by chunk into one array where the tasks run
+    in this process; from a cluster's workers the chunks come back and are copied."""
+    image = data.coffee()
+    on_cluster = kmeans(image, 5, spatial_weight=spatial_weight, random_state=3)
+    with dask.config.set(scheduler="threads"):
+        threaded = kmeans(image, 5, spatial_weight=spatial_weight, random_state=3)
+    assert on_cluster.labels.min() == 1
+    np.testing.assert_array_equal(on_cluster.labels, threaded.labels)
+    np.testing.assert_array_equal(predict(image, on_cluster), threaded.labels)

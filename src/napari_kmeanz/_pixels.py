@@ -18,7 +18,7 @@ import numpy as np
 
 from . import _tiles, _watch
 from ._codes import ColorCodes, dense_table, histogram_task, lookup_task, merge_histograms
-from ._compute import assemble, chunk_grid, compute
+from ._compute import assemble, chunk_grid, compute, in_process, written, zeros
 from ._features import Chunk, FeatureSpace, chunk_rows
 from ._filters import depths
 from ._kernels import distance_weights, nearest_sqdist, top_farthest
@@ -219,14 +219,19 @@ class PixelSource:
         call = bind(functools.partial(_on_chunk, task, self._reading))
         return dask.delayed(call, pure=pure)(block, mask_block, offset, *args)
 
-    def _map(self, task, *args, per_chunk=None):
-        """``task(chunk, *args[, per_chunk[i]])`` over the chunks, computed."""
+    def _map(self, task, *args, per_chunk=None, into=None):
+        """``task(chunk, *args[, per_chunk[i]])`` over the chunks, computed; ``into``: an
+        array the first of each task's results is written into (see ``_compute.written``),
+        the rest returned."""
         extra = [()] * len(self._ids()) if per_chunk is None else [(a,) for a in per_chunk]
         # tasks not named from their arguments: naming them took 8 ms a pass for 64 chunks
         calls = [
             self._call(task, part, *args, *more, pure=False)
             for part, more in zip(self._blocks(), extra, strict=True)
         ]
+        if into is not None:
+            write = dask.delayed(written, pure=False)
+            calls = [write(c, into, o) for c, o in zip(calls, self._offsets(), strict=True)]
         return compute(*calls)
 
     # passes
@@ -304,11 +309,18 @@ class PixelSource:
         return np.sum([p[0] for p in parts], axis=0), np.sum([p[1] for p in parts], axis=0)
 
     def labels_and_stats(self, centers: np.ndarray, dtype):
-        """Labels as a numpy array, with per-cluster counts and raw sums, in one pass."""
-        parts = self._map(_labels_stats_task, self.space, centers, dtype, per_chunk=self._tiles)
-        labels = assemble(self.spatial_shape, dtype, self._offsets(), [p[0] for p in parts])
-        counts = np.sum([p[1] for p in parts], axis=0)
-        return labels, counts, np.sum([p[2] for p in parts], axis=0)
+        """Labels as a numpy array, with per-cluster counts and raw sums, in one pass (each
+        chunk's labels written into the array as they come, in this process)."""
+        args = (_labels_stats_task, self.space, centers, dtype)
+        if in_process():
+            labels = zeros(self.spatial_shape, dtype)
+            parts = self._map(*args, per_chunk=self._tiles, into=labels)
+        else:
+            parts = self._map(*args, per_chunk=self._tiles)
+            labels = assemble(self.spatial_shape, dtype, self._offsets(), [p[0] for p in parts])
+            parts = [p[1:] for p in parts]
+        counts = np.sum([p[0] for p in parts], axis=0)
+        return labels, counts, np.sum([p[1] for p in parts], axis=0)
 
     def sq_total(self, factor: np.ndarray) -> float:
         if self._sq is None:

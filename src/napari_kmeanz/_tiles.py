@@ -238,10 +238,13 @@ def _refined(grid, chunk, space, centers, open_tiles, lists: CandidateLists) -> 
     for start in range(0, len(many), REFINE_BATCH):
         batch = many[start : start + REFINE_BATCH]
         rows, valid = builder.build(open_tiles[batch])
-        wanted = lists.take(batch).padded(int(lists.counts[batch].max()))
+        at = lists.positions(batch)  # (the batch's lists, in order)
+        wanted = CandidateLists(lists.counts[batch], lists.ids[at], k)
+        wanted = wanted.padded(int(lists.counts[batch].max()))
         near = _narrowed(rows, valid, factor, weights, columns, wanted, centre_scale)
-        near &= wanted < k  # (the padding is no candidate)
-        kept[lists.positions(batch)] = near[wanted < k]  # (the lists, in order)
+        real = wanted < k  # (the padding is no candidate)
+        near &= real
+        kept[at] = near[real]
         counts[batch] = np.count_nonzero(near, axis=1)
     return CandidateLists(counts, lists.ids[kept], k)
 

@@ -166,6 +166,56 @@ def cases():
         return model, [digest(predict(astronaut[256:], model)), digest(model.recolor())]
 
     yield "predict", predicted
+    yield from feature_cases(astronaut, camera, ihc, volume, noisy, mask)
+
+
+def feature_cases(astronaut, camera, ihc, volume, noisy, mask):
+    """Runs with filtered features: smoothed, the six kinds, masked, missing values, dask
+    chunks with overlap, an anisotropic volume and a model applied to another image."""
+    six = ["value", "gaussian", "gradient", "laplace", "std", "hessian"]
+    yield "sigma rgb", lambda: kmeans(astronaut, 6, sigma=1.5, random_state=0)
+    yield (
+        "six kinds sw1",
+        lambda: kmeans(
+            ihc[::2, ::2], 5, sigma=1.0, features=six, spatial_weight=1, random_state=0
+        ),
+    )
+    yield (
+        "six kinds grey mask",
+        lambda: kmeans(
+            data.coffee()[..., 0], 4, sigma=2.0, features=six, mask=mask, random_state=0
+        ),
+    )
+    yield "std NaN", lambda: kmeans(noisy, 3, sigma=2.0, features=["std"], random_state=0)
+    yield (
+        "sigma dask chunks",
+        lambda: kmeans(
+            da.from_array(ihc, chunks=(200, 256, 3)),
+            5,
+            sigma=(1.0, 2.0),
+            features=["gaussian", "gradient"],
+            spatial_weight=0.5,
+            random_state=0,
+        ),
+    )
+    yield (
+        "sigma volume spacing",
+        lambda: kmeans(
+            da.from_array(volume, chunks=(1, 64, 128)),
+            3,
+            sigma=2.0,
+            spacing=(4, 1, 1),
+            features=["gaussian", "hessian"],
+            random_state=0,
+        ),
+    )
+
+    def predicted_features():
+        model = kmeans(camera[:256], 4, sigma=1.0, features=["gaussian", "std"],
+                       random_state=0)  # fmt: skip
+        return model, [digest(predict(camera[256:], model))]
+
+    yield "predict features", predicted_features
 
 
 def big_cases():

@@ -122,6 +122,22 @@ def test_kept_columns_give_the_results_of_columns_computed_each_pass(monkeypatch
     assert not list(tmp_path.iterdir())
 
 
+def test_columns_keep_the_precision_of_the_image():
+    """The columns are kept as float32 where that holds the image's values (8- and 16-bit,
+    float32), as float64 otherwise: int32 classes near 2**31 that differ by 100 are not
+    merged (as float32 they would round to the same number)."""
+    far = np.full((64, 80), 2**31 - 300, dtype=np.int32)
+    far[:, 40:] += 100
+    result = kmeans(far, 2, sigma=1.0, features=["gaussian", "std"], random_state=0)
+    left, right = result.labels[:, :35], result.labels[:, 45:]
+    assert len(np.unique(left)) == 1 and len(np.unique(right)) == 1
+    assert left[0, 0] != right[0, 0]
+    low, high = np.sort(result.colors[:, 0])  # (the pixels at the edge take a little)
+    assert abs(low - (2**31 - 300)) < 10 and abs(high - (2**31 - 200)) < 10
+    narrow = kmeans(far.astype(np.uint16) // 2, 2, sigma=1.0, random_state=0)  # float32 kept
+    assert narrow.centers.dtype == np.float64 and len(np.unique(narrow.labels)) == 2
+
+
 def test_sigma_is_in_physical_units():
     """With a z step 4 times the pixel size, sigma=4 smooths one plane along z and four
     pixels in plane: the same as sigma (1, 4, 4) in pixels."""

@@ -51,9 +51,11 @@ BATCH_PIXELS = 1 << 15
 # pass has computed them, and the later passes read them back (mapped, a chunk at a time:
 # the memory stays bounded by the chunk), if the files take at most FEATURE_CACHE_BYTES and
 # at most half the free space of the temporary folder; otherwise each pass computes them
-# again. The columns are the same float64 either way, and so are the results. Measured on a
-# 2048x2048 photo with the six kinds at sigma 1 (benchmarks/bench_segment.py): a round took
-# 0.20-0.26 s, 4x to 7x a round on the raw values, against 133x computed again each pass.
+# again. The columns are the same numbers either way (tile by tile, in column_dtype), and so
+# are the results. Measured on a 2048x2048 photo with the six kinds at sigma 1
+# (benchmarks/bench_segment.py): a round took 4.7-4.9x a round on the raw values with the
+# columns as float64 in the chunk's layout, 3.9x tile by tile as float32 (one copy a batch
+# of tiles, half the bytes), against 133x computed again each pass.
 FEATURE_CACHE_BYTES = 1 << 34
 
 
@@ -67,10 +69,10 @@ class FeatureCache:
     token: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @classmethod
-    def open(cls, n_pixels: int, n_columns: int) -> FeatureCache | None:
-        """A cache for ``n_pixels`` pixels of ``n_columns`` columns, or None where they do
-        not fit (see FEATURE_CACHE_BYTES)."""
-        size = n_pixels * (8 * n_columns + 1)
+    def open(cls, n_pixels: int, n_columns: int, itemsize: int = 8) -> FeatureCache | None:
+        """A cache for ``n_pixels`` pixels of ``n_columns`` columns of ``itemsize`` bytes,
+        or None where they do not fit (see FEATURE_CACHE_BYTES)."""
+        size = n_pixels * (itemsize * n_columns + 1)
         try:
             free = shutil.disk_usage(tempfile.gettempdir()).free
             if size > min(FEATURE_CACHE_BYTES, free // 2):
@@ -153,19 +155,37 @@ class Chunk:
         return tuple(n - 2 * d for n, d in zip(self.block.shape[:-1], self.depth, strict=True))
 
     def values(self):
-        """Value features (n, F) of the chunk's pixels in C order (the channel values, with
-        no filters), and which of them are clustered (None: all of them)."""
+        """Value features (n, F) of the chunk's pixels in C order, and which of them are
+        clustered (None: all of them); without filters (with them, see
+        :meth:`clustered_values`)."""
+        assert self.filters is None
+        return chunk_values(self.block, self.mask, self.alpha)
+
+    def clustered_values(self) -> np.ndarray:
+        """Value features (n, F) of the chunk's clustered pixels, in no set order."""
         if self.filters is None:
-            return chunk_values(self.block, self.mask, self.alpha)
+            values, valid = chunk_values(self.block, self.mask, self.alpha)
+            return values if valid is None else values[valid]
         columns, valid = self._filtered
-        return columns.reshape(-1, columns.shape[-1]), valid.reshape(-1)
+        return columns.transpose(0, 2, 1)[valid]
+
+    def clustered(self) -> np.ndarray | None:
+        """Which of the chunk's pixels are clustered (spatial shape, bool; None: all)."""
+        if self.filters is None:
+            valid = chunk_values(self.block, self.mask, self.alpha)[1]
+            return None if valid is None else valid.reshape(self.shape)
+        grid = TileGrid.for_shape(self.shape)
+        out = np.zeros(self.shape, dtype=bool)
+        grid.paint(out, np.arange(grid.n_tiles), self._filtered[1], self._filtered[1])
+        return out
 
     def pick(self, local: tuple[np.ndarray, ...]):
         """Value features (m, F) of the pixels at local coordinates ``local`` (one array per
         spatial axis), and which of them are clustered (bool, m)."""
         if self.filters is not None:
             columns, valid = self._filtered
-            return columns[local], valid[local]
+            tiles, within = TileGrid.for_shape(self.shape).locate(local)
+            return columns[tiles, :, within].astype(np.float64), valid[tiles, within]
         picked = self.block[local]
         mask = None if self.mask is None else self.mask[local][:, None]
         values, valid = chunk_values(picked[:, None, :], mask, self.alpha)
@@ -173,15 +193,9 @@ class Chunk:
 
     def tile_values(self, grid: TileGrid, tiles: np.ndarray):
         """Value features (T * pixels, F) of the tiles' pixels, and which of them are
-        clustered ((T, pixels) bool; None: all of them)."""
+        clustered ((T, pixels) bool; None: all of them); without filters (with them, see
+        :meth:`tile_columns`)."""
         t, p = len(tiles), grid.pixels
-        if self.filters is not None:
-            columns, valid = self._filtered
-            picked, inside = grid.gather(columns, tiles)
-            clustered = grid.gather(valid, tiles)[0].reshape(t, p)
-            if inside is None and clustered.all():  # no pixel to zero (a pass over the rows)
-                return picked.reshape(t * p, -1), None
-            return picked.reshape(t * p, -1), clustered if inside is None else clustered & inside
         picked, inside = grid.gather(self.block, tiles)
         mask = None if self.mask is None else grid.gather(self.mask, tiles)[0]
         values, clustered = chunk_values(
@@ -192,15 +206,33 @@ class Chunk:
             inside = clustered if inside is None else inside & clustered
         return values, inside
 
+    def tile_columns(self, tiles: np.ndarray, out: np.ndarray):
+        """Write the filters' columns of the tiles' pixels to ``out`` (T, F, pixels), and
+        return which of them are clustered ((T, pixels) bool; None: all of them)."""
+        columns, valid = self._filtered
+        if tiles[-1] - tiles[0] == len(tiles) - 1:  # a run of tiles: no copy but to ``out``
+            part = slice(int(tiles[0]), int(tiles[-1]) + 1)
+            out[...], clustered = columns[part], valid[part]
+        else:
+            out[...], clustered = columns[tiles], valid[tiles]
+        return None if clustered.all() else clustered
+
     @functools.cached_property
     def _filtered(self):
-        """The filters' columns (*shape, F) and which pixels are clustered (*shape): masked
-        out, transparent, or with a value feature not finite are not. Read from the run's
-        cache when it has them; computed (and kept there) otherwise."""
+        """The filters' columns tile by tile ((n_tiles, F, pixels) in the chunk's
+        :class:`TileGrid`, as the passes' rows are laid out) and which pixels are clustered
+        (n_tiles, pixels): masked out, transparent, with a value feature not finite or past
+        the chunk are not. The filters work in float64; their columns are kept in
+        :func:`column_dtype`, whether cached or not, so that a pass reads half as much for
+        most images. Read from the run's cache when it has them; computed (and kept there)
+        otherwise."""
         cached = None if self.cache is None else self.cache.load(self.offset)
         if cached is not None:
             return cached
-        columns, valid = self._filter()
+        dtype = column_dtype(self.block.dtype)
+        columns, valid = TileGrid.for_shape(self.shape).tile_major(*self._filter(), dtype)
+        for f in range(columns.shape[1]):  # (a finite float64 may not be as a float32)
+            valid &= np.isfinite(columns[:, f])
         if self.cache is not None:
             self.cache.store(self.offset, columns, valid)
         return columns, valid
@@ -214,14 +246,13 @@ class Chunk:
         pad = [(h - d, h - d) for h, d in zip(halo, depth, strict=True)]
         if any(p for p, _ in pad):  # axes dask did not overlap: the nearest pixel repeated
             values = np.pad(values, [*pad, (0, 0)], mode="edge")
-        columns = self.filters.apply(values, halo)
-        valid = np.isfinite(columns).all(axis=-1)
+        columns = self.filters.columns(values, halo)
         # masked out, transparent or missing (even smoothed from its neighbours): as without
         # filters
         _, clustered = chunk_values(block[core], self.mask, self.alpha)
-        if clustered is not None:
-            valid &= clustered.reshape(valid.shape)
-        return columns, valid
+        if clustered is None:
+            return columns, np.ones(self.shape, dtype=bool)
+        return columns, clustered.reshape(self.shape)
 
 
 @dataclass(frozen=True)
@@ -339,6 +370,17 @@ def value_origin(vmin, vmax) -> float:
     return float(math.floor(float(np.min(vmin))))
 
 
+def column_dtype(image_dtype) -> np.dtype:
+    """The dtype the filters' columns are kept in (see :attr:`Chunk._filtered`): float32 for
+    images of float32 or narrower, and of integers of up to 16 bits, whose values float32
+    holds to 1e-7 of their range or better; float64 for any other (int32 values near 2**31
+    that differ by 100 would lose them)."""
+    image_dtype = np.dtype(image_dtype)
+    if image_dtype.itemsize <= (4 if image_dtype.kind == "f" else 2):
+        return np.dtype(np.float32)
+    return np.dtype(np.float64)
+
+
 def chunk_values(block: np.ndarray, mask_block, alpha: bool):
     """Channel values (n, C) of a chunk and which pixels are clustered (None: all of them)."""
     flat = block.reshape(-1, block.shape[-1])
@@ -392,12 +434,14 @@ class TileRows:
         starts = self.grid.origins(tiles)[:, : self.n_spatial] + self.offset
         for axis in range(self.n_spatial):
             np.add(starts[:, axis, None], self.grid.local[axis], out=rows[:, axis])
-        values, valid = self.chunk.tile_values(self.grid, tiles)
         target = rows[:, self.n_spatial : -1]
-        if self.space.raw_values:
-            target[...] = values.reshape(t, p, -1).transpose(0, 2, 1)
+        if self.chunk.filters is not None:  # laid out as the rows are: one copy
+            valid = self.chunk.tile_columns(tiles, target)
         else:
-            target[...] = self.space.values(values).reshape(t, p, -1).transpose(0, 2, 1)
+            values, valid = self.chunk.tile_values(self.grid, tiles)
+            if not self.space.raw_values:
+                values = self.space.values(values)
+            target[...] = values.reshape(t, p, -1).transpose(0, 2, 1)
         if valid is not None:
             # the pixels not clustered: all zero (set, not multiplied: an infinite or NaN
             # value times 0 is NaN, with a warning)

@@ -91,6 +91,10 @@ class Filters:
     def apply(self, padded: np.ndarray, halo: tuple[int, ...]) -> np.ndarray:
         """The feature columns (*core, F) of channel values ``padded`` (*padded, C), read
         with ``halo`` pixels of overlap on each side of the core."""
+        return np.stack(self.columns(padded, halo), axis=-1)
+
+    def columns(self, padded: np.ndarray, halo: tuple[int, ...]) -> list[np.ndarray]:
+        """:meth:`apply`'s columns, one (*core) array each, not stacked."""
         from scipy import ndimage  # (when used: importing it takes 0.3 s)
 
         core = tuple(slice(h, n - h) for h, n in zip(halo, padded.shape[:-1], strict=True))
@@ -111,8 +115,7 @@ class Filters:
                 for kind in self.kinds
             })  # fmt: skip
         # columns kind by kind, and within a kind channel by channel
-        columns = [part for kind in self.kinds for parts in per_channel for part in parts[kind]]
-        return np.stack(columns, axis=-1)
+        return [part for kind in self.kinds for parts in per_channel for part in parts[kind]]
 
 
 def _filtered(kind: str, values: np.ndarray, sigma: tuple[float, ...], smooth=None):

@@ -20,6 +20,8 @@ import numpy as np
 # left four fifths, with 11.
 TILE_PIXELS = 1 << 8
 BLOCK_PIXELS = 1 << 12
+# Pixels moved at a time by :meth:`TileGrid.tile_major` (256 KiB of each float64 column).
+TILE_BATCH = 1 << 15
 
 
 def _power_sides(shape, size: int) -> tuple[int, ...]:
@@ -108,6 +110,39 @@ class TileGrid:
             return picked.reshape(len(tiles), self.pixels, *array.shape[len(self.shape) :]), None
         coords, in_chunk = self.pixel_coords(tiles)
         return array[coords], in_chunk
+
+    def tile_major(self, columns: list[np.ndarray], where: np.ndarray, dtype):
+        """``columns`` (F arrays of the spatial shape) laid out tile by tile, (n_tiles, F,
+        pixels) of ``dtype`` as the passes' rows are, and ``where`` (spatial shape, bool) as
+        (n_tiles, pixels), False for the pixels past the chunk (where a far tile's pixels
+        repeat the chunk's last ones)."""
+        n, p = self.n_tiles, self.pixels
+        out = np.empty((n, len(columns), p), dtype=dtype)
+        valid = np.empty((n, p), dtype=bool)
+        step = max(1, TILE_BATCH // p)
+        for start in range(0, n, step):
+            tiles = np.arange(start, min(n, start + step))
+            part = slice(start, start + len(tiles))
+            for f, column in enumerate(columns):
+                out[part, f] = self.gather(column, tiles)[0]
+            on, in_chunk = self.gather(where, tiles)
+            valid[part] = on if in_chunk is None else on & in_chunk
+        return out, valid
+
+    @functools.cached_property
+    def _numbers(self) -> np.ndarray:
+        """Each tile's number, at its place in the grid of tiles."""
+        numbers = np.zeros(tuple(self.coords.max(axis=1) + 1), dtype=np.intp)
+        numbers[tuple(self.coords)] = np.arange(self.n_tiles)
+        return numbers
+
+    def locate(self, local: tuple[np.ndarray, ...]):
+        """The tile of each pixel at ``local`` (one array of coordinates per axis), and the
+        pixel's place in the tile (C order): its index in a tile-major array."""
+        sides = np.array(self.sides)[:, None]
+        stacked = np.stack([np.asarray(c, dtype=np.intp) for c in local])
+        tiles = self._numbers[tuple(stacked // sides)]
+        return tiles, np.ravel_multi_index(tuple(stacked % sides), self.sides)
 
     def paint(self, out: np.ndarray, tiles: np.ndarray, values: np.ndarray, where=None) -> None:
         """Write ``values`` (per pixel, (T, pixels)) to the tiles' pixels of ``out``, only

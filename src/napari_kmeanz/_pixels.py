@@ -55,9 +55,7 @@ def _channel_extrema(values: np.ndarray):
 
 def _scan_task(chunk: Chunk):
     """Number of clustered pixels, and per-channel minimum and maximum over them."""
-    values, valid = chunk.values()
-    if valid is not None:
-        values = values[valid]
+    values = chunk.clustered_values()
     if len(values) == 0:
         return 0, None, None
     return len(values), *_channel_extrema(values)

@@ -22,7 +22,7 @@ import numpy as np
 
 from ._codes import ColorCodes, cell_shifts, distinct_colors
 from ._compute import to_numpy
-from ._features import FeatureCache, FeatureSpace, value_origin
+from ._features import FeatureCache, FeatureSpace, column_dtype, value_origin
 from ._filters import Filters
 from ._lloyd import Lloyd, Source, TooFewDistinctPoints
 from ._params import Image, Params, check_magnitudes, full_scale, label_dtype
@@ -86,7 +86,10 @@ class Run:
         filters = self.params.filters
         if filters is not None:
             n_columns = filters.n_columns(self.image.n_channels)
-            self.cache = FeatureCache.open(math.prod(self.image.spatial_shape), n_columns)
+            itemsize = column_dtype(self.image.dtype).itemsize
+            self.cache = FeatureCache.open(
+                math.prod(self.image.spatial_shape), n_columns, itemsize
+            )
         try:
             yield from self._stages()
         finally:

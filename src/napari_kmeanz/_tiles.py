@@ -288,9 +288,9 @@ def _whole_tile_labels(grid, chunk, label_of, label_dtype):
     out = zeros(grid.shape, label_dtype)
     grid.paint_tiles(out, label_of.astype(label_dtype))
     if chunk.mask is not None or chunk.alpha or chunk.block.dtype.kind == "f":
-        clustered = chunk.values()[1]
+        clustered = chunk.clustered()
         if clustered is not None:
-            out.reshape(-1)[~clustered] = 0
+            out[~clustered] = 0
     return out
 
 

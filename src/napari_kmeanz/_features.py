@@ -212,10 +212,17 @@ class Chunk:
         columns, valid = self._filtered
         if tiles[-1] - tiles[0] == len(tiles) - 1:  # a run of tiles: no copy but to ``out``
             part = slice(int(tiles[0]), int(tiles[-1]) + 1)
-            out[...], clustered = columns[part], valid[part]
+            out[...] = columns[part]
         else:
-            out[...], clustered = columns[tiles], valid[tiles]
-        return None if clustered.all() else clustered
+            for row, tile in enumerate(tiles.tolist()):
+                out[row] = columns[tile]
+            part = tiles
+        return None if self._all_clustered else valid[part]
+
+    @functools.cached_property
+    def _all_clustered(self) -> bool:
+        """Whether every pixel of the chunk's tiles is clustered (with filters)."""
+        return bool(self._filtered[1].all())
 
     @functools.cached_property
     def _filtered(self):

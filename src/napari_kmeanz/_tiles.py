@@ -214,9 +214,14 @@ def _add_found(found: list, counts: np.ndarray, sums: np.ndarray) -> None:
     ids = np.concatenate([ids for ids, _ in found])
     partial = np.concatenate([part for _, part in found])
     found.clear()
-    counts += np.bincount(ids, weights=partial[:, -1], minlength=k + 1)[:k]
-    for feature in range(sums.shape[1]):
-        sums[:, feature] += np.bincount(ids, weights=partial[:, feature], minlength=k + 1)[:k]
+    # one bincount over (cluster, column) pairs: each pair's terms in the same order as a
+    # bincount per column would add them, so the same sums
+    width = partial.shape[1]
+    pairs = (ids[:, None] * width + np.arange(width)).ravel()
+    total = np.bincount(pairs, weights=partial.ravel(), minlength=(k + 1) * width)
+    total = total.reshape(k + 1, width)[:k]
+    counts += total[:, -1]
+    sums += total[:, :-1]
 
 
 def _refined(grid, chunk, space, centers, open_tiles, lists: CandidateLists) -> CandidateLists:

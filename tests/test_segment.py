@@ -3,6 +3,7 @@
 import dask.array as da
 import numpy as np
 import pytest
+from scipy import ndimage
 from skimage import data, measure
 
 from napari_kmeanz import clean, kmeans, objects
@@ -93,6 +94,35 @@ def test_objects_and_their_table():
     assert only.labels.max() == 1 and (only.labels > 0).sum() == 16
     as_set = objects(labels, clusters={2})  # any collection of ids, a set too
     np.testing.assert_array_equal(as_set.labels, only.labels)
+
+
+def test_objects_table_is_summed_slab_by_slab(monkeypatch):
+    """The table of numpy labels is summed over slabs of the first axis (not from every
+    pixel's coordinates at once): with slabs of a few rows, the same table as
+    scikit-image's regionprops of a 3-D volume."""
+    import napari_kmeanz._segment as segment
+
+    rng = np.random.default_rng(4)
+    labels = ndimage.zoom(rng.integers(1, 4, (4, 5, 6)), 4, order=0).astype(np.uint8)
+    image = rng.random((*labels.shape, 2))
+    whole = objects(labels, image=image).table
+    monkeypatch.setattr(segment, "TABLE_SLAB", 50)  # two rows of 24 x 24 a slab, and less
+    found = objects(labels, image=image)
+    props = measure.regionprops_table(
+        found.labels, intensity_image=image, properties=("label", "area", "centroid",
+                                                         "intensity_mean")
+    )  # fmt: skip
+    for column, values in whole.items():
+        np.testing.assert_allclose(found.table[column], values, rtol=1e-12)
+    for axis in range(3):
+        np.testing.assert_allclose(found.table[f"centroid-{axis}"], props[f"centroid-{axis}"])
+    for channel in range(2):
+        np.testing.assert_allclose(
+            found.table[f"intensity_mean-{channel}"], props[f"intensity_mean-{channel}"]
+        )
+    np.testing.assert_array_equal(found.table["area"], props["area"])
+    first = [labels[found.labels == n][0] for n in found.table["label"]]
+    np.testing.assert_array_equal(found.table["cluster"], first)
 
 
 @pytest.mark.parametrize("connectivity", [1, 2])

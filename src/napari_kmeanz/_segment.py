@@ -7,6 +7,7 @@ neighbours in 2-D, 6 in 3-D) unless ``connectivity`` says otherwise (up to ``ndi
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from numbers import Integral
 
@@ -25,6 +26,11 @@ from ._chunked_objects import (
 )
 from ._filters import merged_chunks
 from ._params import check_int, check_spacing, known_chunks
+
+# Pixels summed at a time into the table of :func:`objects` for numpy labels (their
+# coordinates as 8-byte numbers, ndim of them: 24 MiB in 3-D); np.indices of the whole
+# image held 8 bytes a pixel per axis.
+TABLE_SLAB = 1 << 20
 
 
 def clean(labels, *, min_size: int = 0, radius: int = 0, connectivity: int = 1, spacing=None):
@@ -287,25 +293,39 @@ def _check_clusters(clusters) -> np.ndarray:
 
 
 def _table(numbered, clusters, image, spacing, origin) -> dict:
+    """The objects' table, summed over slabs of TABLE_SLAB pixels along the first axis: a
+    slab's coordinates and values are all that is held beside the labels."""
     n = int(numbered.max())
-    flat = numbered.ravel()
-    counts = np.bincount(flat, minlength=n + 1)[1:]
-    first = np.full(n + 1, -1)
-    first[flat[::-1]] = np.arange(flat.size)[::-1]  # each object's first pixel
+    per_row = math.prod(numbered.shape[1:])
+    rows = max(1, TABLE_SLAB // max(per_row, 1))
+    counts, coordinate_sums = np.zeros(n + 1), np.zeros((numbered.ndim, n + 1))
+    value_sums, cluster_of = None, np.zeros(n + 1, dtype=clusters.dtype)
+    for start in range(0, numbered.shape[0], rows):
+        part = slice(start, start + rows)
+        flat = numbered[part].ravel()
+        counts += np.bincount(flat, minlength=n + 1)
+        cluster_of[flat] = clusters[part].ravel()  # every pixel of an object: its cluster
+        grid = np.indices(numbered[part].shape).reshape(numbered.ndim, -1)
+        grid[0] += start
+        for axis in range(numbered.ndim):
+            coordinate_sums[axis] += np.bincount(flat, weights=grid[axis], minlength=n + 1)
+        if image is not None:
+            values = np.asarray(image[part], dtype=np.float64).reshape(flat.size, -1)
+            if value_sums is None:
+                value_sums = np.zeros((values.shape[1], n + 1))
+            for channel in range(values.shape[1]):
+                value_sums[channel] += np.bincount(
+                    flat, weights=values[:, channel], minlength=n + 1
+                )
+    counts = counts[1:]
     table = {
         "label": np.arange(1, n + 1),
-        "cluster": clusters.ravel()[first[1:]] if n else np.zeros(0, clusters.dtype),
+        "cluster": cluster_of[1:],
         "area": counts * plane_area(spacing),
     }
     for axis in range(numbered.ndim):
-        coordinate = np.indices(numbered.shape)[axis].ravel().astype(np.float64)
-        sums = np.bincount(flat, weights=coordinate, minlength=n + 1)[1:]
-        table[f"centroid-{axis}"] = origin[axis] + step(spacing)[axis] * sums / np.maximum(
-            counts, 1
-        )
-    if image is not None:
-        channels = np.asarray(image).reshape(flat.size, -1).astype(np.float64)
-        for channel in range(channels.shape[1]):
-            sums = np.bincount(flat, weights=channels[:, channel], minlength=n + 1)[1:]
-            table[f"intensity_mean-{channel}"] = sums / np.maximum(counts, 1)
+        mean = coordinate_sums[axis, 1:] / np.maximum(counts, 1)
+        table[f"centroid-{axis}"] = origin[axis] + step(spacing)[axis] * mean
+    for channel, sums in enumerate(() if value_sums is None else value_sums):
+        table[f"intensity_mean-{channel}"] = sums[1:] / np.maximum(counts, 1)
     return table

@@ -149,11 +149,13 @@ def _majority(labels: np.ndarray, radius: int) -> np.ndarray:
     grid = np.indices((2 * radius + 1,) * labels.ndim) - radius
     ball = (grid**2).sum(axis=0) <= radius * radius
     ids = np.unique(labels[labels > 0])
-    best = np.zeros(labels.shape, np.int64)
+    counted = np.min_scalar_type(int(ball.sum()))  # a count fits: 1 byte a pixel up to r=7
+    best = np.zeros(labels.shape, counted)
     winner = labels.copy()
-    own = np.zeros(labels.shape, np.int64)
+    own = np.zeros(labels.shape, counted)
+    weights = ball.astype(counted)
     for cluster in ids:  # one count per cluster: k filters, each a pass over the labels
-        count = ndimage.correlate((labels == cluster).astype(np.int64), ball, mode="constant")
+        count = ndimage.correlate((labels == cluster).astype(counted), weights, mode="constant")
         better = count > best
         winner[better] = cluster
         np.maximum(best, count, out=best)

@@ -123,9 +123,10 @@ def test_kept_columns_give_the_results_of_columns_computed_each_pass(monkeypatch
 
 
 def test_columns_keep_the_precision_of_the_image():
-    """The columns are kept as float32 where that holds the image's values (8- and 16-bit,
-    float32), as float64 otherwise: int32 classes near 2**31 that differ by 100 are not
-    merged (as float32 they would round to the same number)."""
+    """The columns are kept as float32 where that holds the image's features (8- and 16-bit
+    integers, float16), as float64 otherwise: int32 classes near 2**31 that differ by 100
+    are not merged (as float32 they would round to the same number), and float32 values
+    whose features overflow a float32 are not left out."""
     far = np.full((64, 80), 2**31 - 300, dtype=np.int32)
     far[:, 40:] += 100
     result = kmeans(far, 2, sigma=1.0, features=["gaussian", "std"], random_state=0)
@@ -136,6 +137,13 @@ def test_columns_keep_the_precision_of_the_image():
     assert abs(low - (2**31 - 300)) < 10 and abs(high - (2**31 - 200)) < 10
     narrow = kmeans(far.astype(np.uint16) // 2, 2, sigma=1.0, random_state=0)  # float32 kept
     assert narrow.centers.dtype == np.float64 and len(np.unique(narrow.labels)) == 2
+    # float32 values near float32's largest: their Laplacian does not fit a float32, and no
+    # pixel is lost for it
+    huge = np.zeros((64, 64), np.float32)
+    huge[:, 32:] = 3e38
+    huge[::2, ::2] = 0
+    result = kmeans(huge, 2, sigma=0.5, features=["value", "laplace"], random_state=0)
+    assert (result.labels > 0).all()
 
 
 def test_sigma_is_in_physical_units():

@@ -238,7 +238,7 @@ class Chunk:
             return cached
         dtype = column_dtype(self.block.dtype)
         columns, valid = TileGrid.for_shape(self.shape).tile_major(*self._filter(), dtype)
-        for f in range(columns.shape[1]):  # (a finite float64 may not be as a float32)
+        for f in range(columns.shape[1]):  # (no finite neighbour: not clustered)
             valid &= np.isfinite(columns[:, f])
         if self.cache is not None:
             self.cache.store(self.offset, columns, valid)
@@ -379,11 +379,12 @@ def value_origin(vmin, vmax) -> float:
 
 def column_dtype(image_dtype) -> np.dtype:
     """The dtype the filters' columns are kept in (see :attr:`Chunk._filtered`): float32 for
-    images of float32 or narrower, and of integers of up to 16 bits, whose values float32
-    holds to 1e-7 of their range or better; float64 for any other (int32 values near 2**31
-    that differ by 100 would lose them)."""
+    images of integers of up to 16 bits and of float16, whose features float32 holds to 1e-7
+    of their range or better, and far from its largest number (3.4e38); float64 for any
+    other: int32 values near 2**31 that differ by 100 would lose them, and the derivatives
+    of float32 values (up to 3.4e38 themselves) may not fit."""
     image_dtype = np.dtype(image_dtype)
-    if image_dtype.itemsize <= (4 if image_dtype.kind == "f" else 2):
+    if image_dtype.itemsize <= 2 and image_dtype.kind in "biuf":
         return np.dtype(np.float32)
     return np.dtype(np.float64)
 

@@ -146,6 +146,27 @@ def test_columns_keep_the_precision_of_the_image():
     assert (result.labels > 0).all()
 
 
+@pytest.mark.parametrize("kinds", [None, ["gaussian", "gradient"], ["value", "std"]])
+def test_features_of_values_far_from_zero_keep_their_differences(kinds, tmp_path):
+    """Values far from zero against their spread (1e9 apart by 0.01) are shifted by an
+    origin, with filters as without: the smoothed values (and "value") by it, the
+    differences of values (derivatives, texture) as they are; the colours come back in the
+    image's own units, and a saved model labels another image the same way. Unshifted, the
+    distances' rounding (1e18 of squared magnitude) took every difference away: "too few
+    distinct points"."""
+    from napari_kmeanz import load
+
+    far = 1e9 + np.where(np.arange(80) < 40, 0.0, 0.01)[None].repeat(64, 0)
+    result = kmeans(far, 2, sigma=1.0, features=kinds, random_state=0)
+    left, right = result.labels[:, :35], result.labels[:, 45:]
+    assert len(np.unique(left)) == 1 and len(np.unique(right)) == 1 and left[0, 0] != right[0, 0]
+    low, high = np.sort(result.colors[:, 0]) - 1e9
+    assert abs(low) < 1e-3 and abs(high - 0.01) < 1e-3
+    result.save(tmp_path / "model.json")
+    again = predict(far[:, ::-1], load(tmp_path / "model.json"))
+    np.testing.assert_array_equal(np.asarray(again)[:, ::-1], result.labels)
+
+
 def test_sigma_is_in_physical_units():
     """With a z step 4 times the pixel size, sigma=4 smooths one plane along z and four
     pixels in plane: the same as sigma (1, 4, 4) in pixels."""

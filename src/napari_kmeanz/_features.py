@@ -288,6 +288,8 @@ class FeatureSpace:
         Subtracted from every 'rgb' value: 0, unless the values sit far from zero compared
         with their spread (see :func:`value_origin`), where distances computed from raw values
         would lose their precision. Centres are in these shifted units; colours are not.
+        With filters, subtracted from the columns that move with the values (``shifted``:
+        "value" and "gaussian"), and the differences of values are left as they are.
     filters : Filters, optional
         The value features that need a pixel's neighbours; None: the channel values.
     weights : tuple of float, optional
@@ -311,12 +313,23 @@ class FeatureSpace:
         """Whether the value features are the raw channel values as they are."""
         return self.color_space == "rgb" and not self.origin
 
+    @property
+    def shifted(self):
+        """The value features ``origin`` is subtracted from: all of them, or with filters the
+        columns of the kinds that move with the values (see ``Filters.shifted``)."""
+        return slice(None) if self.filters is None else self.filters.shifted(self.n_channels)
+
     def values(self, raw: np.ndarray) -> np.ndarray:
-        """Value features of raw channel values (n, C): as they are, shifted, or CIE Lab."""
+        """Value features of raw channel values (n, C): as they are, shifted, or CIE Lab;
+        with filters, of the filters' columns (n, F)."""
         if self.color_space == "lab":
             return rgb_to_lab(raw, self.value_top)
         if not self.origin:
             return raw
+        if self.filters is not None:
+            shifted = np.array(raw, dtype=np.float64)
+            shifted[:, self.shifted] -= self.origin
+            return shifted
         if raw.dtype.kind in "iu":  # in the integers' own dtype, exactly
             return (raw - raw.dtype.type(int(self.origin))).astype(np.float64)
         return raw - self.origin
@@ -324,8 +337,9 @@ class FeatureSpace:
     def image_values(self, values: np.ndarray) -> np.ndarray:
         """Value features (k, n_values) back in the image's own units (k, C): with filters,
         the colour kind's columns."""
-        if self.filters is not None:
-            return values[:, : self.n_channels]
+        if self.filters is not None:  # (the colour kind's columns move with the values)
+            colours = values[:, : self.n_channels]
+            return colours + self.origin if self.origin else colours
         if self.color_space == "lab":
             return lab_to_rgb(values, self.value_top)
         return values + self.origin if self.origin else values
@@ -445,6 +459,8 @@ class TileRows:
         target = rows[:, self.n_spatial : -1]
         if self.chunk.filters is not None:  # laid out as the rows are: one copy
             valid = self.chunk.tile_columns(tiles, target)
+            if self.space.origin:
+                target[:, self.space.shifted] -= self.space.origin
         else:
             values, valid = self.chunk.tile_values(self.grid, tiles)
             if not self.space.raw_values:

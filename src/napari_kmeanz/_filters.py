@@ -80,6 +80,15 @@ class Filters:
     def n_columns(self, n_channels: int) -> int:
         return n_channels * sum(self.width(kind) for kind in self.kinds)
 
+    def shifted(self, n_channels: int) -> np.ndarray:
+        """Which columns move with the values (bool, (n_columns,)): those of ``"value"`` and
+        ``"gaussian"``; the others are differences of values, the same for values shifted
+        by a constant."""
+        moving = np.zeros(self.n_columns(n_channels), dtype=bool)
+        for kind, columns in self.kind_columns(n_channels):
+            moving[columns] = kind in ("value", "gaussian")
+        return moving
+
     def kind_columns(self, n_channels: int):
         """``(kind, slice of its columns)`` for each kind, in column order."""
         start = 0

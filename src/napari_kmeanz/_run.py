@@ -350,7 +350,9 @@ def feature_space(params: Params, image: Image, vmin, vmax, shapes=None) -> Feat
     top = full_scale(image.dtype)
     if filters is not None:
         weights = kind_weights(filters, n, vmin, vmax)
-        return FeatureSpace(p.spacing, scale, n, "rgb", top, 0.0, filters, weights)
+        moving = filters.shifted(n)  # far from zero (int32 near 2**31, say): shifted too
+        origin = value_origin(np.asarray(vmin)[moving], np.asarray(vmax)[moving])
+        return FeatureSpace(p.spacing, scale, n, "rgb", top, origin, filters, weights)
     origin = value_origin(vmin, vmax) if p.color_space == "rgb" else 0.0
     return FeatureSpace(p.spacing, scale, n, p.color_space, top, origin)
 

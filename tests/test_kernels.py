@@ -329,9 +329,12 @@ def test_tile_grid_covers_each_pixel_once(shape):
         ("camera", ((500, 12), (510, 2), 1), False),  # tables, and sorted codes in small chunks
         ("astronaut", (64, 64, 3), True),  # sorted codes; some chunks all masked out
         ("astronaut", ((500, 12), 512, 3), False),  # chunks of different sizes
+        ("astronaut", 512, True),  # one chunk, sorted and counted in slabs, masked
+        ("chelsea", 512, False),  # slabs merged, whole tiles
     ],
 )
-def test_colour_histogram_counts_every_pixel(name, chunks, masked):
+def test_colour_histogram_counts_every_pixel(name, chunks, masked, monkeypatch):
+    monkeypatch.setattr("napari_kmeanz._codes.HISTOGRAM_SLAB", 1 << 15)  # a tile's codes each
     image = getattr(data, name)()
     values = image.reshape(-1, image.shape[-1] if image.ndim == 3 else 1).astype(np.int64)
     pixels = da.from_array(image if image.ndim == 3 else image[..., None], chunks=chunks)

@@ -321,14 +321,29 @@ def dense_table(codes, labels, size):
     return table
 
 
-def lookup_task(chunk: Chunk, lut: np.ndarray, coder: ColorCodes) -> np.ndarray:
-    """Labels of a chunk's pixels through the table ``lut`` from colour code to label."""
+def lookup_task(chunk: Chunk, lut: np.ndarray, coder: ColorCodes, into=None) -> np.ndarray:
+    """Labels of a chunk's pixels through the table ``lut`` from colour code to label;
+    written into the chunk's place in ``into`` (the whole image's labels) when given and
+    that place is one block of memory, as it is for a numpy image's bands of rows."""
+    if into is not None:
+        place = into[
+            tuple(slice(o, o + n) for o, n in zip(chunk.offset, chunk.shape, strict=True))
+        ]
+        if place.flags.c_contiguous:
+            _looked_up(chunk, lut, coder, place.reshape(-1))
+            return None
+        place[...] = lookup_task(chunk, lut, coder)
+        return None
     out = zeros(math.prod(chunk.shape), dtype=lut.dtype)
+    return _looked_up(chunk, lut, coder, out).reshape(chunk.shape)
+
+
+def _looked_up(chunk: Chunk, lut: np.ndarray, coder: ColorCodes, out: np.ndarray):
     for span, codes, valid in _tile_codes(chunk, coder):
         np.take(lut, codes, out=out[span])
         if valid is not None:
             out[span][~valid] = 0
-    return out.reshape(chunk.shape)
+    return out
 
 
 def distinct_colors(histogram, coder: ColorCodes, n_channels: int):

@@ -45,6 +45,28 @@ def compute(*collections):
         return dask.compute(*collections, **options)
 
 
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None (another C library, or none found)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed() -> None:
+    """Hand back to the system the memory that the tasks' threads freed. glibc keeps it in
+    each thread's arena for that thread alone: after the colour histogram of a 4096x6144
+    photo, the main thread's next allocations (the distinct colours) took 88 MiB of new
+    pages beside 93 MiB kept and unused, and a run's peak grew by them."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def in_process() -> bool:
     """Whether dask runs tasks in this process now (its threaded or synchronous scheduler,
     not processes or a ``dask.distributed`` cluster): then they can write into one array."""

@@ -271,8 +271,11 @@ class Run:
         table = prepared.table
         nearest, counts, sums = table.points.nearest_and_stats(centers, prepared.space.factor)
         ids = (nearest + 1).astype(label_dtype(len(centers)))
-        labels = prepared.pixels.lookup_labels(table.codes, ids, table.coder)
-        return (labels if self.image.lazy else to_numpy(labels)), counts, sums
+        if self.image.lazy:
+            labels = prepared.pixels.lookup_labels(table.codes, ids, table.coder)
+        else:
+            labels = prepared.pixels.lookup_labels_numpy(table.codes, ids, table.coder)
+        return labels, counts, sums
 
     def finish(self, lloyd: Lloyd) -> KMeansResult:
         prepared = self.prepared

@@ -74,6 +74,22 @@ def test_same_seed_same_result_whatever_the_chunking(astronaut, spatial_weight):
         assert run.n_iter == reference.n_iter
 
 
+@pytest.mark.parametrize("spatial_weight", [0.0, 0.5])
+def test_numpy_image_in_bands_gives_the_labels_of_one_chunk(
+    astronaut, spatial_weight, monkeypatch
+):
+    """A numpy image is split into bands of rows, one a core, whose tasks write their labels
+    into the result's array in place (through the colour table, or from the pass): the same
+    labels as the image in one chunk."""
+    whole = kmeans(astronaut, 9, spatial_weight=spatial_weight, random_state=42)
+    monkeypatch.setattr("napari_kmeanz._params.NUMPY_CHUNK_PIXELS", 1 << 14)
+    monkeypatch.setattr("napari_kmeanz._params.os.cpu_count", lambda: 5)  # 5 bands
+    banded = kmeans(astronaut, 9, spatial_weight=spatial_weight, random_state=42)
+    assert isinstance(banded.labels, np.ndarray)
+    np.testing.assert_array_equal(banded.labels, whole.labels)
+    np.testing.assert_allclose(banded.centers, whole.centers, rtol=1e-12)
+
+
 def test_seed_reproducible_and_ids_ordered_by_brightness(coffee):
     first = kmeans(coffee, 6, random_state=7)
     second = kmeans(coffee, 6, random_state=np.random.default_rng(7))

@@ -359,7 +359,14 @@ def distinct_colors(histogram, coder: ColorCodes, n_channels: int):
     columns = zeros((n_channels + 1, len(codes)))
     coder.decode(codes, out=columns[:-1])
     columns[-1] = 1.0
-    return columns.T, counts[order].astype(np.float64), codes, keys
+    counts = counts[order].astype(np.float64)
+    del order
+    # kept for the whole run: as int32 where they fit (codes always do, < MAX_HISTOGRAM),
+    # 8 bytes a colour less (14 MiB for the 1.7 M colours of a 4096x6144 photo)
+    codes = codes.astype(np.int32)
+    if int(keys[-1]) < 1 << 31 if len(keys) else True:
+        keys = keys.astype(np.int32)
+    return columns.T, counts, codes, keys
 
 
 def cell_shifts(n_channels: int) -> tuple[int, ...]:

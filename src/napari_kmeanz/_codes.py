@@ -364,7 +364,7 @@ def distinct_colors(histogram, coder: ColorCodes, n_channels: int):
     # kept for the whole run: as int32 where they fit (codes always do, < MAX_HISTOGRAM),
     # 8 bytes a colour less (14 MiB for the 1.7 M colours of a 4096x6144 photo)
     codes = codes.astype(np.int32)
-    if int(keys[-1]) < 1 << 31 if len(keys) else True:
+    if not len(keys) or int(keys[-1]) < 1 << 31:
         keys = keys.astype(np.int32)
     return columns.T, counts, codes, keys
 

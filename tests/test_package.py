@@ -17,6 +17,22 @@ def test_import_loads_neither_napari_nor_qt():
     assert out.stdout.strip() == ""
 
 
+def test_a_run_does_not_import_distributed():
+    """Without a client, dask's threads run the passes: asking dask which scheduler is on
+    would import ``distributed`` (0.14 s of a fresh process), where none can be on before."""
+    code = (
+        "import sys, numpy as np, dask.array as da\n"
+        "from napari_kmeanz import kmeans\n"
+        "image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)\n"
+        "kmeans(image, 3, random_state=0)\n"
+        "kmeans(image, 3, spatial_weight=1, random_state=0)\n"
+        "kmeans(da.from_array(image, chunks=32), 3, spatial_weight=1, random_state=0)\n"
+        "print('distributed' in sys.modules)\n"  # (dask's own compute would import it)
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_metadata():
     dist = distribution("napari-kmeanz")
     assert "Framework :: napari" in dist.metadata.get_all("Classifier")

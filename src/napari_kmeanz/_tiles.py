@@ -31,15 +31,16 @@ from ._prune import CandidateLists, split_cells
 
 # Distances computed per batch of open tiles (tiles x candidates x pixels): 2 MiB of float64
 # for tiles of few candidates (up to ONE_HOT_MAX), 1 MiB for many; and raw rows built per
-# batch (tiles x (d + 1) x pixels): at most 4 MiB. A batch is some 40 numpy calls whatever
+# batch (tiles x (d + 1) x pixels): at most 2 MiB. A batch is some 40 numpy calls whatever
 # its size, each holding the interpreter's lock a while, so two threads gain more from fewer
 # batches: on a 2048x3072 photo, 5-D, k=16, a round ran 1.18-1.22x faster on two threads
 # than on one with batches of 2^17 distances (42 tiles), 1.37-1.40x with 2^18 and 1.38-1.59x
 # with 2^19 (the same time on one, three runs each); but 2^19 held 9.4 MiB more at k=1000
-# (traced), 2^18 2.4 MiB. The rows' bound keeps a batch of many features in cache.
+# (traced), 2^18 2.4 MiB; rows of at most 2^18 numbers took that back (24.3 MiB against
+# 27.5 at the peak) at the same speed on two threads, and with the six kinds of feature.
 BATCH_DISTANCES = 1 << 18
 MANY_BATCH_DISTANCES = 1 << 17
-BATCH_ROWS = 1 << 19
+BATCH_ROWS = 1 << 18
 # Largest image (in pixels) whose runs keep every tile's box between passes: with position
 # features, about half a byte per pixel (a box and sums per 256 pixels). Beyond, they keep the
 # blocks' (1/16 of that), and each pass finds again the tiles of the blocks it leaves open.

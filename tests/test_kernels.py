@@ -216,7 +216,15 @@ def _tile_cases():
         "colour only": (coffee, None, (0, 0), (1.0, 1.0), 0.0, False),
         "float with NaN": (grey[..., None], None, (0, 0), (1.0, 1.0), 0.3, False),
         "3-D, anisotropic": (stack[..., None], None, (40, 0, 0), (3.0, 1.0, 1.0), 0.5, False),
+        # 12 features: the boxes' candidates are also narrowed pair by pair (PAIR_FROM)
+        "10 channels": (_ten_channels(), None, (0, 0), (1.0, 1.0), 0.4, False),
     }
+
+
+def _ten_channels():
+    ihc = data.immunohistochemistry()[:200, :300]
+    shifted = [np.roll(ihc, (3 * i, 5 * i), (0, 1)) for i in range(4)]
+    return np.concatenate(shifted, axis=-1)[..., :10]
 
 
 @pytest.mark.parametrize("case", list(_tile_cases()))
@@ -253,6 +261,33 @@ def test_tiled_passes_equal_plain_passes(case, k, cache_tiles, monkeypatch):
     # the sum of squares of the clustered pixels' raw rows (for the inertia)
     expected_sq = float((raw[valid] ** 2).sum(0) @ space.factor**2)
     np.testing.assert_allclose(pixels.sq_total(space.factor), expected_sq, rtol=1e-12)
+
+
+def test_pair_narrowing_keeps_every_centre_nearest_to_a_point_of_the_box():
+    """Narrowed against the candidate nearest the box's middle, a box keeps every centre
+    that is nearest to some point of it (its corners and points inside, checked), and drops
+    some the box test kept (across a diagonal, the box test keeps both sides' centres)."""
+    from napari_kmeanz._prune import box_candidate_lists, pair_narrowed
+
+    rng = np.random.default_rng(5)
+    d, k, n_boxes = 12, 9, 300
+    centers = rng.normal(0, 3, (k, d))
+    factor = rng.uniform(0.5, 2.0, d)
+    middle = rng.normal(0, 3, (n_boxes, d)) / factor
+    half = rng.uniform(0.05, 1.5, (n_boxes, d)) / factor
+    lows, highs = middle - half, middle + half
+    boxes = box_candidate_lists(lows, highs, centers, factor)
+    narrowed = pair_narrowed(lows, highs, boxes, centers, factor)
+    assert narrowed.counts.sum() < 0.8 * boxes.counts.sum()  # it narrows
+    assert (narrowed.counts >= 1).all()
+    corners = rng.integers(0, 2, (64, d)).astype(bool)
+    inside = rng.uniform(0, 1, (64, d))
+    for b in range(n_boxes):
+        points = np.concatenate([np.where(corners, highs[b], lows[b]),
+                                 lows[b] + inside * (highs[b] - lows[b])])  # fmt: skip
+        nearest = np.unique(((points[:, None] * factor - centers) ** 2).sum(2).argmin(1))
+        kept = narrowed.ids[narrowed.starts[b] : narrowed.starts[b] + narrowed.counts[b]]
+        assert set(nearest) <= set(kept.tolist())
 
 
 @pytest.mark.parametrize("case", ["rgb masked, offset", "3-D, anisotropic", "rgba", "grey"])

@@ -263,6 +263,22 @@ def test_tiled_passes_equal_plain_passes(case, k, cache_tiles, monkeypatch):
     np.testing.assert_allclose(pixels.sq_total(space.factor), expected_sq, rtol=1e-12)
 
 
+def test_per_candidate_sums_reach_their_clusters_at_many_clusters():
+    """A pass's per-candidate sums are added to their clusters in one bincount over
+    (cluster, column) pairs; candidate ids are int16 below 2^15 centres, and the pairs'
+    numbers (id x columns) pass 2^15 well before that."""
+    from napari_kmeanz._tiles import _add_found
+
+    k, width = 20000, 6
+    ids = np.array([19999, 5000, 19999, k], dtype=np.int16)  # k: padding, counted nowhere
+    partial = np.arange(4 * width, dtype=np.float64).reshape(4, width)
+    counts, sums = np.zeros(k), np.zeros((k, width - 1))
+    _add_found([(ids, partial)], counts, sums)
+    np.testing.assert_array_equal(counts[[5000, 19999]], [11, 5 + 17])
+    np.testing.assert_array_equal(sums[19999], partial[0, :-1] + partial[2, :-1])
+    assert counts.sum() == 33 and sums.sum() == partial[:3, :-1].sum()
+
+
 def test_pair_narrowing_keeps_every_centre_nearest_to_a_point_of_the_box():
     """Narrowed against the candidate nearest the box's middle, a box keeps every centre
     that is nearest to some point of it (its corners and points inside, checked), and drops

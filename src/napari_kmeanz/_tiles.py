@@ -227,7 +227,7 @@ def _add_found(found: list, counts: np.ndarray, sums: np.ndarray) -> None:
     # one bincount over (cluster, column) pairs: each pair's terms in the same order as a
     # bincount per column would add them, so the same sums
     width = partial.shape[1]
-    pairs = (ids[:, None] * width + np.arange(width)).ravel()
+    pairs = (ids.astype(np.intp)[:, None] * width + np.arange(width)).ravel()  # (ids: int16)
     total = np.bincount(pairs, weights=partial.ravel(), minlength=(k + 1) * width)
     total = total.reshape(k + 1, width)[:k]
     counts += total[:, -1]

@@ -245,8 +245,8 @@ def histogram_task(chunk: Chunk, coder: ColorCodes):
     Measured on the 4096x4096 photo in two chunks: 58 ms on two threads, against 144 ms for
     counting into a table of every code with ``np.add.at`` (two 64 MiB tables, which gained
     nothing from the second thread; and they needed a merge and a search for the codes
-    present). Where there are few possible
-    codes (up to ``DENSE_HISTOGRAM``, as for 16-bit grey), they are counted into a table.
+    present). Where there are few possible codes (up to ``DENSE_HISTOGRAM``, as for 16-bit
+    grey), they are counted into a table.
     """
     n = math.prod(chunk.shape)
     if coder.size <= min(DENSE_HISTOGRAM, 4 * n):  # a small table, in cache

@@ -39,10 +39,16 @@ def compute(*collections):
     package is imported, so the threaded scheduler is then named at once.
     """
     options = {}
-    if "distributed" not in sys.modules and not dask.config.get("scheduler", None):
+    if _no_client_yet():
         options["scheduler"] = dask.threaded.get
     with one_blas_thread():
         return dask.compute(*collections, **options)
+
+
+def _no_client_yet() -> bool:
+    """No scheduler set in dask's config, and ``distributed`` not imported: no client can
+    exist, and dask's threads run the tasks (asking dask would import ``distributed``)."""
+    return "distributed" not in sys.modules and not dask.config.get("scheduler", None)
 
 
 @functools.cache
@@ -72,7 +78,7 @@ def in_process() -> bool:
     not processes or a ``dask.distributed`` cluster): then they can write into one array.
     As in :func:`compute`, no client can exist before ``distributed`` is imported: dask's
     own lookup imports it (0.14 s of a fresh process's first run)."""
-    if "distributed" not in sys.modules and not dask.config.get("scheduler", None):
+    if _no_client_yet():
         return True
     scheduler = dask.base.get_scheduler()
     return scheduler is None or scheduler in (dask.threaded.get, dask.local.get_sync)

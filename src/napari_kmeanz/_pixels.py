@@ -418,9 +418,7 @@ class PixelSource:
         dense table (``size`` entries) that every chunk reads, so the graph stays small under
         any scheduler.
         """
-        # not named from its arguments: hashing the 1 M codes of a photo took 8 ms
-        table = dask.delayed(dense_table, pure=False)(codes, labels, coder.size)
-        return self._lazy(lookup_task, labels.dtype, table, coder)
+        return self._lazy(lookup_task, labels.dtype, _lookup_table(codes, labels, coder), coder)
 
     def lookup_labels_numpy(self, codes, labels, coder: ColorCodes) -> np.ndarray:
         """:meth:`lookup_labels` as a numpy array: in this process, each chunk's task writes
@@ -429,9 +427,14 @@ class PixelSource:
         if not in_process():
             return to_numpy(self.lookup_labels(codes, labels, coder))
         out = zeros(self.spatial_shape, labels.dtype)
-        table = dask.delayed(dense_table, pure=False)(codes, labels, coder.size)
-        self._map(lookup_task, table, coder, out)
+        self._map(lookup_task, _lookup_table(codes, labels, coder), coder, out)
         return out
+
+
+def _lookup_table(codes, labels, coder: ColorCodes):
+    """The delayed dense table from colour code to label, made once for every chunk's task;
+    not named from its arguments: hashing the 1 M codes of a photo took 8 ms."""
+    return dask.delayed(dense_table, pure=False)(codes, labels, coder.size)
 
 
 def _centroid_task(labels, offset, k):

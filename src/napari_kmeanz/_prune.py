@@ -208,7 +208,8 @@ def pair_narrowed(lows, highs, lists: CandidateLists, centers, factor) -> Candid
         ids = lists.ids[part]
         low, high = lows[of_cell] * factor, highs[of_cell] * factor
         chosen = centers[ids]
-        near = np.einsum("ij,ij->i", chosen - (low + high) / 2, chosen - (low + high) / 2)
+        off_middle = chosen - (low + high) / 2
+        near = np.einsum("ij,ij->i", off_middle, off_middle)
         segment = ends[cells] - counts[cells] - start
         nearest = np.minimum.reduceat(near, segment)
         place = np.where(near == np.repeat(nearest, counts[cells]), np.arange(len(ids)), len(ids))

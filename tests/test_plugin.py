@@ -548,6 +548,13 @@ def test_a_failed_run_notifies_once_and_resets_the_widget(viewer, qtbot):
     assert widget.status.value.startswith("failed: n_clusters=5")
     assert not widget.plot.visible and widget.compression.value == ""
     assert not widget.save_button.enabled and widget.run_button.enabled
+    # what the failed run showed is gone, the earlier run's layers stay
+    assert [layer.name for layer in viewer.layers] == [
+        "astronaut",
+        "astronaut clusters",
+        "astronaut recoloured",
+        "levels",
+    ]
 
 
 def test_save_palette_refuses_bad_paths_with_a_clear_message(viewer, qtbot, tmp_path):
@@ -622,19 +629,47 @@ def test_a_layer_renamed_mid_run(viewer, qtbot, renamed, new, expected):
     assert viewer.layers[expected[1]].metadata["napari-kmeanz"]["n_iter"] == 6
 
 
-def test_replacing_the_source_data_mid_run_discards_the_run_with_a_word(viewer, qtbot):
+@pytest.mark.parametrize("change", ["replace its data", "remove it"])
+def test_a_source_changed_mid_run_discards_the_run_and_its_layers(viewer, qtbot, change):
     from napari.utils.notifications import notification_manager
 
     widget = open_widget(viewer)
     long_run(viewer, widget, rounds=50)
-    qtbot.waitUntil(lambda: "retina clusters" in viewer.layers, timeout=60_000)
+    qtbot.waitUntil(lambda: "retina clusters" in viewer.layers, timeout=60_000)  # a preview
     seen = len(notification_manager.records)
-    viewer.layers["retina"].data = data.astronaut()
+    if change == "remove it":
+        viewer.layers.remove("retina")
+    else:
+        viewer.layers["retina"].data = data.astronaut()
     qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
     assert any("changed during the run" in m for m in notifications_since(seen))
     assert widget.status.value.startswith("discarded")
-    assert "n_iter" not in viewer.layers["retina clusters"].metadata["napari-kmeanz"]
+    # the preview layers the run added are gone: the viewer holds what it held before
+    assert [layer.name for layer in viewer.layers] == ([] if change == "remove it" else ["retina"])
     assert not widget.save_button.enabled
+
+
+def test_a_discarded_rerun_gives_the_earlier_results_back(viewer, qtbot):
+    widget = astronaut_run(viewer, qtbot)
+    labels, recoloured = viewer.layers["astronaut clusters"], viewer.layers["astronaut recoloured"]
+    before = (labels.data, labels.metadata["napari-kmeanz"]["n_iter"], labels.colormap.colors)
+    widget.image.value = viewer.layers["astronaut"]
+    widget.n_clusters.value, widget.spatial_weight.value = 30, 1.0
+    widget.tol.value, widget.max_iter.value = 0.0, 50
+    widget.run()
+    qtbot.waitUntil(lambda: "round" in labels.metadata["napari-kmeanz"], timeout=60_000)
+    assert labels.data is not before[0] and not recoloured.visible  # a preview over them
+    viewer.layers["astronaut"].data = data.astronaut()[::-1].copy()
+    qtbot.waitUntil(lambda: not widget.running, timeout=120_000)
+    assert widget.status.value.startswith("discarded")
+    assert labels.data is before[0] and labels.metadata["napari-kmeanz"]["n_iter"] == before[1]
+    np.testing.assert_array_equal(labels.colormap.colors, before[2])
+    assert recoloured.visible  # hidden while the run went on, shown again
+    assert [layer.name for layer in viewer.layers] == [
+        "astronaut",
+        "astronaut clusters",
+        "astronaut recoloured",
+    ]
 
 
 def test_a_rerun_keeps_labels_painted_by_hand(viewer, qtbot):

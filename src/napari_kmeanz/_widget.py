@@ -9,8 +9,6 @@ and the adapter.
 from __future__ import annotations
 
 import functools
-import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +28,8 @@ from magicgui.widgets import (
 from . import _io, _layers, _report
 from ._defaults import WIDGET
 from ._filters import KINDS
+from ._flight import Failed, Flight, Round, Step, SweepStep
+from ._rollback import Rollback
 from ._watch import Cancelled
 
 if TYPE_CHECKING:
@@ -46,7 +46,7 @@ class KMeansWidget(Container):
 
     def __init__(self, viewer: napari.viewer.Viewer):
         self._viewer = viewer
-        self._flight: _Flight | None = None  # the run in progress
+        self._flight: Flight | None = None  # the run in progress
         self._result = None  # the last finished run: (job, result)
         self._suggested = None  # the k a finished sweep suggests
         self._channels_for = None  # the source whose channel partners were chosen
@@ -219,15 +219,16 @@ class KMeansWidget(Container):
         job = self._checked_job()
         if job is None:
             return None
-        flight = _Flight(job, total=job.kwargs["max_iter"] + 1)  # seeding, then the rounds
+        flight = Flight(job, total=job.kwargs["max_iter"] + 1)  # seeding, then the rounds
         try:  # checks every parameter before any work
             states = job.states(cancel=flight.cancel, progress=flight.progress)
         except (ValueError, TypeError) as err:
             return self._refuse(err)
         flight.targets = _layers.existing_outputs(self._viewer, job)
+        flight.rollback = Rollback(self._viewer)
         for stale in flight.targets[1:]:  # an earlier recoloured image: back with the result
             if stale is not None:
-                stale.visible = False
+                flight.rollback.hide(stale)
         return self._start(flight, _rounds(job, states, flight), self._show)
 
     def sweep(self):
@@ -244,7 +245,7 @@ class KMeansWidget(Container):
         except (ValueError, TypeError) as err:
             return self._refuse(err)
         ks = list(range(low, high + 1))
-        flight = _Flight(job, total=len(ks) + 1)
+        flight = Flight(job, total=len(ks) + 1)
         return self._start(flight, _sweep(job, ks, flight), self._show_sweep)
 
     def cancel(self):
@@ -261,7 +262,7 @@ class KMeansWidget(Container):
             return bool(step.args[2][1]["metadata"][_layers.PREFIX].get("preview"))
         if step.func in (self._show, self._shown):
             update = step.args[-1]
-            return isinstance(update, _Round) and not update.state.done
+            return isinstance(update, Round) and not update.state.done
         return False
 
     def save_palette(self, path=None):
@@ -390,11 +391,11 @@ class KMeansWidget(Container):
         flight = self._flight
         if flight is None or update.flight is not flight:
             return None
-        if isinstance(update, _Step):
+        if isinstance(update, Step):
             flight.pbar.set_description(f"{what}: {update.stage} {update.done}/{update.total}")
             self.status.value = f"{update.stage}: {update.done}/{update.total}"
             return None
-        if isinstance(update, _Failed):
+        if isinstance(update, Failed):
             flight.failed = update.error
             return None
         return flight
@@ -423,7 +424,10 @@ class KMeansWidget(Container):
         if self._flight is not flight or self._source_changed(flight):
             return
         targets = flight.targets + [None] * (index + 1 - len(flight.targets))
-        targets[index] = _layers.apply_layers(self._viewer, [layer_tuple], [targets[index]])[0]
+        existing = targets[index]
+        at = flight.rollback.before(existing, layer_tuple[1])
+        targets[index] = _layers.apply_layers(self._viewer, [layer_tuple], [existing])[0]
+        flight.rollback.after(existing, at, targets[index])
         flight.targets = targets
         if index == 0:  # the labels layer: what the screen shows now
             flight.shown = layer_tuple[1]["metadata"][_layers.PREFIX].get("round", flight.shown)
@@ -485,6 +489,8 @@ class KMeansWidget(Container):
         flight.pbar.close()
         self.run_button.enabled = self.sweep_button.enabled = True
         self.cancel_button.enabled = False
+        if flight.rollback is not None and (flight.failed is not None or flight.discarded):
+            flight.rollback.undo()  # the viewer as the run found it (see _rollback)
         if flight.failed is not None:
             self._refuse(f"k-means failed: {flight.failed}")
             self.status.value = f"failed: {flight.failed}"
@@ -505,64 +511,7 @@ def _advance(pbar, n: int) -> None:
         pbar.update(n - pbar.n)
 
 
-@dataclass(eq=False)
-class _Flight:
-    """The run in progress: its job, how to stop it, and how far the screen has followed."""
-
-    job: _layers.Job
-    total: int
-    cancel: threading.Event = field(default_factory=threading.Event)
-    ready: threading.Event = field(default_factory=threading.Event)  # the GUI wants a preview
-    worker: object = None
-    pbar: object = None
-    targets: list = field(default_factory=list)
-    shown: int = 0  # the round the layers show
-    failed: Exception | None = None
-    discarded: str = ""
-
-    def __post_init__(self):
-        self.ready.set()
-
-    def progress(self, stage: str, done: int, total: int) -> None:
-        """From the run's thread: a step of a long stage, queued to the GUI thread."""
-        if self.worker is not None:
-            self.worker.yielded.emit(_Step(self, stage, done, total))
-
-
-@dataclass(frozen=True, eq=False)
-class _Step:
-    flight: _Flight
-    stage: str
-    done: int
-    total: int
-
-
-@dataclass(frozen=True, eq=False)
-class _Failed:
-    flight: _Flight
-    error: Exception
-
-
-@dataclass(frozen=True, eq=False)
-class _Round:
-    flight: _Flight
-    job: _layers.Job
-    state: object
-    tuples: list | None  # None: no preview this round (the screen had not shown the last)
-    plot: object = None
-
-
-@dataclass(frozen=True, eq=False)
-class _SweepStep:
-    flight: _Flight
-    k: int
-    tuple: tuple | None = None
-    plot: object = None
-    suggested: int | None = None
-    note: str = ""  # why the sweep ended early
-
-
-def _rounds(job: _layers.Job, states, flight: _Flight):
+def _rounds(job: _layers.Job, states, flight: Flight):
     """Worker body: after every round the state; with it, when the screen has shown the last
     one, the layers and the inertia plot (built here, off the GUI thread). Errors come back
     as one update; a cancelled run just ends."""
@@ -571,30 +520,30 @@ def _rounds(job: _layers.Job, states, flight: _Flight):
             if state.done or flight.ready.is_set():
                 flight.ready.clear()
                 plot = _io.rounds_plot(state.inertia_history, PLOT_SIZE)
-                yield _Round(flight, job, state, _layers.result_layers(job, state), plot)
+                yield Round(flight, job, state, _layers.result_layers(job, state), plot)
             else:
-                yield _Round(flight, job, state, None)
+                yield Round(flight, job, state, None)
     except Cancelled:
         return
     except Exception as err:  # shown once, as the run's failure
-        yield _Failed(flight, err)
+        yield Failed(flight, err)
 
 
-def _sweep(job: _layers.Job, ks, flight: _Flight):
+def _sweep(job: _layers.Job, ks, flight: Flight):
     """Worker body of a k sweep: progress per k, then the sweep layer and the elbow plot."""
     try:
         results = []
         for k, result in _layers.sweep_results(job, ks, flight.cancel):
             results.append(result)
-            yield _SweepStep(flight, k)
+            yield SweepStep(flight, k)
         ks, rest = ks[: len(results)], ks[len(results) :]  # a k above the distinct points
         note = f"; stopped at k={ks[-1]}, as many as the distinct values" if rest else ""
         inertias = [r.inertia for r in results]
         suggested = _report.suggest_k(ks, inertias)
         plot = _io.elbow_plot(ks, inertias, suggested, PLOT_SIZE)
         layer = _layers.sweep_layer(job, ks, results)
-        yield _SweepStep(flight, ks[-1], layer, plot, suggested, note)
+        yield SweepStep(flight, ks[-1], layer, plot, suggested, note)
     except Cancelled:
         return
     except Exception as err:
-        yield _Failed(flight, err)
+        yield Failed(flight, err)

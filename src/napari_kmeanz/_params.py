@@ -122,6 +122,18 @@ class Layout:
         return self.ndim - (self.channel_axis is not None)
 
 
+def axis_index(channel_axis, ndim: int, accepted: str, shape=None) -> int:
+    """``channel_axis``, an int in -ndim..ndim-1, as an index 0..ndim-1 (else an error that
+    says what is ``accepted``, and the image's ``shape`` when given)."""
+    if isinstance(channel_axis, bool) or not isinstance(channel_axis, Integral):
+        raise TypeError(f"channel_axis must be {accepted}, got {channel_axis!r}.")
+    if not -ndim <= channel_axis < ndim:
+        image = f"{ndim} dimensions" if shape is None else f"an image with {ndim} dimensions"
+        image += "" if shape is None else f" (shape {shape})"
+        raise ValueError(f"channel_axis={channel_axis} is out of range for {image}.")
+    return int(channel_axis) % ndim
+
+
 def layout_of(shape: tuple[int, ...], channel_axis, alpha) -> Layout:
     ndim = len(shape)
     if isinstance(channel_axis, str):
@@ -133,15 +145,8 @@ def layout_of(shape: tuple[int, ...], channel_axis, alpha) -> Layout:
             alpha = rgb and shape[-1] == 4
     elif channel_axis is None:
         axis = None
-    elif isinstance(channel_axis, Integral) and not isinstance(channel_axis, bool):
-        if not -ndim <= channel_axis < ndim:
-            raise ValueError(
-                f"channel_axis={channel_axis} is out of range for an image with {ndim} "
-                f"dimensions (shape {shape})."
-            )
-        axis = int(channel_axis) % ndim
     else:
-        raise TypeError(f"channel_axis must be 'auto', None or an int, got {channel_axis!r}.")
+        axis = axis_index(channel_axis, ndim, "'auto', None or an int", shape)
     if alpha is not None and not isinstance(alpha, bool | np.bool_):
         raise TypeError(f"alpha must be True, False or None, got {alpha!r}.")
     alpha = bool(alpha)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from numbers import Integral
 
 import dask.array as da
 import numpy as np
@@ -18,6 +17,7 @@ from ._params import (
     Image,
     Layout,
     as_array,
+    axis_index,
     channels_last,
     channels_text,
     check_mask,
@@ -273,11 +273,7 @@ def _image_axis(channel_axis, fitted, ndim: int):
             f"channel_axis={channel_axis!r}: the model was fitted on grey images (no channel "
             "axis); label a grey image with it."
         )
-    if isinstance(channel_axis, bool) or not isinstance(channel_axis, Integral):
-        raise TypeError(f"channel_axis must be an int or None, got {channel_axis!r}.")
-    if not -ndim <= channel_axis < ndim:
-        raise ValueError(f"channel_axis={channel_axis} is out of range for {ndim} dimensions.")
-    return int(channel_axis) % ndim
+    return axis_index(channel_axis, ndim, "an int or None")
 
 
 def _axis_hint(shape, n_fitted: int, axis) -> str:

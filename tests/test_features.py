@@ -319,3 +319,29 @@ def test_bad_sigma_and_features_are_refused_before_any_work(kwargs, message):
     with pytest.raises(ValueError) as err:
         kmeans(image, 2, **kwargs)
     assert message in str(err.value)
+
+
+def test_the_scan_of_filtered_columns_covers_the_clustered_pixels_only():
+    """The value range the scan finds with filters: each column's minimum and maximum over
+    the clustered pixels (not masked out, finite), whatever the chunks, with chunks whose
+    tiles run past their edges and a chunk with no clustered pixel."""
+    grey = data.camera()[::4, ::4].astype(np.float32)
+    grey[10:20, 30:40] = np.nan
+    mask = np.ones(grey.shape, bool)
+    mask[:, :45] = False  # the first chunk of 45 columns has no clustered pixel
+    mask[100:, 60:] = False
+    filters = engine.Filters.of(SIX, (1.5, 1.5))
+    halo = filters.halo
+    padded = np.pad(grey.astype(np.float64), [(h, h) for h in halo], mode="edge")[..., None]
+    columns = filters.apply(padded, halo)  # (float64 for a float32 image)
+    clustered = mask & np.isfinite(grey)
+    clustered &= np.isfinite(columns).all(axis=-1)
+    expected = columns[clustered]
+    for chunks in [(128, 45), (37, 45), (128, 128)]:
+        image = da.from_array(grey[..., None], chunks=(*chunks, 1))
+        source = engine.PixelSource(image, da.from_array(mask, chunks=chunks), False,
+                                    filters=filters)  # fmt: skip
+        n, lows, highs = source.scan()
+        assert n == len(expected)
+        np.testing.assert_array_equal(lows, expected.min(axis=0))
+        np.testing.assert_array_equal(highs, expected.max(axis=0))

@@ -64,6 +64,8 @@ def _channel_extrema(values: np.ndarray):
 
 def _scan_task(chunk: Chunk):
     """Number of clustered pixels, and per-channel minimum and maximum over them."""
+    if chunk.filters is not None:
+        return chunk.column_extrema()
     values = chunk.clustered_values()
     if len(values) == 0:
         return 0, None, None

@@ -1,6 +1,8 @@
 """Smoothed and texture features: what they compute, that they help, and that chunking and
 predict leave them as they are."""
 
+from pathlib import Path
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -120,6 +122,47 @@ def test_kept_columns_give_the_results_of_columns_computed_each_pass(monkeypatch
     with pytest.raises(Cancelled):
         kmeans(lazy, 4, **options, cancel=stop, progress=lambda *_: stop.set())
     assert not list(tmp_path.iterdir())
+
+
+def test_passes_with_kept_columns_read_the_image_once():
+    """With the filters' columns kept, the rounds read them, not the image (nor its
+    overlaps): a run of 5 rounds reads each chunk of a dask image once, and gives the
+    labels of a numpy run."""
+    reads = []
+
+    def counted(block):
+        reads.append(block.shape)
+        return block
+
+    grey = data.camera()[::2, ::2]
+    meta = np.empty((0, 0), grey.dtype)
+    image = da.from_array(grey, chunks=(128, 128)).map_blocks(counted, meta=meta)
+    options = {"sigma": 1.5, "features": ["gaussian", "std"], "spatial_weight": 0.5,
+               "max_iter": 5, "tol": 0, "random_state": 0}  # fmt: skip
+    result = kmeans(image, 3, **options)
+    assert result.n_iter >= 3  # (rounds until the assignment is stable)
+    assert sorted(reads) == [(128, 128)] * 4  # the first reading only
+    np.testing.assert_array_equal(np.asarray(result.labels), kmeans(grey, 3, **options).labels)
+
+
+def test_a_chunk_whose_kept_columns_cannot_be_read_is_read_and_filtered_again():
+    grey = data.camera()[::4, ::4].astype(np.float64)
+    image = da.from_array(grey[..., None], chunks=(64, 50, 1))
+    filters = engine.Filters.of(SIX, (1.5, 1.5))
+    cache = engine.FeatureCache.open(grey.size, filters.n_columns(1))
+    try:
+        source = engine.PixelSource(image, None, False, filters=filters, cache=cache)
+        first = source.scan()  # reads the image, keeps the columns
+        kept = sorted(Path(cache.folder).iterdir())
+        assert len(kept) == 2 * 6
+        for path in kept:
+            path.write_bytes(b"")  # there, but not a column file any more
+        again = source.scan()  # reads the chunks left unread, and filters them again
+    finally:
+        cache.close()
+    assert again[0] == first[0]
+    np.testing.assert_array_equal(again[1], first[1])
+    np.testing.assert_array_equal(again[2], first[2])
 
 
 def test_columns_keep_the_precision_of_the_image():

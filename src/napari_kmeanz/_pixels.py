@@ -28,7 +28,7 @@ from ._compute import (
     written,
     zeros,
 )
-from ._features import Chunk, FeatureSpace, chunk_rows
+from ._features import Chunk, Deferred, FeatureSpace, chunk_rows
 from ._filters import depths
 from ._kernels import distance_weights, nearest_sqdist, top_farthest
 from ._watch import bind, checkpoint
@@ -215,11 +215,18 @@ class PixelSource:
         return [idx for idx, _ in chunk_grid(self.data.chunks[:-1])]
 
     def _blocks(self):
-        """``(chunk, mask chunk, offset)`` for every chunk, as delayed objects."""
+        """``(chunk, mask chunk, offset)`` for every chunk, as delayed objects; left unread
+        (:class:`_features.Deferred`) for a chunk whose filters' columns are in the run's
+        cache (in this process: a worker elsewhere would not find them)."""
         data = self._read.to_delayed()
         mask = None if self.mask is None else self.mask.to_delayed()
+        cache = self.cache if self.cache is not None and in_process() else None
         for idx, offset in zip(self._ids(), self._offsets(), strict=True):
-            yield data[(*idx, 0)], None if mask is None else mask[idx], offset
+            if cache is not None and cache.holds(offset):
+                mask_part = None if mask is None else Deferred(self.mask.blocks[idx])
+                yield Deferred(self._read.blocks[(*idx, 0)]), mask_part, offset
+            else:
+                yield data[(*idx, 0)], None if mask is None else mask[idx], offset
 
     def _call(self, task, part, *args, pure=True):
         """A delayed ``task(chunk, *args)`` for one ``(chunk, mask chunk, offset)`` of

@@ -326,9 +326,7 @@ def lookup_task(chunk: Chunk, lut: np.ndarray, coder: ColorCodes, into=None) -> 
     written into the chunk's place in ``into`` (the whole image's labels) when given and
     that place is one block of memory, as it is for a numpy image's bands of rows."""
     if into is not None:
-        place = into[
-            tuple(slice(o, o + n) for o, n in zip(chunk.offset, chunk.shape, strict=True))
-        ]
+        place = chunk.place(into)
         if place.flags.c_contiguous:
             _looked_up(chunk, lut, coder, place.reshape(-1))
             return None

@@ -102,14 +102,6 @@ def to_numpy(array: da.Array) -> np.ndarray:
     return assemble(array.shape, array.dtype, offsets, compute(*array.to_delayed().ravel()))
 
 
-def written(found: tuple, out: np.ndarray, offset) -> tuple:
-    """Write the array that comes first in a task's results ``found`` into ``out`` at
-    ``offset``, and return the rest (a task run in this process: see :func:`in_process`)."""
-    part = found[0]
-    out[tuple(slice(o, o + n) for o, n in zip(offset, part.shape, strict=True))] = part
-    return found[1:]
-
-
 def assemble(shape, dtype, offsets, parts) -> np.ndarray:
     """One array (memory from :func:`zeros`) holding each part at its offset."""
     out = zeros(shape, dtype)

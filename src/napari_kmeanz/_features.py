@@ -180,6 +180,10 @@ class Chunk:
             return self.block.shape[:-1]
         return tuple(n - 2 * d for n, d in zip(self.block.shape[:-1], self.depth, strict=True))
 
+    def place(self, whole: np.ndarray) -> np.ndarray:
+        """The chunk's own part (a view) of ``whole``, an array of the image's spatial shape."""
+        return whole[tuple(slice(o, o + n) for o, n in zip(self.offset, self.shape, strict=True))]
+
     def values(self):
         """Value features (n, F) of the chunk's pixels in C order, and which of them are
         clustered (None: all of them); without filters (with them, see

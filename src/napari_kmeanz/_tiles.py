@@ -179,11 +179,14 @@ def _bucket(m: np.ndarray, k: int) -> np.ndarray:
     return sizes[np.searchsorted(sizes, m)]
 
 
-def chunk_pass(chunk: Chunk, space: FeatureSpace, centers, tiles: ChunkTiles, label_dtype=None):
+def chunk_pass(
+    chunk: Chunk, space: FeatureSpace, centers, tiles: ChunkTiles, label_dtype=None, out=None
+):
     """One assignment pass over a chunk's pixels, from its :class:`ChunkTiles`.
 
     Returns the per-cluster counts (k,) and raw sums (k, d) and, with ``label_dtype``, the
-    chunk's labels (1 + the nearest centre; 0 where pixels are not clustered).
+    chunk's labels (1 + the nearest centre; 0 where pixels are not clustered), written to
+    ``out`` (of the chunk's shape, any strides) when given.
     """
     grid = TileGrid.for_shape(chunk.shape)
     k, d = centers.shape
@@ -192,7 +195,8 @@ def chunk_pass(chunk: Chunk, space: FeatureSpace, centers, tiles: ChunkTiles, la
     open_tiles, candidates, label_of = _open_tiles(
         grid, chunk, space, centers, tiles, (counts, sums), want_labels
     )
-    out = _whole_tile_labels(grid, chunk, label_of, label_dtype) if want_labels else None
+    if want_labels:
+        out = _whole_tile_labels(grid, chunk, label_of, label_dtype, out)
     if not len(open_tiles):
         return counts, sums, out
     candidates = _refined(grid, chunk, space, centers, open_tiles, candidates)
@@ -297,10 +301,10 @@ def _narrowed(rows, valid, factor, weights, columns, wanted, centre_scale):
     return lower <= reach[:, None]
 
 
-def _whole_tile_labels(grid, chunk, label_of, label_dtype):
+def _whole_tile_labels(grid, chunk, label_of, label_dtype, out=None):
     """The chunk's labels of the tiles given whole to a centre (the open ones are painted
-    over by the pass), 0 where pixels are not clustered."""
-    out = zeros(grid.shape, label_dtype)
+    over by the pass), 0 where pixels are not clustered; in ``out`` when given."""
+    out = zeros(grid.shape, label_dtype) if out is None else out
     grid.paint_tiles(out, label_of.astype(label_dtype))
     if chunk.mask is not None or chunk.alpha or chunk.block.dtype.kind == "f":
         clustered = chunk.clustered()

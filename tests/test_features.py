@@ -389,3 +389,34 @@ def test_the_scan_of_filtered_columns_covers_the_clustered_pixels_only():
         assert n == len(expected)
         np.testing.assert_array_equal(lows, expected.min(axis=0))
         np.testing.assert_array_equal(highs, expected.max(axis=0))
+
+
+def test_cancel_acts_inside_a_chunks_filters(monkeypatch):
+    """A chunk's filters take seconds on a large layer (4096^2 RGB, six kinds: cancelled
+    runs went on for up to 10 s): Cancel acts between them, and no chunk's columns are
+    finished after it. Here the run is cancelled from its second check in a dask worker
+    (the first is the chunk task's own, as it starts), on one worker thread."""
+    import threading
+
+    import dask
+
+    from napari_kmeanz import Cancelled
+
+    class InsideTheTask:
+        def __init__(self):
+            self.calls = 0
+
+        def is_set(self):
+            if threading.current_thread() is threading.main_thread():
+                return False
+            self.calls += 1
+            return self.calls > 1
+
+    stores = []
+    real_store = engine.FeatureCache.store
+    monkeypatch.setattr(engine.FeatureCache, "store",
+                        lambda self, *a: stores.append(a[0]) or real_store(self, *a))  # fmt: skip
+    cancel = InsideTheTask()
+    with dask.config.set(scheduler="threads", num_workers=1), pytest.raises(Cancelled):
+        kmeans(data.camera(), 3, sigma=1.0, features=SIX, cancel=cancel, random_state=0)
+    assert cancel.calls == 2 and not stores

@@ -27,6 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._watch import checkpoint
+
 KINDS = ("value", "gaussian", "gradient", "laplace", "std", "hessian")
 NEEDS_SIGMA = frozenset(KINDS) - {"value"}
 # Gaussian kernels are cut at this many sigmas (scipy's default); the overlap adds two pixels
@@ -109,6 +111,7 @@ class Filters:
         core = tuple(slice(h, n - h) for h, n in zip(halo, padded.shape[:-1], strict=True))
         per_channel = []
         for channel in range(padded.shape[-1]):
+            checkpoint()  # (a chunk's filters take seconds: Cancel acts between them)
             values = np.asarray(padded[..., channel], dtype=np.float64)
             finite = np.isfinite(values)
             if not finite.all():  # missing values: filtered from the finite neighbours
@@ -119,10 +122,11 @@ class Filters:
             if len({"gaussian", "std", "hessian"} & set(self.kinds)) > 1:  # made once
                 smooth = ndimage.gaussian_filter(values, self.sigma, mode="nearest",
                                                  truncate=TRUNCATE)  # fmt: skip
-            per_channel.append({
-                kind: [part[core] for part in _filtered(kind, values, self.sigma, smooth)]
-                for kind in self.kinds
-            })  # fmt: skip
+            found = {}
+            for kind in self.kinds:
+                checkpoint()
+                found[kind] = [part[core] for part in _filtered(kind, values, self.sigma, smooth)]
+            per_channel.append(found)
         # columns kind by kind, and within a kind channel by channel
         return [part for kind in self.kinds for parts in per_channel for part in parts[kind]]
 
@@ -168,6 +172,7 @@ def _derivatives(values: np.ndarray, sigma, order: int) -> list[np.ndarray]:
 
     out = []
     for axis in _scaled_axes(sigma):
+        checkpoint()
         orders = [0] * values.ndim
         orders[axis] = order
         out.append(
@@ -204,6 +209,7 @@ def _missing_filtered(kinds, values, finite, sigma) -> dict[str, list[np.ndarray
             v1, w1 = _derivatives(zeroed, sigma, 1), _derivatives(ones, sigma, 1)
             slopes = [(dv - smooth * dw) / weight for dv, dw in zip(v1, w1, strict=True)]
         for kind in kinds:
+            checkpoint()
             if kind in ("value", "gaussian", "hessian"):
                 out[kind] = _filtered(kind, values if kind == "value" else zeroed, sigma, smooth)
                 continue
@@ -234,7 +240,10 @@ def hessian_eigenvalues(smooth: np.ndarray, axes: tuple[int, ...] | None = None)
     ndim = len(axes)
     if ndim == 1:
         return [np.gradient(np.gradient(smooth, axis=axes[0]), axis=axes[0])]
-    second = [_gradient(derivative, axes) for derivative in _gradient(smooth, axes)]
+    second = []
+    for derivative in _gradient(smooth, axes):
+        checkpoint()
+        second.append(_gradient(derivative, axes))
     # off the diagonal, the mean of the two orders of differencing: exactly symmetric
     h = {
         (i, j): second[i][i] if i == j else 0.5 * (second[i][j] + second[j][i])

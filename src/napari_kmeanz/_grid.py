@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._watch import checkpoint
+
 # Pixels per tile and per block (powers of two; tiles are compact, and a block is whole tiles).
 # Measured on a 4096x4096 photo with k=16 and position features: a quarter of the pixels were
 # left to read, with 4 candidate centres each on average, where sub-blocks of 32768 pixels
@@ -121,6 +123,7 @@ class TileGrid:
         valid = np.empty((n, p), dtype=bool)
         step = max(1, TILE_BATCH // p)
         for start in range(0, n, step):
+            checkpoint()
             tiles = np.arange(start, min(n, start + step))
             part = slice(start, start + len(tiles))
             for f, column in enumerate(columns):

@@ -470,3 +470,25 @@ def test_the_nearest_of_many_candidates_a_few_rows_at_a_time_is_the_plain_argmin
     np.testing.assert_array_equal(_kernels.nearest_many(rows, matrix), (rows @ matrix).argmin(1))
     plain = ((rows[:, None, :-1] - centers[None]) ** 2).sum(-1).min(1)
     np.testing.assert_allclose(engine.nearest_sqdist(rows, centers, np.ones(3)), plain)
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_a_pass_over_points_on_several_threads_gives_the_same_floats(weighted):
+    """Sub-blocks shared between threads: their sums are added in the sub-blocks' order, so
+    float sums (and the labels) come out bit for bit as on one thread."""
+    rng = np.random.default_rng(0)
+    n, k = 20_000, 700  # many sub-blocks; many centres, the sums by bincount
+    rows = engine.with_ones(rng.random((n, 5)))
+    weights = rng.integers(1, 9, n).astype(np.float64) if weighted else None
+    summed = None if weights is None else rows * weights[:, None]
+    centers, factor = rng.random((k, 5)), np.ones(5)
+    out = []
+    for threads in (1, 3):
+        counts, sums = np.zeros(k), np.zeros((k, 5))
+        labels = engine.accumulate(rows, centers, factor, counts, sums, summed, 1024,
+                                   threads=threads)  # fmt: skip
+        out.append((labels, counts, sums))
+    for one, several in zip(out[0], out[1], strict=True):
+        np.testing.assert_array_equal(one, several)
+    brute = ((rows[:, None, :-1] - centers[None]) ** 2).sum(-1).argmin(1)
+    np.testing.assert_array_equal(out[0][0], brute)

@@ -17,6 +17,7 @@ import dask
 import dask.array as da
 import dask.base
 import dask.local
+import dask.system
 import dask.threaded
 import numpy as np
 from threadpoolctl import ThreadpoolController
@@ -118,6 +119,15 @@ def chunk_grid(chunks: tuple[tuple[int, ...], ...]):
         (idx, tuple(int(s[i]) for s, i in zip(starts, idx, strict=True)))
         for idx in product(*(range(len(c)) for c in chunks))
     ]
+
+
+def worker_threads() -> int:
+    """The threads a pass over points held in this process may share: as many as dask's
+    threaded scheduler runs (its ``num_workers``, else a thread per core), one where dask is
+    set to run everything in the calling thread."""
+    if dask.config.get("scheduler", None) in ("sync", "synchronous", "single-threaded"):
+        return 1
+    return int(dask.config.get("num_workers", None) or dask.system.CPU_COUNT)
 
 
 @functools.cache

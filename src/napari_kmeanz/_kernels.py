@@ -14,9 +14,11 @@ candidate centres (the others are pruned by ``_prune``).
 from __future__ import annotations
 
 import functools
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from . import _watch
 from ._compute import zeros
 from ._prune import candidates
 from ._watch import checkpoint
@@ -161,6 +163,7 @@ def accumulate(
     block: int | None = None,
     candidates_of: np.ndarray | None = None,
     want_labels: bool = True,
+    threads: int = 1,
 ) -> np.ndarray | None:
     """Assign rows to their nearest centre and add their counts and raw sums in place.
 
@@ -188,6 +191,8 @@ def accumulate(
         The candidate centres of every row, when known (default: found per sub-block).
     want_labels : bool
         Whether to return the labels (a pass that needs only the sums does not).
+    threads : int
+        Threads the sub-blocks are shared between (the sums come out the same).
 
     Returns
     -------
@@ -197,7 +202,8 @@ def accumulate(
     weights_matrix = distance_weights(centers, factor)
     labels = np.empty(len(rows), dtype=np.intp) if want_labels else None
     block = SUB_BLOCK if block is None else block
-    for s in range(0, len(rows), block):
+
+    def one(s):
         checkpoint()
         part = rows[s : s + block]
         weighted_part = None if weighted is None else weighted[s : s + block]
@@ -205,41 +211,49 @@ def accumulate(
         if here is None:
             here = candidates(part[:, :-1], centers, factor)
         all_centres = len(here) == len(centers)
-        target = slice(None) if all_centres else here
         matrix = weights_matrix if all_centres else weights_matrix[:, here]
-        local = _sub_block(part, weighted_part, matrix, (counts, sums, target), want_labels)
+        partial, local = _sub_block(part, weighted_part, matrix, want_labels)
+        return (slice(None) if all_centres else here), partial, local
+
+    starts = range(0, len(rows), block)
+    # the sums are added in the sub-blocks' order, whichever thread found them: the same
+    # floats on any number of threads
+    for s, (target, partial, local) in zip(starts, in_threads(one, starts, threads), strict=True):
+        sums[target] += partial[:, :-1]
+        counts[target] += partial[:, -1]
         if want_labels:
-            labels[s : s + block] = local if all_centres else here[local]
+            labels[s : s + block] = local if isinstance(target, slice) else target[local]
     return labels
 
 
-def _sub_block(part, weighted_part, matrix, into, want_labels):
+def in_threads(task, items, threads: int):
+    """``map(task, items)``, on ``threads`` threads when more than one (each task working
+    for this thread's watch), the results in order."""
+    if threads <= 1 or len(items) <= 1:
+        return map(task, items)
+    return _pool(threads).map(_watch.bind(task), items)
+
+
+@functools.cache
+def _pool(threads: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(threads, thread_name_prefix="napari-kmeanz")
+
+
+def _sub_block(part, weighted_part, matrix, want_labels):
     """One sub-block of :func:`accumulate` against its candidates' distance ``matrix``
-    (d + 1, m): the sums added to ``counts[target]`` and ``sums[target]`` (``into``); returns
-    each row's nearest candidate (None for a one-hot product without ``want_labels``)."""
-    counts, sums, target = into
-    unweighted = weighted_part is None
-    weighted_part = part if unweighted else weighted_part
+    (d + 1, m): the per-candidate sums (m, d + 1) of the (weighted) rows and each row's
+    nearest candidate (None for a one-hot product without ``want_labels``)."""
+    weighted_part = part if weighted_part is None else weighted_part
     m = matrix.shape[1]
     if m == 1:
-        partial, local = weighted_part.sum(axis=0)[None], np.zeros(len(part), dtype=np.intp)
-    elif m <= ONE_HOT_MAX:
+        return weighted_part.sum(axis=0)[None], np.zeros(len(part), dtype=np.intp)
+    if m <= ONE_HOT_MAX:
         weights_t = np.ascontiguousarray(matrix.T)
         distances_of = functools.partial(np.dot, weights_t, part.T)
-        partial, local = nearest_sums(distances_of, weighted_part, want_labels)
-    else:
-        # many candidates: the nearest by argmin along each row, the sums by bincount
-        local = nearest_many(part, matrix)
-        for feature, column in enumerate(weighted_part.T[:-1]):
-            sums[target, feature] += np.bincount(local, weights=column, minlength=m)
-        if unweighted:  # the counts without weights: a faster count
-            counts[target] += np.bincount(local, minlength=m)
-        else:
-            counts[target] += np.bincount(local, weights=weighted_part[:, -1], minlength=m)
-        return local
-    sums[target] += partial[:, :-1]
-    counts[target] += partial[:, -1]
-    return local
+        return nearest_sums(distances_of, weighted_part, want_labels)
+    # many candidates: the nearest by argmin along each row, the sums by bincount
+    local = nearest_many(part, matrix)
+    return bincount_sums(local, weighted_part, m), local
 
 
 def nearest_many(part: np.ndarray, matrix: np.ndarray) -> np.ndarray:

@@ -526,6 +526,28 @@ def test_seeding_reports_progress_and_can_be_cancelled_there(astronaut):
         kmeans(astronaut, 2, progress=3)
 
 
+@pytest.mark.parametrize("color_space", ["rgb", "lab"])
+def test_states_give_their_labels_after_the_run_ends(astronaut, color_space):
+    # the run's last labelling lets go of the distinct colours; labels asked for after it
+    # decode them again from their codes
+    image = astronaut[::4, ::4].copy()
+    image[:5] = 0  # a mask leaves these pixels out
+    mask = np.ones(image.shape[:2], bool)
+    mask[:5] = False
+    states, during = [], []
+    for state in iter_kmeans(image, 6, color_space=color_space, mask=mask, random_state=0,
+                             max_iter=3, tol=0):  # fmt: skip
+        states.append(state)
+        if not state.done:
+            during.append(np.asarray(state.labels()))
+    assert states[-1].result.labels is not None
+    assert states[-1]._labeler.__self__.prepared.table.points.dropped
+    for state, labels in zip(states, during, strict=False):
+        np.testing.assert_array_equal(np.asarray(state.labels()), labels)
+    np.testing.assert_array_equal(states[-1].labels(), states[-1].result.labels)
+    assert (states[-1].labels()[:5] == 0).all()
+
+
 @pytest.mark.parametrize("lazy", [False, True])
 def test_each_rounds_labels_are_the_nearest_centres(astronaut, lazy):
     image = astronaut[::4, ::4]

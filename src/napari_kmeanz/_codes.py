@@ -354,9 +354,7 @@ def distinct_colors(histogram, coder: ColorCodes, n_channels: int):
     """
     codes, counts = histogram
     codes, keys, order = coder.z_ordered(codes)
-    columns = zeros((n_channels + 1, len(codes)))
-    coder.decode(codes, out=columns[:-1])
-    columns[-1] = 1.0
+    rows = decoded_rows(codes, coder, n_channels)
     counts = counts[order].astype(np.float64)
     del order
     # kept for the whole run: as int32 where they fit (codes always do, < MAX_HISTOGRAM),
@@ -364,7 +362,16 @@ def distinct_colors(histogram, coder: ColorCodes, n_channels: int):
     codes = codes.astype(np.int32)
     if not len(keys) or int(keys[-1]) < 1 << 31:
         keys = keys.astype(np.int32)
-    return columns.T, counts, codes, keys
+    return rows, counts, codes, keys
+
+
+def decoded_rows(codes: np.ndarray, coder: ColorCodes, n_channels: int) -> np.ndarray:
+    """The colours of ``codes`` as the raw rows the passes read: (n, C + 1) float64, a ones
+    column after the channels, column-major."""
+    columns = zeros((n_channels + 1, len(codes)))
+    coder.decode(codes, out=columns[:-1])
+    columns[-1] = 1.0
+    return columns.T
 
 
 def cell_shifts(n_channels: int) -> tuple[int, ...]:

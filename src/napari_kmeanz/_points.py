@@ -127,6 +127,16 @@ class PointSource:
         labels[read] = nearest
         return labels
 
+    def drop(self) -> None:
+        """Let go of the points' memory (rows, weights, keys, cells) when no pass will read
+        them again; :attr:`dropped` says so after."""
+        self.raw = self.rows = self.weights = self.keys = None
+        self._weighted_rows = self._cells = None
+
+    @property
+    def dropped(self) -> bool:
+        return self.rows is None
+
     def sq_total(self, factor: np.ndarray) -> float:
         columns = self.rows.T[:-1]  # each feature's column, contiguous
         w = self.weights

@@ -27,13 +27,15 @@ MAX_HISTOGRAM = 1 << 24
 DENSE_HISTOGRAM = 1 << 20
 # Pixels per tile when colour codes are computed.
 CODE_TILE = 1 << 16
-# A chunk's codes are sorted and counted this many pixels at a time (16 MiB of int32), each
+# A chunk's codes are sorted and counted this many pixels at a time (8 MiB of int32), each
 # slab's counts merged into the chunk's. Measured on a 4096x6144 photo (two chunks, k=16, 10
 # rounds; tracemalloc): the codes of whole chunks sorted at once (4 bytes a pixel, and a byte
 # of run starts) and the chunks' histograms merged by a sort of the two held 157 MiB at the
 # peak, 0.77 s; merged by lookup 136 MiB; in slabs of 2^22 91 MiB, 0.84 s; of 2^20 68 MiB,
-# 0.89 s (peak RSS about the same in all: glibc keeps what it freed).
-HISTOGRAM_SLAB = 1 << 22
+# 0.89 s. Measured again once the run's other peaks were lower (the histogram alone, four
+# runs each, under tracemalloc): 2^22 95-99 MiB, 0.73-0.79 s; 2^21 56-67 MiB, 0.73-0.84 s;
+# 2^20 50-58 MiB, 0.77-0.88 s.
+HISTOGRAM_SLAB = 1 << 21
 # Bits per channel left out of the Z-order keys for the three levels of cells of distinct
 # colours: cubes of side 16, 8 and 4 in colour space (see PointCells).
 CELL_BITS = (4, 3, 2)
@@ -353,16 +355,17 @@ def distinct_colors(histogram, coder: ColorCodes, n_channels: int):
     :func:`cell_shifts` gives are cubes of colour space.
     """
     codes, counts = histogram
+    del histogram  # each array let go of as soon as it is replaced
     codes, keys, order = coder.z_ordered(codes)
-    rows = decoded_rows(codes, coder, n_channels)
     counts = counts[order].astype(np.float64)
     del order
     # kept for the whole run: as int32 where they fit (codes always do, < MAX_HISTOGRAM),
-    # 8 bytes a colour less (14 MiB for the 1.7 M colours of a 4096x6144 photo)
+    # 8 bytes a colour less (14 MiB for the 1.7 M colours of a 4096x6144 photo), and made
+    # before the rows, so that the int64 ones are gone by then
     codes = codes.astype(np.int32)
     if not len(keys) or int(keys[-1]) < 1 << 31:
         keys = keys.astype(np.int32)
-    return rows, counts, codes, keys
+    return decoded_rows(codes, coder, n_channels), counts, codes, keys
 
 
 def decoded_rows(codes: np.ndarray, coder: ColorCodes, n_channels: int) -> np.ndarray:

@@ -400,7 +400,7 @@ class PixelSource:
         if not isinstance(total, tuple):
             codes = np.flatnonzero(total)
             return codes, total[codes]
-        return total[0].astype(np.int64), total[1].astype(np.int64)
+        return total[0].astype(np.int64), total[1].astype(np.int64, copy=False)
 
     # lazy outputs
 

@@ -1,4 +1,4 @@
-"""The numpy kernels, through the engine's one internal interface (``_engine``): pruning is
+"""The kernels, through the engine's one internal interface (``_engine``): pruning is
 exact, sums are exact, tiles cover a chunk once, passes over tiles and cells equal plain ones."""
 
 import dask.array as da
@@ -38,7 +38,7 @@ def test_ties_and_duplicate_centres():
     np.testing.assert_array_equal(labels, [0, 0, 0, 2])  # ties go to the lowest index
 
 
-@pytest.mark.parametrize("k", [2, 12, 50])  # one-hot products (up to 32 candidates), bincount
+@pytest.mark.parametrize("k", [2, 12, 50])
 def test_pass_sums_are_exact_for_integer_data(k):
     rng = np.random.default_rng(0)
     raw = rng.integers(0, 4096, size=(200_000, 4)).astype(np.float64)
@@ -51,14 +51,14 @@ def test_pass_sums_are_exact_for_integer_data(k):
         exact = np.zeros(k, dtype=np.int64)
         np.add.at(exact, labels, raw[:, f].astype(np.int64))
         np.testing.assert_array_equal(sums[:, f], exact)
-    # without labels (the minimum found with no argmin), the same sums
+    # without labels, the same sums
     counts_only, sums_only = points.stats(centers, np.ones(4))
     np.testing.assert_array_equal(counts_only, counts)
     np.testing.assert_array_equal(sums_only, sums)
 
 
 @pytest.mark.parametrize("weighted", [False, True])
-def test_one_hot_sums_give_a_tie_to_the_first_centre(weighted):
+def test_a_tie_goes_to_the_first_centre_in_every_sub_block(weighted):
     # integer points halfway between two integer centres: exact ties, in some sub-blocks only
     # (each value fills sub-blocks of its own: 4096 points)
     raw = np.repeat(np.arange(9.0), 4096)[:, None]
@@ -228,10 +228,10 @@ def _ten_channels():
 
 
 @pytest.mark.parametrize("case", list(_tile_cases()))
-@pytest.mark.parametrize("k", [12, 50, 300])  # 300: tiles with over ONE_HOT_MAX candidates
+@pytest.mark.parametrize("k", [12, 50, 300])  # 300: tiles with many candidates, narrowed
 @pytest.mark.parametrize("cache_tiles", [True, False])
 def test_tiled_passes_equal_plain_passes(case, k, cache_tiles, monkeypatch):
-    """Tiles and blocks given whole to one centre from their boxes, the rest read in padded
+    """Tiles and blocks given whole to one centre from their boxes, the rest read in
     batches: the same labels, counts and raw sums as every pixel against every centre; with
     every tile's box kept between passes, and with the blocks' only (the tiles found again
     in each pass, as for images beyond ``CACHED_PIXELS``)."""
@@ -263,20 +263,45 @@ def test_tiled_passes_equal_plain_passes(case, k, cache_tiles, monkeypatch):
     np.testing.assert_allclose(pixels.sq_total(space.factor), expected_sq, rtol=1e-12)
 
 
-def test_per_candidate_sums_reach_their_clusters_at_many_clusters():
-    """A pass's per-candidate sums are added to their clusters in one bincount over
-    (cluster, column) pairs; candidate ids are int16 below 2^15 centres, and the pairs'
-    numbers (id x columns) pass 2^15 well before that."""
-    from napari_kmeanz._tiles import _add_found
+@pytest.mark.parametrize("weighted", [False, True])
+def test_the_kernel_weighs_each_group_against_its_own_candidates(weighted):
+    """nearest_sums, group by group: each point goes to the nearest of its group's
+    candidates (the first on ties, duplicates included), a group with no candidate adds
+    nothing, the sums are of ``summed`` point by point, and centre ids need not be small."""
+    from napari_kmeanz import _kernels
 
-    k, width = 20000, 6
-    ids = np.array([19999, 5000, 19999, k], dtype=np.int16)  # k: padding, counted nowhere
-    partial = np.arange(4 * width, dtype=np.float64).reshape(4, width)
-    counts, sums = np.zeros(k), np.zeros((k, width - 1))
-    _add_found([(ids, partial)], counts, sums)
-    np.testing.assert_array_equal(counts[[5000, 19999]], [11, 5 + 17])
-    np.testing.assert_array_equal(sums[19999], partial[0, :-1] + partial[2, :-1])
-    assert counts.sum() == 33 and sums.sum() == partial[:3, :-1].sum()
+    rng = np.random.default_rng(3)
+    groups, d, n, k = 5, 3, 300, 40_000
+    rows = np.ones((groups, d + 1, n))
+    rows[:, :-1] = rng.integers(0, 8, (groups, d, n))
+    rows[1, :, :7] = 0.0  # points not clustered: zero rows weigh nothing
+    summed = rows * rng.integers(1, 5, (groups, 1, n)) if weighted else rows
+    centers = rng.integers(0, 8, (k, d)).astype(np.float64)
+    lists = [rng.choice(k, m, replace=False) for m in (1, 2, 7, 0, 30)]
+    centers[lists[4][:10]] = centers[lists[4][10:20]]  # duplicates: exact ties
+    lists = [np.sort(ids) for ids in lists]
+    weights = _kernels.distance_weights(centers, np.ones(d))
+    ids = np.concatenate(lists).astype(np.intp)
+    starts = _kernels.group_starts(np.array([len(ids) for ids in lists]))
+    totals, labels = np.zeros((k, d + 1)), np.full((groups, n), -1, dtype=np.intp)
+    _kernels.nearest_sums(rows, summed, weights, ids, starts, totals, labels)
+    expected = np.zeros((k, d + 1))
+    for g, chosen in enumerate(lists):
+        if not len(chosen):
+            assert (labels[g] == -1).all()  # left as they were
+            continue
+        d2 = ((rows[g, :-1].T[:, None] - centers[chosen][None]) ** 2).sum(-1)
+        nearest = chosen[d2.argmin(axis=1)]  # argmin: the first (lowest id) on ties
+        clustered = rows[g, -1] == 1  # (the others' labels are painted over by no one)
+        np.testing.assert_array_equal(labels[g][clustered], nearest[clustered])
+        np.add.at(expected, nearest, summed[g].T)
+    np.testing.assert_array_equal(totals, expected)
+    # without labels, the same sums; a caller's wrong dtype is refused, not compiled anew
+    again = np.zeros((k, d + 1))
+    _kernels.nearest_sums(rows, summed, weights, ids, starts, again)
+    np.testing.assert_array_equal(again, expected)
+    with pytest.raises(TypeError):
+        _kernels.nearest_sums(rows, summed, weights, ids.astype(np.int16), starts, again)
 
 
 def test_pair_narrowing_keeps_every_centre_nearest_to_a_point_of_the_box():
@@ -337,7 +362,7 @@ def test_farthest_pixels_of_a_chunk(case):
 @pytest.mark.parametrize("many", [False, True])
 def test_tiled_pass_gives_a_tie_to_the_first_centre(many):
     """Pixels halfway between two centres (exact in floating point) take the first one; with
-    ``many``, every pixel is a tie and each tile has over ONE_HOT_MAX candidates."""
+    ``many``, every pixel is a tie and each tile has dozens of candidates."""
     image = np.tile(np.arange(0, 40, 2, dtype=np.uint8), (32, 3))[..., None]  # 32 x 60
     space = engine.FeatureSpace((1.0, 1.0), 0.0, 1)
     centers = np.array([[9.0], [11.0], [29.0], [31.0]])  # 10 and 30 are ties
@@ -456,18 +481,14 @@ def test_lazy_outputs_read_the_image_chunks_without_copying_them():
     assert views == [True] * pixels.data.numblocks[0]
 
 
-def test_the_nearest_of_many_candidates_a_few_rows_at_a_time_is_the_plain_argmin():
-    """nearest_many (rows in cache-sized steps) against one argmin over all the distances,
-    ties (duplicated centres) going to the first, as argmin's do."""
+def test_the_distance_to_the_nearest_of_many_centres_a_few_rows_at_a_time():
+    """nearest_sqdist (rows in cache-sized steps) against every distance at once."""
     from napari_kmeanz import _kernels
 
     rng = np.random.default_rng(0)
     rows = engine.with_ones(rng.integers(0, 6, (5000, 3)).astype(np.float64))
     centers = rng.integers(0, 6, (400, 3)).astype(np.float64)
-    centers[200:] = centers[:200]  # every centre twice: ties everywhere
-    matrix = _kernels.distance_weights(centers, np.ones(3))
     assert len(rows) > _kernels.MANY_DISTANCES // len(centers)  # several steps
-    np.testing.assert_array_equal(_kernels.nearest_many(rows, matrix), (rows @ matrix).argmin(1))
     plain = ((rows[:, None, :-1] - centers[None]) ** 2).sum(-1).min(1)
     np.testing.assert_allclose(engine.nearest_sqdist(rows, centers, np.ones(3)), plain)
 
@@ -477,7 +498,7 @@ def test_a_pass_over_points_on_several_threads_gives_the_same_floats(weighted):
     """Sub-blocks shared between threads: their sums are added in the sub-blocks' order, so
     float sums (and the labels) come out bit for bit as on one thread."""
     rng = np.random.default_rng(0)
-    n, k = 20_000, 700  # many sub-blocks; many centres, the sums by bincount
+    n, k = 20_000, 700  # many sub-blocks, many centres
     rows = engine.with_ones(rng.random((n, 5)))
     weights = rng.integers(1, 9, n).astype(np.float64) if weighted else None
     summed = None if weights is None else rows * weights[:, None]

@@ -20,14 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from ._defaults import CLI
-from ._io import (
-    OutputFolder,
-    atomic,
-    elbow_plot,
-    read_picture,
-    save_palette_png,
-    tiff_channels,
-)
+from ._io import OutputFolder, atomic, elbow_plot, read_picture, save_palette_png, tiff_channels
 
 SAMPLES = (
     "astronaut", "brick", "camera", "cat", "cell", "chelsea", "coffee", "coins", "grass",
@@ -542,7 +535,9 @@ def main(argv=None) -> int:
         outputs = OutputFolder(args.outdir)
         outputs.check()  # before any work
         _check_model_options(args)
-        from . import _batch  # (it builds on this module)
+        from . import _batch, _kernels  # (_batch builds on this module)
+
+        _kernels.warm_up()  # the assignment kernel, loaded on a thread while images are read
 
         names = _batch.expand(args.images)
         args.channels, args.alpha = channel_option(args, names[0])

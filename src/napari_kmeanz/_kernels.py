@@ -6,14 +6,17 @@ per-feature ``factor`` that turns a raw row ``r`` into its feature vector ``x = 
 Per-cluster sums are taken over raw rows, so for integer images every sum is an exact float64
 integer, whatever the order of the terms; centres are ``factor * sums / counts``.
 
-The assignment of rows to their nearest centre is written once: :func:`nearest_sums`, for a
-sub-block of rows (2-D) or a batch of tiles (3-D, in ``_tiles``), each against its own
-candidate centres (the others are pruned by ``_prune``).
+The assignment of rows to their nearest centre is written once: :func:`nearest_sums`, a kernel
+compiled by numba, for a sub-block of rows or a batch of tiles (in ``_tiles``), each against
+its own candidate centres (the others are pruned by ``_prune``). It holds no distance matrix
+and runs without the interpreter's lock, so dask's threads run it side by side.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -25,17 +28,10 @@ from ._watch import checkpoint
 
 # Rows per sub-block in the kernels: the (rows x k) distance matrix of a sub-block stays in cache.
 SUB_BLOCK = 1 << 15
-# Up to this many candidate centres, a sub-block's per-cluster sums are a one-hot product;
-# above, one ``bincount`` per feature. Measured on 32768 rows of 5 features, one thread:
-# 0.5 ms against 2.0 ms for 8 candidates, 1.0 against 2.3 for 16, 2.6 against 2.7 for 32,
-# 5.5 against 4.8 for 50. The product also runs without the interpreter's lock, where
-# ``bincount`` holds it, so two dask threads gain more from it. The same bound picks the
-# path of a batch of tiles (``_tiles``).
-ONE_HOT_MAX = 32
-# Distances computed at a time for each row's nearest of many candidates (nearest_many,
-# nearest_sqdist): 512 KiB, in cache. Measured on a pass over a 65536-point sample of a
-# 2048x3072 photo, 5-D, k=1000: 47-63 ms against 148-165 ms for a whole sub-block's 4096 x
-# 1000 distances at once (32 MiB); 2^15 and 2^17 about the same, 2^18 slower again.
+# Distances computed at a time for each row's nearest of many centres (nearest_sqdist): 512
+# KiB, in cache. Measured on a pass over a 65536-point sample of a 2048x3072 photo, 5-D,
+# k=1000: 47-63 ms against 148-165 ms for a whole sub-block's 4096 x 1000 distances at once
+# (32 MiB); 2^15 and 2^17 about the same, 2^18 slower again.
 MANY_DISTANCES = 1 << 16
 
 
@@ -59,98 +55,127 @@ def distance_weights(centers: np.ndarray, factor: np.ndarray) -> np.ndarray:
     return w
 
 
-def argmin_columns(columns: np.ndarray) -> np.ndarray:
-    """Index of the minimum along the first axis of a (m, ...) array, the first one on ties.
+def _nearest_sums(rows, summed, weights, ids, starts, totals, labels):  # pragma: no cover
+    """The compiled kernel of :func:`nearest_sums` (numba: coverage cannot see inside).
 
-    For few rows, a running minimum over them (each a long array) beats ``argmin(axis=0)``,
-    which walks short strided columns.
+    Group ``g``'s candidates are ``ids[starts[g]:starts[g + 1]]``; a point's distance to
+    candidate ``c`` is ``sum_f rows[g, f, p] * weights[f, c]``, the features in order, so
+    that a point's distances are the same numbers in every pass that reads it. Candidate by
+    candidate over a group's points (contiguous: the loop runs on vector registers), a
+    running minimum keeps the first nearest on ties.
     """
-    best = columns[0].copy()
-    index = np.zeros(columns.shape[1:], dtype=np.intp)
-    better = np.empty(columns.shape[1:], dtype=bool)
-    for j in range(1, len(columns)):
-        np.less(columns[j], best, out=better)
-        np.minimum(best, columns[j], out=best)
-        np.copyto(index, j, where=better)
-    return index
+    n_groups, width, n = rows.shape
+    best = np.empty(n, dtype=np.intp)
+    least = np.empty(n)
+    distance = np.empty(n)
+    for g in range(n_groups):
+        first, stop = starts[g], starts[g + 1]
+        for c in range(first, stop):
+            centre = ids[c]
+            w = weights[0, centre]
+            for p in range(n):
+                distance[p] = rows[g, 0, p] * w
+            for f in range(1, width):
+                w = weights[f, centre]
+                for p in range(n):
+                    distance[p] += rows[g, f, p] * w
+            if c == first:
+                for p in range(n):
+                    least[p] = distance[p]
+                    best[p] = centre
+            else:
+                for p in range(n):
+                    if distance[p] < least[p]:
+                        least[p] = distance[p]
+                        best[p] = centre
+        if stop == first:
+            continue
+        for p in range(n):
+            centre = best[p]
+            for f in range(width):
+                totals[centre, f] += summed[g, f, p]
+        if labels.shape[0]:
+            for p in range(n):
+                labels[g, p] = best[p]
 
 
-# From this many candidates, ``argmin`` finds the nearest faster than a running minimum.
-# Measured on 2^17 distances (tiles of 256 pixels): 0.84 against 0.84 ms for 8, 0.66
-# against 0.78 for 16, 0.30 against 1.03 for 128, 0.27 against 1.74 for 512 (where the
-# labelling pass of a 2048x3072 photo, 5-D, k=1000, took 3x a pass without labels).
-ARGMIN_FROM = 16
+_NO_LABELS = np.empty((0, 0), dtype=np.intp)
+_COMPILING = threading.Lock()
+_LOADED: list = []  # the compiled kernel, once loaded
 
 
-def nearest(distances: np.ndarray) -> np.ndarray:
-    """Each point's first nearest candidate, from ``distances`` (..., m candidates, n points)."""
-    if distances.shape[-2] >= ARGMIN_FROM:
-        return np.argmin(distances, axis=-2)
-    return argmin_columns(np.moveaxis(distances, -2, 0))
+def _kernel():
+    """:func:`_nearest_sums` compiled, running without the interpreter's lock, its machine
+    code cached on disk (where no cache folder can be written, compiled in each process).
+    numba is imported here, when first needed."""
+    if _LOADED:
+        return _LOADED[0]
+    with _COMPILING:
+        if not _LOADED:
+            _LOADED.append(_compiled())
+    return _LOADED[0]
 
 
-def one_hot_sums(distances: np.ndarray, summed: np.ndarray, local=None):
-    """Per-candidate sums (..., m, d + 1) of ``summed`` (..., n, d + 1), the rows (or the
-    weighted rows) of the points, by the one-hot product of their assignment.
+def _compiled():
+    import numba
 
-    ``distances`` (..., m, n), each point's distance (up to a per-point constant) to each
-    candidate, is overwritten with the one-hot matrix. Without ``local`` (each point's nearest
-    candidate), a point's ones are where its distance equals its minimum: no argmin is
-    needed. A point at the same distance from two candidates would then count twice, so the
-    weights are checked against the points' total, and None is returned on such a tie.
+    try:
+        compiled = numba.njit(nogil=True, cache=True)(_nearest_sums)
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+        compiled = numba.njit(nogil=True)(_nearest_sums)
+    # the one signature every caller passes, compiled (or loaded) once, here; any other
+    # would be a caller's mistake, and raises
+    rows, matrix = numba.float64[:, :, ::1], numba.float64[:, ::1]
+    ids, labels = numba.intp[::1], numba.intp[:, ::1]
+    compiled.compile((rows, rows, matrix, ids, ids, matrix, labels))
+    compiled.disable_compile()
+    return compiled
 
-    ``np.dot`` for one sub-block, not ``@``: measured here, two threads each running ``@`` on
-    such a long product took as long as one thread running both; with ``np.dot`` they ran in
-    parallel.
+
+def warm_up() -> None:
+    """Load the kernel on a thread of its own, so that a run's first pass finds it ready.
+    Loading its cached machine code takes some 0.3 s, mostly numba's own imports (compiling
+    it, the first time, a few seconds): this way it overlaps the run's reading, histogram and
+    seeding. A failure is left for the first pass to raise."""
+    if not _LOADED and not _COMPILING.locked():
+        threading.Thread(target=_quietly_loaded, name="napari-kmeanz-kernel").start()
+
+
+def _quietly_loaded() -> None:
+    with contextlib.suppress(Exception):  # raised again, where it is needed, by a first pass
+        _kernel()
+
+
+def nearest_sums(rows, summed, weights, ids, starts, totals, labels=None) -> None:
+    """Assign points to their nearest candidate centre and add their sums, group by group.
+
+    This is the one assignment kernel: a sub-block of points held in memory is one group, a
+    batch of a chunk's tiles (``_tiles``) one group per tile.
+
+    Parameters
+    ----------
+    rows : ndarray of shape (groups, d + 1, n), C-contiguous float64
+        Each group's raw rows, feature by feature, then the ones row (0 for a point that
+        is not clustered: it then weighs nothing). # IN
+    summed : ndarray like ``rows``
+        What is summed: ``rows``, or the rows times each point's weight. # IN
+    weights : ndarray of shape (d + 1, k), C-contiguous
+        The centres' distance weights (:func:`distance_weights`). # IN
+    ids, starts : ndarray of intp
+        Each group's candidate centres, increasing: ``ids[starts[g]:starts[g + 1]]``. # IN
+    totals : ndarray of shape (k, d + 1), C-contiguous
+        Per-centre sums of ``summed``, added to, point by point in order. # OUT
+    labels : ndarray of shape (groups, n), intp, optional
+        Each point's nearest centre (the first on ties). # OUT
     """
-    if local is None:
-        np.equal(distances, distances.min(axis=-2, keepdims=True), out=distances)
-    else:
-        np.equal(np.arange(distances.shape[-2])[:, None], local[..., None, :], out=distances)
-    partial = (np.dot if distances.ndim == 2 else np.matmul)(distances, summed)
-    if local is None and not np.array_equal(
-        partial[..., -1].sum(axis=-1), summed[..., -1].sum(axis=-1)
-    ):
-        return None
-    return partial
+    _kernel()(rows, summed, weights, ids, starts, totals, _NO_LABELS if labels is None else labels)
 
 
-def bincount_sums(local: np.ndarray, summed: np.ndarray, m: int) -> np.ndarray:
-    """Per-candidate sums (..., m, d + 1) of ``summed`` (..., n, d + 1) by each point's
-    candidate ``local`` (..., n): one ``bincount`` per column, the points in order."""
-    lead = local.shape[:-1]
-    groups = int(np.prod(lead))  # 1 for a sub-block, the tiles of a batch
-    ids = (local + (np.arange(groups) * m).reshape(*lead, 1)).ravel()
-    columns = summed.reshape(-1, summed.shape[-1]).T
-    partial = [np.bincount(ids, weights=c, minlength=groups * m) for c in columns]
-    return np.stack(partial, axis=-1).reshape(*lead, m, summed.shape[-1])
-
-
-def nearest_sums_many(rows: np.ndarray, weights: np.ndarray):
-    """:func:`nearest_sums` for many candidates: per-candidate sums (..., m, d + 1) of
-    ``rows`` (..., n, d + 1) and each row's nearest candidate (the first on ties), by the
-    distance ``weights`` (..., d + 1, m) of the candidates. The distances are laid out
-    (..., n, m) for the nearest, and the sums are bincounts: for a tile of 256 pixels and
-    1024 candidates, the one-hot product took 4x as long."""
-    local = np.matmul(rows, weights).argmin(axis=-1)
-    return bincount_sums(local, rows, weights.shape[-1]), local
-
-
-def nearest_sums(distances_of, summed: np.ndarray, want_labels: bool):
-    """Per-candidate sums of points and, with ``want_labels``, each point's nearest candidate.
-
-    ``distances_of()`` computes the distances (..., m, n) (called again on a tie, as
-    :func:`one_hot_sums` overwrites them); ``summed`` (..., n, d + 1) is what is summed. On a
-    tie the first nearest candidate takes the point, as ``argmin`` would.
-    """
-    distances = distances_of()
-    local = nearest(distances) if want_labels else None
-    partial = one_hot_sums(distances, summed, local)
-    if partial is None:
-        distances = distances_of()
-        local = nearest(distances)
-        partial = one_hot_sums(distances, summed, local)
-    return partial, local
+def group_starts(counts: np.ndarray) -> np.ndarray:
+    """``starts`` for :func:`nearest_sums` from each group's number of candidates."""
+    starts = np.zeros(len(counts) + 1, dtype=np.intp)
+    np.cumsum(counts, out=starts[1:])
+    return starts
 
 
 def accumulate(
@@ -168,8 +193,7 @@ def accumulate(
     """Assign rows to their nearest centre and add their counts and raw sums in place.
 
     Sub-block by sub-block, only the centres that can be nearest to some row of the
-    sub-block's box are weighed (:func:`_prune.candidates`); over a few of them the sums are
-    :func:`nearest_sums`, over many one ``bincount`` per column.
+    sub-block's box are weighed (:func:`_prune.candidates`), by :func:`nearest_sums`.
 
     Parameters
     ----------
@@ -199,6 +223,7 @@ def accumulate(
     ndarray of shape (n,) or None
         The index of each row's nearest centre.
     """
+    k, width = len(centers), rows.shape[1]
     weights_matrix = distance_weights(centers, factor)
     labels = np.empty(len(rows), dtype=np.intp) if want_labels else None
     block = SUB_BLOCK if block is None else block
@@ -206,23 +231,24 @@ def accumulate(
     def one(s):
         checkpoint()
         part = rows[s : s + block]
-        weighted_part = None if weighted is None else weighted[s : s + block]
         here = candidates_of
         if here is None:
             here = candidates(part[:, :-1], centers, factor)
-        all_centres = len(here) == len(centers)
-        matrix = weights_matrix if all_centres else weights_matrix[:, here]
-        partial, local = _sub_block(part, weighted_part, matrix, want_labels)
-        return (slice(None) if all_centres else here), partial, local
+        here = here.astype(np.intp, copy=False)
+        own = np.ascontiguousarray(part.T)[None]
+        summed = own if weighted is None else np.ascontiguousarray(weighted[s : s + block].T)[None]
+        totals = np.zeros((k, width))
+        out = None if labels is None else labels[s : s + block][None]
+        starts = np.array([0, len(here)], dtype=np.intp)
+        nearest_sums(own, summed, weights_matrix, here, starts, totals, out)
+        return totals
 
     starts = range(0, len(rows), block)
     # the sums are added in the sub-blocks' order, whichever thread found them: the same
     # floats on any number of threads
-    for s, (target, partial, local) in zip(starts, in_threads(one, starts, threads), strict=True):
-        sums[target] += partial[:, :-1]
-        counts[target] += partial[:, -1]
-        if want_labels:
-            labels[s : s + block] = local if isinstance(target, slice) else target[local]
+    for totals in in_threads(one, starts, threads):
+        sums += totals[:, :-1]
+        counts += totals[:, -1]
     return labels
 
 
@@ -237,39 +263,6 @@ def in_threads(task, items, threads: int):
 @functools.cache
 def _pool(threads: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(threads, thread_name_prefix="napari-kmeanz")
-
-
-def _sub_block(part, weighted_part, matrix, want_labels):
-    """One sub-block of :func:`accumulate` against its candidates' distance ``matrix``
-    (d + 1, m): the per-candidate sums (m, d + 1) of the (weighted) rows and each row's
-    nearest candidate (None for a one-hot product without ``want_labels``)."""
-    weighted_part = part if weighted_part is None else weighted_part
-    m = matrix.shape[1]
-    if m == 1:
-        return weighted_part.sum(axis=0)[None], np.zeros(len(part), dtype=np.intp)
-    if m <= ONE_HOT_MAX:
-        weights_t = np.ascontiguousarray(matrix.T)
-        distances_of = functools.partial(np.dot, weights_t, part.T)
-        return nearest_sums(distances_of, weighted_part, want_labels)
-    # many candidates: the nearest by argmin along each row, the sums by bincount
-    local = nearest_many(part, matrix)
-    return bincount_sums(local, weighted_part, m), local
-
-
-def nearest_many(part: np.ndarray, matrix: np.ndarray) -> np.ndarray:
-    """Each row's nearest of many candidates: ``(part @ matrix).argmin(axis=1)``, a few rows
-    at a time, so that their distances stay in cache (MANY_DISTANCES)."""
-    n, m = len(part), matrix.shape[1]
-    step = max(1, MANY_DISTANCES // m)
-    if n <= step:
-        return (part @ matrix).argmin(axis=1)
-    local = np.empty(n, dtype=np.intp)
-    buffer = np.empty((step, m))
-    for s in range(0, n, step):
-        rows = part[s : s + step]
-        distances = np.matmul(rows, matrix, out=buffer[: len(rows)])
-        distances.argmin(axis=1, out=local[s : s + len(rows)])
-    return local
 
 
 def nearest_sqdist(rows: np.ndarray, centers: np.ndarray, factor: np.ndarray) -> np.ndarray:

@@ -24,6 +24,7 @@ from ._codes import ColorCodes, cell_shifts, decoded_rows, distinct_colors
 from ._compute import release_freed, to_numpy
 from ._features import FeatureCache, FeatureSpace, column_dtype, value_origin
 from ._filters import Filters
+from ._kernels import warm_up
 from ._lloyd import Lloyd, Source, TooFewDistinctPoints
 from ._params import Image, Params, check_magnitudes, full_scale, label_dtype
 from ._pixels import PixelSource
@@ -83,6 +84,7 @@ class Run:
         """The run, stage by stage: a state after every round, then the final one. With
         filters, their columns are kept in a :class:`_features.FeatureCache` until the run
         ends, however it ends."""
+        warm_up()  # the assignment kernel, loaded while the run reads and seeds
         filters = self.params.filters
         if filters is not None:
             n_columns = filters.n_columns(self.image.n_channels)

@@ -7,17 +7,15 @@ the centres, the tiles only inside blocks left open (:func:`_prune.split_cells`)
 tile that only one centre can be nearest to goes whole to it, from its sums, without its
 pixels being read.
 
-The pixels of the open tiles are read in batches, each tile's pixels as one block of a
-``(tiles, d + 1, pixels)`` array of raw rows (``_features.TileRows``); tiles with the same
-number of candidate centres (padded, see ``_BUCKETS``) are batched together, and each tile's
-distances to its own candidates are one small product (:func:`_kernels.nearest_sums`, or
-:func:`_kernels.nearest_sums_many` for over ``ONE_HOT_MAX`` candidates). A tile that keeps
-many candidates first has them narrowed by its own pixels (:func:`_refined`).
+The pixels of the open tiles are read in batches of consecutive tiles, each tile's pixels as
+one block of a ``(tiles, d + 1, pixels)`` array of raw rows (``_features.TileRows``), and
+each tile's pixels are weighed against its own candidate centres by the compiled kernel
+(:func:`_kernels.nearest_sums`). A tile that keeps many candidates first has them narrowed by
+its own pixels (:func:`_refined`).
 """
 
 from __future__ import annotations
 
-import functools
 import uuid
 from dataclasses import dataclass, field
 
@@ -26,33 +24,15 @@ import numpy as np
 from ._compute import zeros
 from ._features import Chunk, FeatureSpace, TileRows
 from ._grid import TileGrid
-from ._kernels import ONE_HOT_MAX, distance_weights, nearest_sums, nearest_sums_many
+from ._kernels import distance_weights, group_starts, nearest_sums
 from ._prune import CandidateLists, split_cells
 
-# Distances computed per batch of open tiles (tiles x candidates x pixels): 2 MiB of float64
-# for tiles of few candidates (up to ONE_HOT_MAX), 1 MiB for many; and raw rows built per
-# batch (tiles x (d + 1) x pixels): at most 2 MiB. A batch is some 40 numpy calls whatever
-# its size, each holding the interpreter's lock a while, so two threads gain more from fewer
-# batches: on a 2048x3072 photo, 5-D, k=16, a round ran 1.18-1.22x faster on two threads
-# than on one with batches of 2^17 distances (42 tiles), 1.37-1.40x with 2^18 and 1.38-1.59x
-# with 2^19 (the same time on one, three runs each); but 2^19 held 9.4 MiB more at k=1000
-# (traced), 2^18 2.4 MiB; rows of at most 2^18 numbers took that back (24.3 MiB against
-# 27.5 at the peak) at the same speed on two threads, and with the six kinds of feature.
-BATCH_DISTANCES = 1 << 18
-MANY_BATCH_DISTANCES = 1 << 17
+# Raw rows built per batch of open tiles (tiles x (d + 1) x pixels): at most 2 MiB, in cache.
 BATCH_ROWS = 1 << 18
 # Largest image (in pixels) whose runs keep every tile's box between passes: with position
 # features, about half a byte per pixel (a box and sums per 256 pixels). Beyond, they keep the
 # blocks' (1/16 of that), and each pass finds again the tiles of the blocks it leaves open.
 CACHED_PIXELS = 1 << 28
-# A padded candidate list holds one of these many candidates (or k); padding is a centre that
-# no pixel is near to, at PAD_DISTANCE from every pixel. The sizes grow by 1.5x up to 1024
-# (then 2x), so a tile weighs at most 1.5x its candidates. With many clusters some tiles,
-# across strong edges, keep hundreds: on a 2048x3072 photo, 5-D, k=1000, a tenth keep over
-# 245 and the median 10. Padded to k (the sizes stopped at 64), the passes took 2.4x longer.
-_BUCKETS = (2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512, 768, 1024)
-_BUCKETS += tuple(1 << b for b in range(11, 31))
-PAD_DISTANCE = 1e300
 # Tiles that keep more candidates than REFINE_FROM have them narrowed by their own pixels
 # (:func:`_refined`), REFINE_BATCH tiles at a time, from REFINE_PROBES probe centres. A tile
 # across a strong edge has a wide box, and the box bound keeps most centres: on a 2048x3072
@@ -63,10 +43,6 @@ PAD_DISTANCE = 1e300
 REFINE_FROM = 24
 REFINE_BATCH = 64
 REFINE_PROBES = 8
-# The batches' per-candidate sums are added to their clusters once they hold this many
-# (tile, candidate) pairs (1.5 MiB in 5-D), not all at the end: on a 2048x3072 photo, 5-D,
-# k=1000, a chunk's held about 20 MiB by then.
-PENDING_SUMS = 1 << 15
 
 
 @dataclass(frozen=True, eq=False)
@@ -173,12 +149,6 @@ def _open_tiles(grid, chunk, space, centers, tiles: ChunkTiles, into, want_label
     return inside[open_tiles], candidates, label_of
 
 
-def _bucket(m: np.ndarray, k: int) -> np.ndarray:
-    """The padded length of each candidate list of ``m`` candidates."""
-    sizes = np.array([b for b in _BUCKETS if b < k] + [k])
-    return sizes[np.searchsorted(sizes, m)]
-
-
 def chunk_pass(
     chunk: Chunk, space: FeatureSpace, centers, tiles: ChunkTiles, label_dtype=None, out=None
 ):
@@ -200,42 +170,16 @@ def chunk_pass(
     if not len(open_tiles):
         return counts, sums, out
     candidates = _refined(grid, chunk, space, centers, open_tiles, candidates)
-    found, all_weights = [], _padded_weights(centers, space.factor)
-    for batch, chosen, rows, valid in _open_batches(grid, chunk, space, open_tiles, candidates):
-        if chosen.shape[1] > ONE_HOT_MAX:
-            weights = all_weights[:, chosen].transpose(1, 0, 2)
-            partial, local = nearest_sums_many(rows.transpose(0, 2, 1), weights)
-        else:
-            weights = all_weights[:, chosen].transpose(1, 2, 0).copy()
-            distances_of = functools.partial(np.matmul, weights, rows)
-            partial, local = nearest_sums(distances_of, rows.transpose(0, 2, 1), want_labels)
-        found.append((chosen.ravel(), partial.reshape(-1, d + 1)))
-        if len(found) * chosen.size > PENDING_SUMS:  # (about: batches hold alike)
-            _add_found(found, counts, sums)
+    weights, totals = distance_weights(centers, space.factor), np.zeros((k, d + 1))
+    batches = _open_batches(grid, chunk, space, open_tiles, candidates)
+    for batch, ids, starts, rows, valid in batches:
+        local = np.empty((len(batch), grid.pixels), dtype=np.intp) if want_labels else None
+        nearest_sums(rows, rows, weights, ids, starts, totals, local)
         if want_labels:
-            labels = np.take_along_axis(chosen, local, axis=1) + 1
-            grid.paint(out, batch, labels.astype(label_dtype), valid)
-    _add_found(found, counts, sums)
+            grid.paint(out, batch, (local + 1).astype(label_dtype), valid)
+    counts += totals[:, -1]
+    sums += totals[:, :-1]
     return counts, sums, out
-
-
-def _add_found(found: list, counts: np.ndarray, sums: np.ndarray) -> None:
-    """Add the batches' per-candidate sums ``found`` (candidate ids, (n, d + 1) sums; padding
-    is cluster k) to their clusters' ``counts`` and ``sums``, in place, and empty it."""
-    if not found:
-        return
-    k = len(counts)
-    ids = np.concatenate([ids for ids, _ in found])
-    partial = np.concatenate([part for _, part in found])
-    found.clear()
-    # one bincount over (cluster, column) pairs: each pair's terms in the same order as a
-    # bincount per column would add them, so the same sums
-    width = partial.shape[1]
-    pairs = (ids.astype(np.intp)[:, None] * width + np.arange(width)).ravel()  # (ids: int16)
-    total = np.bincount(pairs, weights=partial.ravel(), minlength=(k + 1) * width)
-    total = total.reshape(k + 1, width)[:k]
-    counts += total[:, -1]
-    sums += total[:, :-1]
 
 
 def _refined(grid, chunk, space, centers, open_tiles, lists: CandidateLists) -> CandidateLists:
@@ -313,35 +257,16 @@ def _whole_tile_labels(grid, chunk, label_of, label_dtype, out=None):
     return out
 
 
-def _padded_weights(centers, factor):
-    """Distance weights (d + 1, k + 1) of the centres, with a last column no pixel is near
-    to: the padding of short candidate lists."""
-    k, d = centers.shape
-    weights = np.zeros((d + 1, k + 1))
-    weights[:, :k] = distance_weights(centers, factor)
-    weights[-1, k] = PAD_DISTANCE
-    return weights
-
-
 def _open_batches(grid, chunk, space, open_tiles, lists: CandidateLists):
-    """Batches of open tiles with the same padded number of candidates (their ``lists``):
-    yields the tiles, their candidates (T, M; padding k), their rows and which pixels are
+    """Batches of consecutive open tiles: yields the tiles, their candidates as
+    :func:`_kernels.nearest_sums` takes them (ids, starts), their rows and which pixels are
     clustered."""
-    padded = _bucket(lists.counts, lists.k)
-    tile_rows = (space.n_features + 1) * grid.pixels  # numbers in a tile's rows
-
-    def tiles_per_batch(size: int) -> int:
-        distances = BATCH_DISTANCES if size <= ONE_HOT_MAX else MANY_BATCH_DISTANCES
-        return max(1, min(distances // (size * grid.pixels), BATCH_ROWS // tile_rows))
-
-    builder = TileRows(
-        grid, chunk, space, min(tiles_per_batch(int(padded.min())), len(open_tiles))
-    )
-    for size in np.unique(padded):
-        group = np.flatnonzero(padded == size)
-        candidates = lists.take(group).padded(int(size))
-        per_batch = tiles_per_batch(int(size))
-        for start in range(0, len(group), per_batch):
-            batch = open_tiles[group[start : start + per_batch]]
-            rows, valid = builder.build(batch)
-            yield batch, candidates[start : start + per_batch], rows, valid
+    per_batch = max(1, BATCH_ROWS // ((space.n_features + 1) * grid.pixels))
+    builder = TileRows(grid, chunk, space, min(per_batch, len(open_tiles)))
+    first = lists.starts
+    for start in range(0, len(open_tiles), per_batch):
+        stop = min(start + per_batch, len(open_tiles))
+        counts = lists.counts[start:stop]
+        ids = lists.ids[first[start] : first[start] + int(counts.sum())].astype(np.intp)
+        rows, valid = builder.build(open_tiles[start:stop])
+        yield open_tiles[start:stop], ids, group_starts(counts), rows, valid

@@ -29,6 +29,7 @@ from . import _io, _layers, _report
 from ._defaults import WIDGET
 from ._filters import KINDS
 from ._flight import Failed, Flight, Round, Step, SweepStep
+from ._kernels import warm_up
 from ._rollback import Rollback
 from ._watch import Cancelled
 
@@ -56,6 +57,7 @@ class KMeansWidget(Container):
         self._connect(viewer)
         self._layers_changed()
         self._follow_active()
+        warm_up()  # the assignment kernel, on a thread: the first Run finds it loaded
 
     def _controls(self) -> list:
         """The widget's controls, made and kept as attributes, in their order."""

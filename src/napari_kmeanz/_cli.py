@@ -535,9 +535,9 @@ def main(argv=None) -> int:
         outputs = OutputFolder(args.outdir)
         outputs.check()  # before any work
         _check_model_options(args)
-        from . import _batch, _kernels  # (_batch builds on this module)
+        from . import _batch, _jit  # (_batch builds on this module)
 
-        _kernels.warm_up()  # the assignment kernel, loaded on a thread while images are read
+        _jit.warm_up()  # the assignment kernel, loaded on a thread while images are read
 
         names = _batch.expand(args.images)
         args.channels, args.alpha = channel_option(args, names[0])

@@ -14,15 +14,14 @@ and runs without the interpreter's lock, so dask's threads run it side by side.
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from . import _watch
 from ._compute import zeros
+from ._jit import kernel
 from ._prune import candidates
 from ._watch import checkpoint
 
@@ -55,8 +54,12 @@ def distance_weights(centers: np.ndarray, factor: np.ndarray) -> np.ndarray:
     return w
 
 
+@kernel(
+    "(float64[:, :, ::1], float64[:, :, ::1], float64[:, ::1], intp[::1], intp[::1],"
+    " float64[:, ::1], intp[:, ::1])"
+)
 def _nearest_sums(rows, summed, weights, ids, starts, totals, labels):  # pragma: no cover
-    """The compiled kernel of :func:`nearest_sums` (numba: coverage cannot see inside).
+    """The compiled kernel of :func:`nearest_sums` (``_jit``: coverage cannot see inside).
 
     Group ``g``'s candidates are ``ids[starts[g]:starts[g + 1]]``; a point's distance to
     candidate ``c`` is ``sum_f rows[g, f, p] * weights[f, c]``, the features in order, so
@@ -100,50 +103,6 @@ def _nearest_sums(rows, summed, weights, ids, starts, totals, labels):  # pragma
 
 
 _NO_LABELS = np.empty((0, 0), dtype=np.intp)
-_COMPILING = threading.Lock()
-_LOADED: list = []  # the compiled kernel, once loaded
-
-
-def _kernel():
-    """:func:`_nearest_sums` compiled, running without the interpreter's lock, its machine
-    code cached on disk (where no cache folder can be written, compiled in each process).
-    numba is imported here, when first needed."""
-    if _LOADED:
-        return _LOADED[0]
-    with _COMPILING:
-        if not _LOADED:
-            _LOADED.append(_compiled())
-    return _LOADED[0]
-
-
-def _compiled():
-    import numba
-
-    try:
-        compiled = numba.njit(nogil=True, cache=True)(_nearest_sums)
-    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
-        compiled = numba.njit(nogil=True)(_nearest_sums)
-    # the one signature every caller passes, compiled (or loaded) once, here; any other
-    # would be a caller's mistake, and raises
-    rows, matrix = numba.float64[:, :, ::1], numba.float64[:, ::1]
-    ids, labels = numba.intp[::1], numba.intp[:, ::1]
-    compiled.compile((rows, rows, matrix, ids, ids, matrix, labels))
-    compiled.disable_compile()
-    return compiled
-
-
-def warm_up() -> None:
-    """Load the kernel on a thread of its own, so that a run's first pass finds it ready.
-    Loading its cached machine code takes some 0.3 s, mostly numba's own imports (compiling
-    it, the first time, a few seconds): this way it overlaps the run's reading, histogram and
-    seeding. A failure is left for the first pass to raise."""
-    if not _LOADED and not _COMPILING.locked():
-        threading.Thread(target=_quietly_loaded, name="napari-kmeanz-kernel").start()
-
-
-def _quietly_loaded() -> None:
-    with contextlib.suppress(Exception):  # raised again, where it is needed, by a first pass
-        _kernel()
 
 
 def nearest_sums(rows, summed, weights, ids, starts, totals, labels=None) -> None:
@@ -168,7 +127,8 @@ def nearest_sums(rows, summed, weights, ids, starts, totals, labels=None) -> Non
     labels : ndarray of shape (groups, n), intp, optional
         Each point's nearest centre (the first on ties). # OUT
     """
-    _kernel()(rows, summed, weights, ids, starts, totals, _NO_LABELS if labels is None else labels)
+    labels = _NO_LABELS if labels is None else labels
+    _nearest_sums(rows, summed, weights, ids, starts, totals, labels)
 
 
 def group_starts(counts: np.ndarray) -> np.ndarray:

@@ -3,7 +3,7 @@ given whole to a centre.
 
 The passes leave out, for a group of points with a known box (a sub-block of rows, a cell of
 colours, a tile or block of pixels), every centre that cannot be nearest to any of them
-(:func:`box_candidates`). Where a single centre is left, the group goes whole to it from its
+(:func:`box_lists`). Where a single centre is left, the group goes whole to it from its
 sums, without its points being read. Nested groups are tested level by level
 (:func:`split_cells`): the colours' Z-order cells (:class:`PointCells`) and a chunk's blocks
 and tiles (``_tiles``) both go through it.
@@ -16,27 +16,71 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._jit import kernel
 from ._watch import checkpoint
 
-# Box-centre pairs tested at a time (4096 boxes at k=32, 131 at k=1000): the test's four
-# (k, boxes) float64 temporaries then hold 4 MiB, and between two slices a run can be
-# cancelled. Measured on a 2048x3072 photo, 5-D, k=1000: the 768 blocks of a chunk tested at
-# once held 24 MiB (a chunk's pass then peaked at 55 MiB above its start); the same time.
+# Box-centre pairs tested at a time (4096 boxes at k=32, 131 at k=1000): the candidates kept
+# are written to 1 MiB at most, and between two slices a run can be cancelled.
 BOX_SLICE = 1 << 17
 
 
-def box_candidates(
-    lows: np.ndarray,
-    highs: np.ndarray,
-    centers: np.ndarray,
-    factor: np.ndarray,
-    centre_scale: float | None = None,
-) -> np.ndarray:
-    """Which centres can be the nearest one to some point of each of several boxes.
+@kernel(
+    "(float64[:, ::1], float64[:, ::1], float64[:, ::1], float64[::1], intp[::1], intp[::1],"
+    " intp[::1], float64, intp[::1], intp[::1])"
+)
+def _box_lists(
+    lows, highs, centers, factor, ids, firsts, counts, centre_scale, kept_ids, kept_counts
+):  # pragma: no cover
+    """The compiled kernel of :func:`box_lists` (``_jit``: coverage cannot see inside).
+
+    Box ``b`` weighs ``ids[firsts[b]:firsts[b] + counts[b]]``; those it keeps are written to
+    ``kept_ids`` one box after another, their number to ``kept_counts[b]``. Returns how many
+    were written.
+    """
+    n_boxes, d = lows.shape
+    widest = 0
+    for b in range(n_boxes):
+        widest = max(widest, counts[b])
+    lower = np.empty(widest)
+    low, high = np.empty(d), np.empty(d)
+    written = 0
+    for b in range(n_boxes):
+        high_sq = 0.0
+        for f in range(d):
+            low[f] = lows[b, f] * factor[f]
+            high[f] = highs[b, f] * factor[f]
+            high_sq += high[f] * high[f]
+        first, m = firsts[b], counts[b]
+        reach = np.inf
+        for j in range(m):
+            gaps, far = 0.0, 0.0
+            for f in range(d):
+                x = centers[ids[first + j], f]
+                below, above = low[f] - x, x - high[f]  # > 0: the centre is below / above
+                gap = max(max(below, above), 0.0)  # from the centre to the box
+                gaps += gap * gap
+                face = max(-below, high[f] - x)  # to the farther face
+                far += face * face
+            lower[j] = gaps
+            reach = min(reach, far)
+        reach += 1e-9 * (reach + (centre_scale + high_sq))
+        kept = 0
+        for j in range(m):
+            if lower[j] <= reach:
+                kept_ids[written + kept] = ids[first + j]
+                kept += 1
+        kept_counts[b] = kept
+        written += kept
+    return written
+
+
+def box_lists(lows, highs, centers, factor, ids, firsts, counts, centre_scale=None):
+    """Which of its candidates can be the nearest centre to some point of each of several
+    boxes, as :class:`CandidateLists`.
 
     A box holds points between a per-feature minimum and maximum (raw units). A centre whose
-    distance to the box exceeds another centre's distance to the box's farthest corner is
-    farther from every point of the box than that centre, and is left out. The bound keeps a
+    distance to the box exceeds another candidate's distance to the box's farthest corner is
+    farther from every point of the box than that one, and is left out. The bound keeps a
     small margin for rounding, so pruning never changes which centre is nearest.
 
     Parameters
@@ -45,42 +89,22 @@ def box_candidates(
         Raw per-feature minimum and maximum of each box.
     centers : ndarray of shape (k, d)
     factor : ndarray of shape (d,)
+    ids, firsts, counts : ndarray of int
+        Box ``i`` weighs the centres ``ids[firsts[i]:firsts[i] + counts[i]]`` (increasing).
     centre_scale : float, optional
-        The largest squared norm of the centres, for the rounding margin; given when
-        ``centers`` are some of a run's centres, so that the margin is the same as with all.
-
-    Returns
-    -------
-    ndarray of bool, shape (b, k)
+        The largest squared norm of the centres, for the rounding margin (default: found).
     """
-    # Worked out feature by feature on (k, b) arrays: a (b, k, d) temporary costs ten times as
-    # much for many boxes.
-    k, b = len(centers), len(lows)
-    lower, upper = np.zeros((k, b)), np.zeros((k, b))
-    below, above = np.empty((k, b)), np.empty((k, b))
-    high_sq = np.zeros(b)
-    for feature in range(centers.shape[1]):
-        c = centers[:, feature, None]
-        low = lows[:, feature] * factor[feature]
-        high = highs[:, feature] * factor[feature]
-        high_sq += high * high
-        np.subtract(low, c, out=below)  # > 0 where the centre is below the box
-        np.subtract(c, high, out=above)  # > 0 where it is above
-        np.maximum(below, above, out=above)
-        np.maximum(above, 0.0, out=above)  # gap from the centre to the box
-        above *= above
-        lower += above
-        np.subtract(high, c, out=above)
-        np.negative(below, out=below)
-        np.maximum(below, above, out=below)  # distance to the farther face
-        below *= below
-        upper += below
-    reach = np.minimum.reduce(upper, axis=0)
+    k = len(centers)
     if centre_scale is None:
         centre_scale = float(np.max(np.einsum("ij,ij->i", centers, centers)))
-    scale = centre_scale + high_sq
-    reach += 1e-9 * (reach + scale)
-    return (lower <= reach).T
+    intp = functools.partial(np.ascontiguousarray, dtype=np.intp)
+    counts = intp(counts)
+    kept_ids, kept_counts = np.empty(int(counts.sum()), dtype=np.intp), np.empty_like(counts)
+    as_float = functools.partial(np.ascontiguousarray, dtype=np.float64)
+    arrays = (as_float(lows), as_float(highs), as_float(centers), as_float(factor))
+    written = _box_lists(*arrays, intp(ids), intp(firsts), counts, centre_scale, kept_ids,
+                         kept_counts)  # fmt: skip
+    return CandidateLists(kept_counts, kept_ids[:written].astype(CandidateLists.id_dtype(k)), k)
 
 
 @dataclass(frozen=True, eq=False)
@@ -94,17 +118,6 @@ class CandidateLists:
     counts: np.ndarray
     ids: np.ndarray
     k: int
-
-    @classmethod
-    def of(cls, is_candidate: np.ndarray, k: int, chosen=None) -> CandidateLists:
-        """The lists of flags (n, k), or of flags (n, len(chosen)) over the centres ``chosen``
-        (increasing)."""
-        dtype = cls.id_dtype(k)
-        if chosen is None:
-            chosen = np.arange(is_candidate.shape[1], dtype=dtype)
-        # cell by cell, each in order: a boolean index, with no (cell, centre) positions
-        ids = np.broadcast_to(chosen.astype(dtype, copy=False), is_candidate.shape)[is_candidate]
-        return cls(np.count_nonzero(is_candidate, axis=1), ids, k)
 
     @staticmethod
     def id_dtype(k: int) -> type:
@@ -147,24 +160,21 @@ class CandidateLists:
         out[cell, place] = self.ids
         return out
 
-    def union(self, first: int, last: int) -> np.ndarray:
-        """The centres (increasing) that are candidates of some cell from ``first`` to
-        ``last``."""
-        flags = np.zeros(self.k, dtype=bool)
-        flags[self.ids[self.starts[first] : self.starts[last] + self.counts[last]]] = True
-        return np.flatnonzero(flags)
-
 
 def box_candidate_lists(lows, highs, centers, factor) -> CandidateLists:
-    """:func:`box_candidates` of many boxes, as lists: BOX_SLICE box-centre pairs at a time."""
+    """:func:`box_lists` of many boxes, each weighing every centre: BOX_SLICE box-centre
+    pairs at a time (between two, a run can be cancelled)."""
     k = len(centers)
     centre_scale = float(np.max(np.einsum("ij,ij->i", centers, centers)))
     per_slice, parts = max(1, BOX_SLICE // k), []
+    every = np.arange(k)
     for start in range(0, len(lows), per_slice):
         checkpoint()
         box = slice(start, start + per_slice)
-        found = box_candidates(lows[box], highs[box], centers, factor, centre_scale)
-        parts.append(CandidateLists.of(found, k))
+        n = len(lows[box])
+        firsts, counts = np.zeros(n, dtype=np.intp), np.full(n, k, dtype=np.intp)
+        parts.append(box_lists(lows[box], highs[box], centers, factor, every, firsts, counts,
+                               centre_scale))  # fmt: skip
     return CandidateLists.joined(parts, k)
 
 
@@ -184,7 +194,7 @@ def pair_narrowed(lows, highs, lists: CandidateLists, centers, factor) -> Candid
     of its candidates, the nearest to the box's middle (``best``): a candidate ``c`` farther
     than ``best`` from every point of the box is left out. ``|x - c|**2 - |x - best|**2`` is
     linear in ``x``, so its least value over the box is exact, a feature at a time; the
-    bound keeps the same margin for rounding as :func:`box_candidates`, so no centre that
+    bound keeps the same margin for rounding as :func:`box_lists`, so no centre that
     can be nearest is left out. The box test weighs a centre's distance to the box against
     every centre's farthest corner, which a box across a diagonal edge leaves loose: on a
     2048x2048 photo, 5-D with the six kinds of feature, k=8, a tile kept 4.6 candidates
@@ -228,9 +238,10 @@ def pair_narrowed(lows, highs, lists: CandidateLists, centers, factor) -> Candid
 
 def candidates(raw: np.ndarray, centers: np.ndarray, factor: np.ndarray) -> np.ndarray:
     """Indices (sorted) of the centres that can be the nearest one to some row of ``raw``
-    (n, d): :func:`box_candidates` for the rows' box."""
-    is_candidate = box_candidates(raw.min(axis=0)[None], raw.max(axis=0)[None], centers, factor)
-    return np.flatnonzero(is_candidate[0])
+    (n, d): :func:`box_lists` for the rows' box."""
+    k, one = len(centers), np.zeros(1, dtype=np.intp)
+    box = (raw.min(axis=0)[None], raw.max(axis=0)[None])
+    return box_lists(*box, centers, factor, np.arange(k), one, one + k).ids
 
 
 @dataclass(frozen=True, eq=False)
@@ -242,7 +253,7 @@ class PointCells:
     them by ``key >> shift`` for one shift, from the coarsest; per cell it holds where its
     points start, their box (raw minimum and maximum) and their weighted raw sums and weight.
     A pass tests the cells of the coarsest level against the centres (see
-    :func:`box_candidates`); a cell only one centre can be nearest to goes whole to it, from
+    :func:`box_lists`); a cell only one centre can be nearest to goes whole to it, from
     its sums; the cells of the next level are tested only inside the cells left open, and
     the points of the cells still open at the finest level are read.
     """
@@ -292,7 +303,7 @@ def split_cells(lows, highs, totals, parents, centers, factor, counts, sums, wan
     Level by level from the coarsest (per level: the cells' boxes ``lows`` and ``highs``
     (cells, d), their raw sums and weight ``totals`` (cells, d + 1); per level but the
     first: ``parents``, each cell's cell one level up), the cells inside cells left open are
-    tested against the centres (:func:`box_candidates`). A cell only one centre can be
+    tested against the centres (:func:`box_lists`). A cell only one centre can be
     nearest to goes whole to it: its totals are added to ``counts`` and ``sums``.
 
     Returns
@@ -334,36 +345,27 @@ def split_cells(lows, highs, totals, parents, centers, factor, counts, sums, wan
     return np.flatnonzero(is_open), owner_of, still_open
 
 
-# With more centres than this, the cells inside open cells are tested against their parents'
-# candidates only (the others cannot be nearest to any of their points), INNER_SLICE cells
-# at a time against their parents' candidates together. Measured on a 2048x3072 photo, 5-D,
-# k=1000, 3 rounds: 9.2 s against 12.8 s for the run; with few centres, every test weighs
-# them all, as before.
-INNER_FROM = 64
-INNER_SLICE = 64
-
-
 def inner_candidates(lows, highs, parent_row, parent_candidates, centers, factor):
-    """:func:`box_candidates` of cells inside cells already tested, as
-    :class:`CandidateLists`: ``parent_row`` is each cell's row in ``parent_candidates`` (the
-    lists of the cells above), and the cells are in the order of their parents. The same
-    answer as testing every centre (with the rounding margin of all of them): a centre that
-    cannot be nearest to a point of the parent cannot be to one of its cells, and it is not
-    the one nearest to the cell's farthest corner either. (Only a centre within the margin
-    of the parent's bound, nearest to no point either, could be kept by the one test and not
-    by the other.)"""
+    """:func:`box_lists` of cells inside cells already tested, each against its parent's
+    candidates only: ``parent_row`` is each cell's row in ``parent_candidates`` (the lists of
+    the cells above). A centre that cannot be nearest to a point of the parent cannot be to
+    one of its cells; the bound from the parent's candidates alone is still a bound. About
+    BOX_SLICE cell-centre pairs at a time. Measured on a 2048x3072 photo, 5-D, k=1000, 3
+    rounds, before the test was compiled: 9.2 s against 12.8 s for the run when every cell
+    weighed every centre."""
     k = len(centers)
-    if k <= INNER_FROM:
-        return box_candidate_lists(lows, highs, centers, factor)
     centre_scale = float(np.max(np.einsum("ij,ij->i", centers, centers)))
-    parts = []
-    for start in range(0, len(lows), INNER_SLICE):
+    counts = parent_candidates.counts[parent_row]
+    firsts = parent_candidates.starts[parent_row]
+    ids = parent_candidates.ids.astype(np.intp)
+    ends, parts, first = np.cumsum(counts), [], 0
+    while first < len(counts):
         checkpoint()
-        part = slice(start, start + INNER_SLICE)
-        rows = parent_row[part]
-        chosen = parent_candidates.union(rows[0], rows[-1])
-        found = box_candidates(lows[part], highs[part], centers[chosen], factor, centre_scale)
-        parts.append(CandidateLists.of(found, k, chosen))
+        last = max(first + 1, int(np.searchsorted(ends, ends[first] + BOX_SLICE, "right")))
+        part = slice(first, last)
+        parts.append(box_lists(lows[part], highs[part], centers, factor, ids, firsts[part],
+                               counts[part], centre_scale))  # fmt: skip
+        first = last
     return CandidateLists.joined(parts, k)
 
 

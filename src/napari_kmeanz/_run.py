@@ -24,7 +24,7 @@ from ._codes import ColorCodes, cell_shifts, decoded_rows, distinct_colors
 from ._compute import release_freed, to_numpy
 from ._features import FeatureCache, FeatureSpace, column_dtype, value_origin
 from ._filters import Filters
-from ._kernels import warm_up
+from ._jit import warm_up
 from ._lloyd import Lloyd, Source, TooFewDistinctPoints
 from ._params import Image, Params, check_magnitudes, full_scale, label_dtype
 from ._pixels import PixelSource

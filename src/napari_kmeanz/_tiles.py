@@ -187,7 +187,7 @@ def _refined(grid, chunk, space, centers, open_tiles, lists: CandidateLists) -> 
     REFINE_FROM) narrowed by the tiles' own pixels: if every pixel of a tile is within ``U``
     of one of a few probes (its candidates nearest the tile's box), a centre farther than
     ``U`` from the box is nearer to none of them (with the rounding margin of
-    ``_prune.box_candidates``)."""
+    ``_prune.box_lists``)."""
     k = len(centers)
     many = np.flatnonzero(lists.counts > REFINE_FROM)
     if not len(many):

@@ -29,7 +29,7 @@ from . import _io, _layers, _report
 from ._defaults import WIDGET
 from ._filters import KINDS
 from ._flight import Failed, Flight, Round, Step, SweepStep
-from ._kernels import warm_up
+from ._jit import warm_up
 from ._rollback import Rollback
 from ._watch import Cancelled
 

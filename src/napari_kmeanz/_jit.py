@@ -1,0 +1,75 @@
+"""The compiled kernels: each written once, in Python, and compiled by numba.
+
+A kernel is a plain function of arrays, registered with :func:`kernel` and the one signature
+its callers pass (a caller passing other types is refused, not compiled again). It runs
+without the interpreter's lock, so dask's threads run it side by side, and its machine code
+is cached on disk: compiled the first time (a few seconds), loaded after (some 0.3 s, mostly
+numba's own imports). numba is imported only when a kernel is first needed, or by
+:func:`warm_up`, which loads them all on a thread of its own at the start of a run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import threading
+from collections.abc import Callable
+
+_LOCK = threading.Lock()
+_REGISTERED: dict[str, tuple[Callable, str]] = {}  # name: (Python function, signature)
+_LOADED: dict[str, Callable] = {}
+
+
+def kernel(signature: str):
+    """Register the decorated function as a kernel with ``signature`` (numba's notation, the
+    argument types only: ``"(float64[:, ::1], intp[::1])"``); the name it is bound to calls the
+    compiled kernel."""
+
+    def register(function: Callable) -> Callable:
+        name = f"{function.__module__}.{function.__qualname__}"
+        _REGISTERED[name] = (function, signature)
+
+        @functools.wraps(function)
+        def call(*args):
+            compiled = _LOADED.get(name)
+            return (compiled or _load(name))(*args)
+
+        call.python_function = function
+        return call
+
+    return register
+
+
+def _load(name: str) -> Callable:
+    with _LOCK:
+        if name not in _LOADED:
+            _LOADED[name] = _compiled(*_REGISTERED[name])
+    return _LOADED[name]
+
+
+def _compiled(function: Callable, signature: str) -> Callable:
+    import numba
+
+    try:
+        compiled = numba.njit(nogil=True, cache=True)(function)
+    except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+        compiled = numba.njit(nogil=True)(function)  # compiled in each process instead
+    compiled.compile(signature)
+    compiled.disable_compile()
+    return compiled
+
+
+def warm_up() -> None:
+    """Load every kernel not loaded yet on a thread of its own, so that a run's first pass
+    finds them ready: the loading overlaps the run's reading, histogram and seeding. A
+    failure is left for the first pass to raise."""
+    if not (_REGISTERED and len(_LOADED) == len(_REGISTERED)) and not _LOCK.locked():
+        threading.Thread(target=_load_all, name="napari-kmeanz-kernels").start()
+
+
+def _load_all() -> None:
+    from . import _kernels, _prune  # noqa: F401 - the modules whose kernels register here
+
+    for name in list(_REGISTERED):
+        with contextlib.suppress(Exception):  # raised again, where it is needed
+            _load(name)

@@ -282,9 +282,10 @@ def test_the_kernel_weighs_each_group_against_its_own_candidates(weighted):
     lists = [np.sort(ids) for ids in lists]
     weights = _kernels.distance_weights(centers, np.ones(d))
     ids = np.concatenate(lists).astype(np.intp)
-    starts = _kernels.group_starts(np.array([len(ids) for ids in lists]))
+    counts = np.array([len(ids) for ids in lists], dtype=np.intp)
+    starts = (np.cumsum(counts) - counts, counts)
     totals, labels = np.zeros((k, d + 1)), np.full((groups, n), -1, dtype=np.intp)
-    _kernels.nearest_sums(rows, summed, weights, ids, starts, totals, labels)
+    _kernels.nearest_sums(rows, summed, weights, ids, *starts, totals, labels)
     expected = np.zeros((k, d + 1))
     for g, chosen in enumerate(lists):
         if not len(chosen):
@@ -298,10 +299,10 @@ def test_the_kernel_weighs_each_group_against_its_own_candidates(weighted):
     np.testing.assert_array_equal(totals, expected)
     # without labels, the same sums; a caller's wrong dtype is refused, not compiled anew
     again = np.zeros((k, d + 1))
-    _kernels.nearest_sums(rows, summed, weights, ids, starts, again)
+    _kernels.nearest_sums(rows, summed, weights, ids, *starts, again)
     np.testing.assert_array_equal(again, expected)
     with pytest.raises(TypeError):
-        _kernels.nearest_sums(rows, summed, weights, ids.astype(np.int16), starts, again)
+        _kernels.nearest_sums(rows, summed, weights, ids.astype(np.int16), *starts, again)
 
 
 def test_pair_narrowing_keeps_every_centre_nearest_to_a_point_of_the_box():

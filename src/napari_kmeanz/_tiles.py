@@ -24,7 +24,7 @@ import numpy as np
 from ._compute import zeros
 from ._features import Chunk, FeatureSpace, TileRows
 from ._grid import TileGrid
-from ._kernels import distance_weights, group_starts, nearest_sums
+from ._kernels import distance_weights, nearest_sums
 from ._prune import CandidateLists, split_cells
 
 # Raw rows built per batch of open tiles (tiles x (d + 1) x pixels): at most 2 MiB, in cache.
@@ -172,9 +172,9 @@ def chunk_pass(
     candidates = _refined(grid, chunk, space, centers, open_tiles, candidates)
     weights, totals = distance_weights(centers, space.factor), np.zeros((k, d + 1))
     batches = _open_batches(grid, chunk, space, open_tiles, candidates)
-    for batch, ids, starts, rows, valid in batches:
+    for batch, candidates_of, rows, valid in batches:
         local = np.empty((len(batch), grid.pixels), dtype=np.intp) if want_labels else None
-        nearest_sums(rows, rows, weights, ids, starts, totals, local)
+        nearest_sums(rows, rows, weights, *candidates_of, totals, local)
         if want_labels:
             grid.paint(out, batch, (local + 1).astype(label_dtype), valid)
     counts += totals[:, -1]
@@ -259,7 +259,7 @@ def _whole_tile_labels(grid, chunk, label_of, label_dtype, out=None):
 
 def _open_batches(grid, chunk, space, open_tiles, lists: CandidateLists):
     """Batches of consecutive open tiles: yields the tiles, their candidates as
-    :func:`_kernels.nearest_sums` takes them (ids, starts), their rows and which pixels are
+    :func:`_kernels.nearest_sums` takes them (ids, firsts, counts), their rows and which pixels are
     clustered."""
     per_batch = max(1, BATCH_ROWS // ((space.n_features + 1) * grid.pixels))
     builder = TileRows(grid, chunk, space, min(per_batch, len(open_tiles)))
@@ -269,4 +269,5 @@ def _open_batches(grid, chunk, space, open_tiles, lists: CandidateLists):
         counts = lists.counts[start:stop]
         ids = lists.ids[first[start] : first[start] + int(counts.sum())].astype(np.intp)
         rows, valid = builder.build(open_tiles[start:stop])
-        yield open_tiles[start:stop], ids, group_starts(counts), rows, valid
+        firsts = np.cumsum(counts) - counts
+        yield open_tiles[start:stop], (ids, firsts, counts.astype(np.intp)), rows, valid

@@ -305,6 +305,42 @@ def test_the_kernel_weighs_each_group_against_its_own_candidates(weighted):
         _kernels.nearest_sums(rows, summed, weights, ids.astype(np.int16), *starts, again)
 
 
+def test_tiles_narrowed_by_their_pixels_keep_every_centre_nearest_to_one():
+    """A tile across an edge (two tight groups of pixels at opposite corners of its box)
+    keeps, once narrowed by its own pixels, every candidate nearest to one of its clustered
+    pixels, and fewer than its box kept; a tile with no clustered pixel keeps all."""
+    from napari_kmeanz import _kernels
+    from napari_kmeanz._prune import candidates
+    from napari_kmeanz._tiles import _narrowed
+
+    rng = np.random.default_rng(4)
+    d, n, k = 3, 256, 200
+    centers = rng.uniform(0, 100, (k, d))
+    rows = np.ones((2, d + 1, n))
+    rows[:, :d, : n // 2] = rng.normal(35, 1, (2, d, n // 2))
+    rows[:, :d, n // 2 :] = rng.normal(65, 1, (2, d, n - n // 2))
+    valid = np.ones((2, n), bool)
+    valid[1] = False
+    valid[0, ::7] = False  # some pixels not clustered: they bound nothing
+    factor = np.ones(d)
+    weights = _kernels.distance_weights(centers, factor)
+    ids = np.arange(k, dtype=np.intp)
+    firsts, counts = np.zeros(2, np.intp), np.full(2, k, np.intp)
+    keep, kept = np.zeros(k, bool), np.empty(2, np.intp)
+    scale = float((centers**2).sum(1).max())
+    _narrowed(rows[:1], valid[:1], factor, weights, centers, ids, firsts[:1], counts[:1],
+              scale, 8, keep, kept[:1])  # fmt: skip
+    pixels = rows[0, :d].T[valid[0]]
+    nearest = np.unique(((pixels[:, None] - centers[None]) ** 2).sum(-1).argmin(1))
+    assert keep[nearest].all()
+    by_box = candidates(pixels, centers, factor)
+    assert kept[0] == keep.sum() < len(by_box)
+    keep[:] = False
+    _narrowed(rows[1:], valid[1:], factor, weights, centers, ids, firsts[1:], counts[1:],
+              scale, 8, keep, kept[1:])  # fmt: skip
+    assert keep.all() and kept[1] == k
+
+
 def test_pair_narrowing_keeps_every_centre_nearest_to_a_point_of_the_box():
     """Narrowed against the candidate nearest the box's middle, a box keeps every centre
     that is nearest to some point of it (its corners and points inside, checked), and drops

@@ -24,6 +24,7 @@ import numpy as np
 from ._compute import zeros
 from ._features import Chunk, FeatureSpace, TileRows
 from ._grid import TileGrid
+from ._jit import kernel
 from ._kernels import distance_weights, nearest_sums
 from ._prune import CandidateLists, split_cells
 
@@ -34,12 +35,11 @@ BATCH_ROWS = 1 << 18
 # blocks' (1/16 of that), and each pass finds again the tiles of the blocks it leaves open.
 CACHED_PIXELS = 1 << 28
 # Tiles that keep more candidates than REFINE_FROM have them narrowed by their own pixels
-# (:func:`_refined`), REFINE_BATCH tiles at a time, from REFINE_PROBES probe centres. A tile
-# across a strong edge has a wide box, and the box bound keeps most centres: on a 2048x3072
-# photo, 5-D, k=1000, the tiles over 24 candidates held 1.12 M of a pass's 1.18 M, and 0.25 M
-# once narrowed; the distances of the pass then took 0.5 s instead of 4 s (one thread), and
-# the rounds after the first 4.1-4.3 s instead of 5.3 s (min of 4, process time; from 24, 48
-# or 96, and 8 or 16 probes alike). The same labels: no centre left out can be nearest.
+# (:func:`_narrowed`), REFINE_BATCH tiles at a time, from REFINE_PROBES probe centres. On a
+# 2048x3072 photo, 5-D, k=1000 (before the kernels were compiled), the distances of a pass
+# then took 0.5 s instead of 4 s (one thread), and the rounds after the first 4.1-4.3 s
+# instead of 5.3 s (min of 4, process time; from 24, 48 or 96, and 8 or 16 probes alike).
+# The same labels: no centre left out can be nearest.
 REFINE_FROM = 24
 REFINE_BATCH = 64
 REFINE_PROBES = 8
@@ -184,65 +184,123 @@ def chunk_pass(
 
 def _refined(grid, chunk, space, centers, open_tiles, lists: CandidateLists) -> CandidateLists:
     """The candidate ``lists`` of the open tiles, those of the tiles that keep many (over
-    REFINE_FROM) narrowed by the tiles' own pixels: if every pixel of a tile is within ``U``
-    of one of a few probes (its candidates nearest the tile's box), a centre farther than
-    ``U`` from the box is nearer to none of them (with the rounding margin of
-    ``_prune.box_lists``)."""
-    k = len(centers)
+    REFINE_FROM) narrowed by the tiles' own pixels (:func:`_narrowed`), REFINE_BATCH tiles
+    at a time."""
     many = np.flatnonzero(lists.counts > REFINE_FROM)
     if not len(many):
         return lists
-    factor = space.factor
-    weights = distance_weights(centers, factor)
-    columns = np.vstack([centers, np.full((1, centers.shape[1]), np.inf)]).T.copy()
+    centers = np.ascontiguousarray(centers, dtype=np.float64)
+    weights = distance_weights(centers, space.factor)
     centre_scale = float(np.max(np.einsum("ij,ij->i", centers, centers)))
     builder = TileRows(grid, chunk, space, min(REFINE_BATCH, len(many)))
-    kept, counts = np.ones(len(lists.ids), dtype=bool), lists.counts.copy()
+    ids, firsts = lists.ids.astype(np.intp), lists.starts.astype(np.intp)
+    wanted = lists.counts.astype(np.intp)
+    keep, counts = np.ones(len(ids), dtype=bool), lists.counts.copy()
     for start in range(0, len(many), REFINE_BATCH):
         batch = many[start : start + REFINE_BATCH]
         rows, valid = builder.build(open_tiles[batch])
-        at = lists.positions(batch)  # (the batch's lists, in order)
-        wanted = CandidateLists(lists.counts[batch], lists.ids[at], k)
-        wanted = wanted.padded(int(lists.counts[batch].max()))
-        near = _narrowed(rows, valid, factor, weights, columns, wanted, centre_scale)
-        real = wanted < k  # (the padding is no candidate)
-        near &= real
-        kept[at] = near[real]
-        counts[batch] = np.count_nonzero(near, axis=1)
-    return CandidateLists(counts, lists.ids[kept], k)
+        valid = np.ones(rows.shape[::2], bool) if valid is None else np.ascontiguousarray(valid)
+        kept = np.empty(len(batch), dtype=np.intp)
+        tiles = (rows, valid, space.factor, weights, centers)
+        _narrowed(*tiles, ids, firsts[batch], wanted[batch], centre_scale, REFINE_PROBES, keep,
+                  kept)  # fmt: skip
+        counts[batch] = kept
+    return CandidateLists(counts, lists.ids[keep], lists.k)
 
 
-def _narrowed(rows, valid, factor, weights, columns, wanted, centre_scale):
-    """Which of each tile's candidates ``wanted`` (T, M; padding k) can be nearest to one of
-    its pixels ``rows`` (T, d + 1, p); ``columns`` (d, k + 1) are the centres feature by
-    feature, inf for padding."""
-    n_tiles, width = rows.shape[0], rows.shape[1] - 1
-    shown = None if valid is None else ~valid
-    lower, squares, high_sq = np.zeros(wanted.shape), 0.0, np.zeros(n_tiles)
-    for feature in range(width):  # on (T, M) and (T, p) arrays: no (T, M, d) temporaries
-        values = rows[:, feature] * factor[feature]
-        squares = squares + values * values
-        if shown is None:
-            low, high = values.min(axis=1), values.max(axis=1)
-        else:
-            low = np.where(shown, np.inf, values).min(axis=1)
-            high = np.where(shown, -np.inf, values).max(axis=1)
-        centre = columns[feature][wanted]
-        gap = np.maximum(low[:, None] - centre, centre - high[:, None])
-        np.maximum(gap, 0.0, out=gap)
-        gap *= gap
-        lower += gap  # from each candidate to the tile's box
-        high_sq += high * high
-    probes = np.argpartition(lower, REFINE_PROBES - 1, axis=1)[:, :REFINE_PROBES]
-    ids = np.take_along_axis(wanted, probes, axis=1)
-    probe_weights = weights[:, ids].transpose(1, 2, 0)  # (T, P, d + 1)
-    nearest = (np.matmul(probe_weights, rows) + squares[:, None, :]).min(axis=1)
-    if shown is not None:
-        nearest[shown] = -np.inf
-    reach = nearest.max(axis=1)
-    reach[np.isneginf(reach)] = np.inf  # (a tile with no clustered pixel: keep them all)
-    reach += 1e-9 * (np.abs(reach) + centre_scale + high_sq)
-    return lower <= reach[:, None]
+@kernel(
+    "(float64[:, :, ::1], boolean[:, ::1], float64[::1], float64[:, ::1], float64[:, ::1],"
+    " intp[::1], intp[::1], intp[::1], float64, intp, boolean[::1], intp[::1])"
+)
+def _narrowed(
+    rows,
+    valid,
+    factor,
+    weights,
+    centers,
+    ids,
+    firsts,
+    counts,
+    centre_scale,
+    n_probes,
+    keep,
+    kept,
+):  # pragma: no cover (compiled: ``_jit``)
+    """Which of each tile's candidates ``ids[firsts[t]:firsts[t] + counts[t]]`` can be
+    nearest to one of its clustered pixels (``rows`` (T, d + 1, p), ``valid`` (T, p)):
+    ``keep`` at the candidates' places, how many each tile keeps in ``kept``.
+
+    If every pixel of a tile is within ``U`` of one of ``n_probes`` probes (its candidates
+    nearest the box of its pixels), a centre farther than ``U`` from the box is nearer to none
+    of them; the bound keeps the rounding margin of ``_prune.box_lists``. A tile across a
+    strong edge has a wide box, and the box test keeps most centres: on a 2048x3072 photo,
+    5-D, k=1000, the tiles over 24 candidates held 1.12 M of a pass's 1.18 M, and 0.25 M once
+    narrowed.
+    """
+    n_tiles, width, n = rows.shape
+    d = width - 1
+    widest = 0
+    for t in range(n_tiles):
+        widest = max(widest, counts[t])
+    lower = np.empty(widest)
+    low, high = np.empty(d), np.empty(d)
+    squares, nearest = np.empty(n), np.empty(n)
+    probes = np.empty(n_probes, dtype=np.intp)
+    for t in range(n_tiles):
+        first, m = firsts[t], counts[t]
+        # the box of the clustered pixels and each pixel's squared norm, in feature units
+        squares[:] = 0.0
+        high_sq, shown = 0.0, 0
+        for f in range(d):
+            low[f], high[f] = np.inf, -np.inf
+            for p in range(n):
+                value = rows[t, f, p] * factor[f]
+                squares[p] += value * value
+                if valid[t, p]:
+                    low[f] = min(low[f], value)
+                    high[f] = max(high[f], value)
+            high_sq += high[f] * high[f]
+        for p in range(n):
+            shown += valid[t, p]
+        for j in range(m):  # each candidate's distance to the box
+            gaps = 0.0
+            for f in range(d):
+                x = centers[ids[first + j], f]
+                gap = max(max(low[f] - x, x - high[f]), 0.0)
+                gaps += gap * gap
+            lower[j] = gaps
+        # the probes: the candidates nearest the box (a selection, in order of distance)
+        n_chosen = min(n_probes, m)
+        for q in range(n_chosen):
+            best = -1
+            for j in range(m):
+                taken = False
+                for r in range(q):
+                    taken = taken or probes[r] == j
+                if not taken and (best < 0 or lower[j] < lower[best]):
+                    best = j
+            probes[q] = best
+        reach = -np.inf
+        for p in range(n):
+            nearest[p] = np.inf
+        for q in range(n_chosen):
+            centre = ids[first + probes[q]]
+            for p in range(n):
+                distance = squares[p]
+                for f in range(width):
+                    distance += rows[t, f, p] * weights[f, centre]
+                nearest[p] = min(nearest[p], distance)
+        for p in range(n):
+            if valid[t, p]:
+                reach = max(reach, nearest[p])
+        if shown == 0:
+            reach = np.inf  # (no clustered pixel: keep them all)
+        reach += 1e-9 * (abs(reach) + centre_scale + high_sq)
+        held = 0
+        for j in range(m):
+            keep[first + j] = lower[j] <= reach
+            held += lower[j] <= reach
+        kept[t] = held
 
 
 def _whole_tile_labels(grid, chunk, label_of, label_dtype, out=None):

@@ -345,19 +345,25 @@ def test_pair_narrowing_keeps_every_centre_nearest_to_a_point_of_the_box():
     """Narrowed against the candidate nearest the box's middle, a box keeps every centre
     that is nearest to some point of it (its corners and points inside, checked), and drops
     some the box test kept (across a diagonal, the box test keeps both sides' centres)."""
-    from napari_kmeanz._prune import box_candidate_lists, pair_narrowed
+    from napari_kmeanz._prune import PAIR_FROM, _box_lists, box_candidate_lists
 
     rng = np.random.default_rng(5)
     d, k, n_boxes = 12, 9, 300
+    assert d >= PAIR_FROM
     centers = rng.normal(0, 3, (k, d))
     factor = rng.uniform(0.5, 2.0, d)
     middle = rng.normal(0, 3, (n_boxes, d)) / factor
     half = rng.uniform(0.05, 1.5, (n_boxes, d)) / factor
     lows, highs = middle - half, middle + half
-    boxes = box_candidate_lists(lows, highs, centers, factor)
-    narrowed = pair_narrowed(lows, highs, boxes, centers, factor)
-    assert narrowed.counts.sum() < 0.8 * boxes.counts.sum()  # it narrows
-    assert (narrowed.counts >= 1).all()
+    narrowed = box_candidate_lists(lows, highs, centers, factor)
+    # the box test alone
+    ids, firsts, counts = np.arange(k), np.zeros(n_boxes, np.intp), np.full(n_boxes, k)
+    box_ids, box_counts = np.empty(n_boxes * k, np.intp), np.empty(n_boxes, np.intp)
+    scale = float((centers**2).sum(1).max())
+    _box_lists(lows, highs, centers, factor, ids, firsts, counts, scale, False, box_ids,
+               box_counts)  # fmt: skip
+    assert narrowed.counts.sum() < 0.8 * box_counts.sum()  # it narrows
+    assert (narrowed.counts >= 1).all() and (narrowed.counts <= box_counts).all()
     corners = rng.integers(0, 2, (64, d)).astype(bool)
     inside = rng.uniform(0, 1, (64, d))
     for b in range(n_boxes):

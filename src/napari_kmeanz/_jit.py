@@ -18,6 +18,15 @@ from collections.abc import Callable
 _LOCK = threading.Lock()
 _REGISTERED: dict[str, tuple[Callable, str]] = {}  # name: (Python function, signature)
 _LOADED: dict[str, Callable] = {}
+_HELPERS: list[Callable] = []  # functions the kernels call, compiled with them
+
+
+def helper(function: Callable) -> Callable:
+    """Register the decorated function as one that kernels of its module call: when they are
+    compiled, the module's name for it is bound to its compiled version (numba compiles the
+    callers with it). From Python it is called as it is until then."""
+    _HELPERS.append(function)
+    return function
 
 
 def kernel(signature: str):
@@ -47,13 +56,21 @@ def _load(name: str) -> Callable:
     return _LOADED[name]
 
 
-def _compiled(function: Callable, signature: str) -> Callable:
+def _jitted(function: Callable):
     import numba
 
     try:
-        compiled = numba.njit(nogil=True, cache=True)(function)
+        return numba.njit(nogil=True, cache=True)(function)
     except RuntimeError:  # numba: "cannot cache function ...: no locator available"
-        compiled = numba.njit(nogil=True)(function)  # compiled in each process instead
+        return numba.njit(nogil=True)(function)  # compiled in each process instead
+
+
+def _compiled(function: Callable, signature: str) -> Callable:
+    for used in _HELPERS:
+        names = function.__globals__
+        if used.__module__ == function.__module__ and names[used.__name__] is used:
+            names[used.__name__] = _jitted(used)
+    compiled = _jitted(function)
     compiled.compile(signature)
     compiled.disable_compile()
     return compiled

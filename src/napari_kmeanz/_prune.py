@@ -16,26 +16,38 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._jit import kernel
+from ._jit import helper, kernel
 from ._watch import checkpoint
 
 # Box-centre pairs tested at a time (4096 boxes at k=32, 131 at k=1000): the candidates kept
 # are written to 1 MiB at most, and between two slices a run can be cancelled.
 BOX_SLICE = 1 << 17
+# Boxes of at least this many features have their candidates narrowed pair by pair
+# (:func:`_pair_narrowed`) after the box test. The box test weighs a centre's distance to the
+# box against every centre's farthest corner, which a box across a diagonal edge leaves loose:
+# on a 2048x2048 photo, 5-D with the six kinds of feature, k=8, a tile kept 4.6 candidates
+# and 35% of the tiles were open; narrowed, 3.3 and 27% (what its pixels need: 2.3 and 23%).
+# With few features the box test is tight enough that the narrowing costs more than it saves
+# (measured in numpy, before the test was compiled): 512x512 photos, colour-only k=16 109-129
+# -> 141-146 ms, 5-D k=50 192-218 -> 230 ms; a round over a 2048x2048 photo with "gaussian"
+# and "std" (8 features) 36 -> 41 ms; with the six kinds (25 features in RGB, 11 in grey,
+# k=8) a round 98-102 -> 89-95 ms in RGB, 47-49 -> 44-47 ms in grey.
+PAIR_FROM = 10
 
 
 @kernel(
     "(float64[:, ::1], float64[:, ::1], float64[:, ::1], float64[::1], intp[::1], intp[::1],"
-    " intp[::1], float64, intp[::1], intp[::1])"
+    " intp[::1], float64, boolean, intp[::1], intp[::1])"
 )
 def _box_lists(
-    lows, highs, centers, factor, ids, firsts, counts, centre_scale, kept_ids, kept_counts
+    lows, highs, centers, factor, ids, firsts, counts, centre_scale, pairs, kept_ids, kept_counts
 ):  # pragma: no cover
     """The compiled kernel of :func:`box_lists` (``_jit``: coverage cannot see inside).
 
     Box ``b`` weighs ``ids[firsts[b]:firsts[b] + counts[b]]``; those it keeps are written to
     ``kept_ids`` one box after another, their number to ``kept_counts[b]``. Returns how many
-    were written.
+    were written. With ``pairs``, those the box test keeps are then narrowed pair by pair
+    against the one nearest the box's middle (see :func:`box_lists`).
     """
     n_boxes, d = lows.shape
     widest = 0
@@ -69,9 +81,46 @@ def _box_lists(
             if lower[j] <= reach:
                 kept_ids[written + kept] = ids[first + j]
                 kept += 1
+        if pairs and kept > 1:
+            kept = _pair_narrowed(kept_ids[written : written + kept], low, high, centers)
         kept_counts[b] = kept
         written += kept
     return written
+
+
+@helper
+def _pair_narrowed(chosen, low, high, centers):  # pragma: no cover (compiled with _box_lists)
+    """Narrow a box's candidates ``chosen`` (in place, in order) against ``best``, the first
+    of them nearest the box's middle: ``|x - c|**2 - |x - best|**2`` is linear in ``x``, so
+    its least value over the box (``low``, ``high``, feature units) is exact, a feature at a
+    time; a candidate whose least value is above 0 (beyond the rounding margin of the box
+    test) is farther than ``best`` from every point of the box. Returns how many are kept."""
+    d = len(low)
+    best, nearest = chosen[0], np.inf
+    for j in range(len(chosen)):
+        near = 0.0
+        for f in range(d):
+            off = centers[chosen[j], f] - (low[f] + high[f]) / 2
+            near += off * off
+        if near < nearest:
+            best, nearest = chosen[j], near
+    best_sq = 0.0
+    for f in range(d):
+        best_sq += centers[best, f] * centers[best, f]
+    kept = 0
+    for j in range(len(chosen)):
+        c = chosen[j]
+        least, size, c_sq = 0.0, 0.0, 0.0
+        for f in range(d):
+            delta = 2.0 * (centers[best, f] - centers[c, f])
+            at_low, at_high = delta * low[f], delta * high[f]
+            least += min(at_low, at_high)
+            size += max(abs(at_low), abs(at_high))
+            c_sq += centers[c, f] * centers[c, f]
+        if least + c_sq - best_sq <= 1e-9 * (size + c_sq + best_sq):
+            chosen[kept] = c
+            kept += 1
+    return kept
 
 
 def box_lists(lows, highs, centers, factor, ids, firsts, counts, centre_scale=None):
@@ -80,8 +129,9 @@ def box_lists(lows, highs, centers, factor, ids, firsts, counts, centre_scale=No
 
     A box holds points between a per-feature minimum and maximum (raw units). A centre whose
     distance to the box exceeds another candidate's distance to the box's farthest corner is
-    farther from every point of the box than that one, and is left out. The bound keeps a
-    small margin for rounding, so pruning never changes which centre is nearest.
+    farther from every point of the box than that one, and is left out; with PAIR_FROM
+    features or more, those kept are narrowed pair by pair (:func:`_pair_narrowed`). The
+    bounds keep a small margin for rounding, so pruning never changes which centre is nearest.
 
     Parameters
     ----------
@@ -102,7 +152,8 @@ def box_lists(lows, highs, centers, factor, ids, firsts, counts, centre_scale=No
     kept_ids, kept_counts = np.empty(int(counts.sum()), dtype=np.intp), np.empty_like(counts)
     as_float = functools.partial(np.ascontiguousarray, dtype=np.float64)
     arrays = (as_float(lows), as_float(highs), as_float(centers), as_float(factor))
-    written = _box_lists(*arrays, intp(ids), intp(firsts), counts, centre_scale, kept_ids,
+    pairs = centers.shape[1] >= PAIR_FROM
+    written = _box_lists(*arrays, intp(ids), intp(firsts), counts, centre_scale, pairs, kept_ids,
                          kept_counts)  # fmt: skip
     return CandidateLists(kept_counts, kept_ids[:written].astype(CandidateLists.id_dtype(k)), k)
 
@@ -176,64 +227,6 @@ def box_candidate_lists(lows, highs, centers, factor) -> CandidateLists:
         parts.append(box_lists(lows[box], highs[box], centers, factor, every, firsts, counts,
                                centre_scale))  # fmt: skip
     return CandidateLists.joined(parts, k)
-
-
-# Boxes of at least this many features have their candidates narrowed pair by pair
-# (:func:`pair_narrowed`) after the box test. With few features the box test is tight enough
-# that the narrowing costs more than it saves: measured (median of 5 runs) on 512x512 photos,
-# colour-only k=16 109-129 -> 141-146 ms, 5-D k=50 192-218 -> 230 ms, and 1024x1024 5-D
-# k=16 334-349 -> 378-393 ms; a round over a 2048x2048 photo with "gaussian" and "std"
-# (8 features) 36 -> 41 ms. With the six kinds of feature (25 features in RGB, 11 in grey,
-# k=8), interleaved runs: a round took 98-102 -> 89-95 ms in RGB, 47-49 -> 44-47 ms in grey;
-# at k=16 in RGB 144-169 -> 135-158 ms.
-PAIR_FROM = 10
-
-
-def pair_narrowed(lows, highs, lists: CandidateLists, centers, factor) -> CandidateLists:
-    """The candidate ``lists`` of boxes (raw ``lows``, ``highs``), each narrowed against one
-    of its candidates, the nearest to the box's middle (``best``): a candidate ``c`` farther
-    than ``best`` from every point of the box is left out. ``|x - c|**2 - |x - best|**2`` is
-    linear in ``x``, so its least value over the box is exact, a feature at a time; the
-    bound keeps the same margin for rounding as :func:`box_lists`, so no centre that
-    can be nearest is left out. The box test weighs a centre's distance to the box against
-    every centre's farthest corner, which a box across a diagonal edge leaves loose: on a
-    2048x2048 photo, 5-D with the six kinds of feature, k=8, a tile kept 4.6 candidates
-    and 35% of the tiles were open; narrowed, 3.3 and 27% (what its pixels need: 2.3 and
-    23%). BOX_SLICE numbers of pairs' features at a time."""
-    counts = lists.counts
-    if not len(counts) or counts.max() <= 1:
-        return lists
-    d = centers.shape[1]
-    squares = np.einsum("ij,ij->i", centers, centers)
-    keep = np.ones(len(lists.ids), dtype=bool)
-    ends = np.cumsum(counts)
-    first = 0
-    while first < len(counts):
-        checkpoint()
-        start = ends[first] - counts[first]
-        last = max(first + 1, int(np.searchsorted(ends, start + BOX_SLICE // d, "right")))
-        part = slice(start, ends[last - 1])
-        cells = np.arange(first, last)
-        of_cell = np.repeat(cells, counts[cells])
-        ids = lists.ids[part]
-        low, high = lows[of_cell] * factor, highs[of_cell] * factor
-        chosen = centers[ids]
-        off_middle = chosen - (low + high) / 2
-        near = np.einsum("ij,ij->i", off_middle, off_middle)
-        segment = ends[cells] - counts[cells] - start
-        nearest = np.minimum.reduceat(near, segment)
-        place = np.where(near == np.repeat(nearest, counts[cells]), np.arange(len(ids)), len(ids))
-        best = ids[np.minimum.reduceat(place, segment)]
-        best = np.repeat(best, counts[cells])
-        delta = 2.0 * (centers[best] - chosen)
-        at_low, at_high = delta * low, delta * high
-        least = np.minimum(at_low, at_high).sum(axis=1) + squares[ids] - squares[best]
-        size = np.maximum(np.abs(at_low), np.abs(at_high)).sum(axis=1)
-        keep[part] = least <= 1e-9 * (size + squares[ids] + squares[best])
-        first = last
-    of_cell = np.repeat(np.arange(len(counts)), counts)
-    kept = np.bincount(of_cell, weights=keep, minlength=len(counts)).astype(counts.dtype)
-    return CandidateLists(kept, lists.ids[keep], lists.k)
 
 
 def candidates(raw: np.ndarray, centers: np.ndarray, factor: np.ndarray) -> np.ndarray:
@@ -329,8 +322,6 @@ def split_cells(lows, highs, totals, parents, centers, factor, counts, sums, wan
             above = (np.cumsum(is_open) - 1)[parents[level - 1][tested]]
             boxes = (low[tested], high[tested])
             found = inner_candidates(*boxes, above, still_open, centers, factor)
-        if centers.shape[1] >= PAIR_FROM:
-            found = pair_narrowed(low[tested], high[tested], found, centers, factor)
         single = found.counts == 1
         whole = tested[single]
         owner = found.ids[found.starts[single]]

@@ -1,7 +1,7 @@
 """The compiled kernels: each written once, in Python, and compiled by numba.
 
-A kernel is a plain function of arrays, registered with :func:`kernel` and the one signature
-its callers pass (a caller passing other types is refused, not compiled again). It runs
+A kernel is a plain function of arrays, registered with :func:`kernel` and the signatures its
+callers pass (a caller passing other types is refused, not compiled again). It runs
 without the interpreter's lock, so dask's threads run it side by side, and its machine code
 is cached on disk: compiled the first time (a few seconds), loaded after (some 0.3 s, mostly
 numba's own imports). numba is imported only when a kernel is first needed, or by
@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable
 
 _LOCK = threading.Lock()
-_REGISTERED: dict[str, tuple[Callable, str]] = {}  # name: (Python function, signature)
+_REGISTERED: dict[str, tuple[Callable, tuple[str, ...]]] = {}  # name: (function, signatures)
 _LOADED: dict[str, Callable] = {}
 _HELPERS: list[Callable] = []  # functions the kernels call, compiled with them
 
@@ -29,14 +29,14 @@ def helper(function: Callable) -> Callable:
     return function
 
 
-def kernel(signature: str):
-    """Register the decorated function as a kernel with ``signature`` (numba's notation, the
+def kernel(*signatures: str):
+    """Register the decorated function as a kernel with ``signatures`` (numba's notation, the
     argument types only: ``"(float64[:, ::1], intp[::1])"``); the name it is bound to calls the
     compiled kernel."""
 
     def register(function: Callable) -> Callable:
         name = f"{function.__module__}.{function.__qualname__}"
-        _REGISTERED[name] = (function, signature)
+        _REGISTERED[name] = (function, signatures)
 
         @functools.wraps(function)
         def call(*args):
@@ -65,13 +65,14 @@ def _jitted(function: Callable):
         return numba.njit(nogil=True)(function)  # compiled in each process instead
 
 
-def _compiled(function: Callable, signature: str) -> Callable:
+def _compiled(function: Callable, signatures: tuple[str, ...]) -> Callable:
     for used in _HELPERS:
         names = function.__globals__
         if used.__module__ == function.__module__ and names[used.__name__] is used:
             names[used.__name__] = _jitted(used)
     compiled = _jitted(function)
-    compiled.compile(signature)
+    for signature in signatures:
+        compiled.compile(signature)
     compiled.disable_compile()
     return compiled
 

@@ -59,8 +59,11 @@ def distance_weights(centers: np.ndarray, factor: np.ndarray) -> np.ndarray:
 
 
 @kernel(
-    "(float64[:, :, ::1], float64[:, :, ::1], float64[:, ::1], intp[::1], intp[::1],"
-    " intp[::1], float64[:, ::1], intp[:, ::1])"
+    *(
+        f"({rows}[:, :, ::1], {rows}[:, :, ::1], float64[:, ::1], intp[::1], intp[::1],"
+        " intp[::1], float64[:, ::1], intp[:, ::1])"
+        for rows in ("float64", "float32")  # (float32: rows it holds exactly, see TileRows)
+    )
 )
 def _nearest_sums(rows, summed, weights, ids, firsts, counts, totals, labels):  # pragma: no cover
     """The compiled kernel of :func:`nearest_sums` (``_jit``: coverage cannot see inside).
@@ -117,7 +120,7 @@ def nearest_sums(rows, summed, weights, ids, firsts, counts, totals, labels=None
 
     Parameters
     ----------
-    rows : ndarray of shape (groups, d + 1, n), C-contiguous float64
+    rows : ndarray of shape (groups, d + 1, n), C-contiguous float64 (or float32)
         Each group's raw rows, feature by feature, then the ones row (0 for a point that
         is not clustered: it then weighs nothing). # IN
     summed : ndarray like ``rows``

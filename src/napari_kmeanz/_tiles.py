@@ -320,7 +320,7 @@ def _open_batches(grid, chunk, space, open_tiles, lists: CandidateLists):
     :func:`_kernels.nearest_sums` takes them (ids, firsts, counts), their rows and which pixels are
     clustered."""
     per_batch = max(1, BATCH_ROWS // ((space.n_features + 1) * grid.pixels))
-    builder = TileRows(grid, chunk, space, min(per_batch, len(open_tiles)))
+    builder = TileRows(grid, chunk, space, min(per_batch, len(open_tiles)), narrow=True)
     first = lists.starts
     for start in range(0, len(open_tiles), per_batch):
         stop = min(start + per_batch, len(open_tiles))

@@ -124,6 +124,39 @@ def test_kept_columns_give_the_results_of_columns_computed_each_pass(monkeypatch
     assert not list(tmp_path.iterdir())
 
 
+@pytest.mark.parametrize(
+    ("name", "options", "narrow"),
+    [
+        ("uint8 RGB", {}, True),
+        ("uint8 RGB, six kinds", {"sigma": 1.0, "features": SIX}, True),
+        ("uint16 grey, smoothed", {"sigma": 2.0}, True),
+        ("Lab", {"color_space": "lab"}, False),  # computed values: float64
+        ("float64 grey", {}, False),
+    ],
+)
+def test_rows_held_as_float32_give_the_same_numbers(name, options, narrow, monkeypatch):
+    """A pass builds its open tiles' rows as float32 where float32 holds them exactly: the
+    same labels, centres and inertias to the bit as float64 rows; not where it cannot."""
+    from napari_kmeanz._features import TileRows
+
+    image = data.coffee()[:200, :300]
+    if "grey" in name:
+        image = image[..., 1].astype(np.uint16) * 200 if "uint16" in name else image[..., 1] / 7
+    chosen = []
+    exact = TileRows.exact_in_float32
+    monkeypatch.setattr(TileRows, "exact_in_float32",
+                        lambda self: chosen.append(exact(self)) or chosen[-1])  # fmt: skip
+    lazy = da.from_array(image, chunks=(100, 150, -1)[: image.ndim])
+    run = {"spatial_weight": 0.5, "random_state": 0, "max_iter": 6, "tol": 0, **options}
+    fast = kmeans(lazy, 6, **run)
+    assert chosen and all(c == narrow for c in chosen)
+    monkeypatch.setattr(TileRows, "exact_in_float32", lambda self: False)
+    wide = kmeans(lazy, 6, **run)
+    np.testing.assert_array_equal(fast.labels.compute(), wide.labels.compute())
+    np.testing.assert_array_equal(fast.centers, wide.centers)
+    assert fast.inertia_history.tolist() == wide.inertia_history.tolist()
+
+
 def test_passes_with_kept_columns_read_the_image_once():
     """With the filters' columns kept, the rounds read them, not the image (nor its
     overlaps): a run of 5 rounds reads each chunk of a dask image once, and gives the

@@ -487,14 +487,16 @@ class TileRows:
         return cls(grid, chunk, space, max(1, BATCH_PIXELS // grid.pixels))
 
     def exact_in_float32(self) -> bool:
-        """Whether float32 holds every number of the chunk's rows: filtered columns kept as
-        float32 (:func:`column_dtype`) with no origin to subtract, and coordinates below
-        2^24."""
-        chunk = self.chunk
-        if chunk.filters is None or column_dtype(chunk.block.dtype) != np.float32:
+        """Whether float32 holds every number of the chunk's rows: coordinates below 2^24 and,
+        with no origin to subtract, values of up to 16-bit integers or float16 as they are,
+        or filtered columns kept as float32 (:func:`column_dtype`)."""
+        chunk, space = self.chunk, self.space
+        if column_dtype(chunk.block.dtype) != np.float32 or space.origin:
+            return False
+        if chunk.filters is None and not space.raw_values:  # (CIE Lab: computed values)
             return False
         far = max((o + n for o, n in zip(chunk.offset, chunk.shape, strict=False)), default=0)
-        return not self.space.origin and far < 1 << 24
+        return far < 1 << 24
 
     @property
     def size(self) -> int:

@@ -21,10 +21,11 @@ POINT_SUB_BLOCK = 1 << 12
 CELL_MAX_CLUSTERS = 24
 # From this many clusters, a pass over every point shares its sub-blocks between dask's
 # threads (:func:`_kernels.in_threads`), the sums the same. Measured on a 65536-point sample of
-# a 2048x3072 photo, 5-D, 2 cores: 46 against 27 ms for k=1000, 15.4 against 14.9 ms for
-# k=300, slower for k=50 (7.3 against 9.7 ms), where pruning leaves a sub-block few
-# candidates and its many small steps hold the interpreter's lock.
-THREADS_FROM_CLUSTERS = 512
+# a 2048x3072 photo, 5-D, 2 cores, with the compiled kernel (median of 15, two runs): one
+# thread against two 6.7-8.7 against 4.4-5.7 ms for k=100, 17.8-23.4 against 10.4-12.9 for
+# k=300, 50-57 against 30-31 for k=1000; no gain for k=50 (3.9 against 3.9-4.2 ms) and
+# below, where a sub-block is too little work for a thread to pick up.
+THREADS_FROM_CLUSTERS = 100
 
 
 @dataclass
@@ -72,9 +73,8 @@ class PointSource:
         """Index (0-based) of each point's nearest centre, and the per-cluster counts and raw
         sums, in one pass.
 
-        One thread below THREADS_FROM_CLUSTERS clusters: the pass is many small steps on
-        sub-blocks of a few thousand points, and split between two threads it was slower
-        (the steps hold the interpreter's lock between them).
+        One thread below THREADS_FROM_CLUSTERS clusters: a sub-block of a few thousand
+        points is then too little work to share between threads.
         """
         return self._pass(centers, factor, want_labels=True)
 

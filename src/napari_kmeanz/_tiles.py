@@ -192,7 +192,7 @@ def _refined(grid, chunk, space, centers, open_tiles, lists: CandidateLists) -> 
     centers = np.ascontiguousarray(centers, dtype=np.float64)
     weights = distance_weights(centers, space.factor)
     centre_scale = float(np.max(np.einsum("ij,ij->i", centers, centers)))
-    builder = TileRows(grid, chunk, space, min(REFINE_BATCH, len(many)))
+    builder = TileRows(grid, chunk, space, min(REFINE_BATCH, len(many)), narrow=True)
     ids, firsts = lists.ids.astype(np.intp), lists.starts.astype(np.intp)
     wanted = lists.counts.astype(np.intp)
     keep, counts = np.ones(len(ids), dtype=bool), lists.counts.copy()
@@ -209,8 +209,11 @@ def _refined(grid, chunk, space, centers, open_tiles, lists: CandidateLists) -> 
 
 
 @kernel(
-    "(float64[:, :, ::1], boolean[:, ::1], float64[::1], float64[:, ::1], float64[:, ::1],"
-    " intp[::1], intp[::1], intp[::1], float64, intp, boolean[::1], intp[::1])"
+    *(
+        f"({rows}[:, :, ::1], boolean[:, ::1], float64[::1], float64[:, ::1], float64[:, ::1],"
+        " intp[::1], intp[::1], intp[::1], float64, intp, boolean[::1], intp[::1])"
+        for rows in ("float64", "float32")  # (float32: rows it holds exactly, see TileRows)
+    )
 )
 def _narrowed(
     rows,
@@ -245,7 +248,7 @@ def _narrowed(
     lower = np.empty(widest)
     low, high = np.empty(d), np.empty(d)
     squares, nearest = np.empty(n), np.empty(n)
-    probes = np.empty(n_probes, dtype=np.intp)
+    probes, probe_lower = np.empty(n_probes, dtype=np.intp), np.empty(n_probes)
     for t in range(n_tiles):
         first, m = firsts[t], counts[t]
         # the box of the clustered pixels and each pixel's squared norm, in feature units
@@ -269,17 +272,16 @@ def _narrowed(
                 gap = max(max(low[f] - x, x - high[f]), 0.0)
                 gaps += gap * gap
             lower[j] = gaps
-        # the probes: the candidates nearest the box (a selection, in order of distance)
+        # the probes: the candidates nearest the box, kept in order by insertion
         n_chosen = min(n_probes, m)
-        for q in range(n_chosen):
-            best = -1
-            for j in range(m):
-                taken = False
-                for r in range(q):
-                    taken = taken or probes[r] == j
-                if not taken and (best < 0 or lower[j] < lower[best]):
-                    best = j
-            probes[q] = best
+        probe_lower[:] = np.inf
+        for j in range(m):
+            value, q = lower[j], n_chosen - 1
+            if value < probe_lower[q]:
+                while q > 0 and probe_lower[q - 1] > value:
+                    probe_lower[q], probes[q] = probe_lower[q - 1], probes[q - 1]
+                    q -= 1
+                probe_lower[q], probes[q] = value, j
         reach = -np.inf
         for p in range(n):
             nearest[p] = np.inf

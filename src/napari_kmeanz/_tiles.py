@@ -24,7 +24,7 @@ import numpy as np
 from ._compute import zeros
 from ._features import Chunk, FeatureSpace, TileRows
 from ._grid import TileGrid
-from ._jit import kernel
+from ._jit import helper, kernel
 from ._kernels import distance_weights, nearest_sums
 from ._prune import CandidateLists, split_cells
 
@@ -272,16 +272,7 @@ def _narrowed(
                 gap = max(max(low[f] - x, x - high[f]), 0.0)
                 gaps += gap * gap
             lower[j] = gaps
-        # the probes: the candidates nearest the box, kept in order by insertion
-        n_chosen = min(n_probes, m)
-        probe_lower[:] = np.inf
-        for j in range(m):
-            value, q = lower[j], n_chosen - 1
-            if value < probe_lower[q]:
-                while q > 0 and probe_lower[q - 1] > value:
-                    probe_lower[q], probes[q] = probe_lower[q - 1], probes[q - 1]
-                    q -= 1
-                probe_lower[q], probes[q] = value, j
+        n_chosen = _nearest_probes(lower[:m], probes, probe_lower)
         reach = -np.inf
         for p in range(n):
             nearest[p] = np.inf
@@ -303,6 +294,25 @@ def _narrowed(
             keep[first + j] = lower[j] <= reach
             held += lower[j] <= reach
         kept[t] = held
+
+
+@helper
+def _nearest_probes(lower, probes, probe_lower):  # pragma: no cover (compiled with _narrowed)
+    """The places of the (at most ``len(probes)``) smallest ``lower``, in order, the first on
+    ties, written to ``probes`` by insertion (``probe_lower``: their values); returns how
+    many."""
+    n_chosen = min(len(probes), len(lower))
+    if n_chosen == 0:
+        return 0
+    probe_lower[:] = np.inf
+    for j in range(len(lower)):
+        value, q = lower[j], n_chosen - 1
+        if value < probe_lower[q]:
+            while q > 0 and probe_lower[q - 1] > value:
+                probe_lower[q], probes[q] = probe_lower[q - 1], probes[q - 1]
+                q -= 1
+            probe_lower[q], probes[q] = value, j
+    return n_chosen
 
 
 def _whole_tile_labels(grid, chunk, label_of, label_dtype, out=None):

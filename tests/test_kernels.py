@@ -38,7 +38,7 @@ def test_ties_and_duplicate_centres():
     np.testing.assert_array_equal(labels, [0, 0, 0, 2])  # ties go to the lowest index
 
 
-@pytest.mark.parametrize("k", [2, 12, 50])
+@pytest.mark.parametrize("k", [2, 12, 50, 300])  # 300: the points put in Z-order first
 def test_pass_sums_are_exact_for_integer_data(k):
     rng = np.random.default_rng(0)
     raw = rng.integers(0, 4096, size=(200_000, 4)).astype(np.float64)
@@ -310,7 +310,7 @@ def test_tiles_narrowed_by_their_pixels_keep_every_centre_nearest_to_one():
     keeps, once narrowed by its own pixels, every candidate nearest to one of its clustered
     pixels, and fewer than its box kept; a tile with no clustered pixel keeps all."""
     from napari_kmeanz import _kernels
-    from napari_kmeanz._prune import candidates
+    from napari_kmeanz._prune import box_lists
     from napari_kmeanz._tiles import _narrowed
 
     rng = np.random.default_rng(4)
@@ -333,8 +333,11 @@ def test_tiles_narrowed_by_their_pixels_keep_every_centre_nearest_to_one():
     pixels = rows[0, :d].T[valid[0]]
     nearest = np.unique(((pixels[:, None] - centers[None]) ** 2).sum(-1).argmin(1))
     assert keep[nearest].all()
-    by_box = candidates(pixels, centers, factor)
-    assert kept[0] == keep.sum() < len(by_box)
+    one = np.zeros(1, np.intp)
+    by_box = box_lists(
+        pixels.min(0)[None], pixels.max(0)[None], centers, factor, ids, one, one + k
+    )
+    assert kept[0] == keep.sum() < by_box.counts[0]
     keep[:] = False
     _narrowed(rows[1:], valid[1:], factor, weights, centers, ids, firsts[1:], counts[1:],
               scale, 8, keep, kept[1:])  # fmt: skip

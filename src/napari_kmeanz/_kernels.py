@@ -22,10 +22,11 @@ import numpy as np
 from . import _watch
 from ._compute import zeros
 from ._jit import kernel
-from ._prune import candidates
+from ._prune import box_lists
 from ._watch import checkpoint
 
-# Rows per sub-block in the kernels: the (rows x k) distance matrix of a sub-block stays in cache.
+# Rows per sub-block of a pass over points in memory (by default): one box test finds the
+# sub-block's candidates, and threads share sub-blocks.
 SUB_BLOCK = 1 << 15
 # Points per group of the kernel, for points held in memory: a group's rows (24 KiB in 5-D)
 # and distances stay in the fastest caches. Measured against 1000 candidates: 0.62-0.67 us a
@@ -153,8 +154,10 @@ def accumulate(
 ) -> np.ndarray | None:
     """Assign rows to their nearest centre and add their counts and raw sums in place.
 
-    Sub-block by sub-block, only the centres that can be nearest to some row of the
-    sub-block's box are weighed (:func:`_prune.candidates`), by :func:`nearest_sums`.
+    Sub-block by sub-block, in groups of GROUP_POINTS rows, only the centres that can be
+    nearest to some row of a group's box are weighed (:func:`_prune.box_lists`), by
+    :func:`nearest_sums`: rows in an order that keeps close rows together (Z-ordered colours,
+    :meth:`_points.PointSource.sorted`) leave each group few.
 
     Parameters
     ----------
@@ -192,14 +195,14 @@ def accumulate(
     def one(s):
         checkpoint()
         part = rows[s : s + block]
-        here = candidates_of
-        if here is None:
-            here = candidates(part[:, :-1], centers, factor)
-        here = here.astype(np.intp, copy=False)
         own = grouped(part)
         summed = own if weighted is None else grouped(weighted[s : s + block])
         n_groups = len(own)
-        firsts, counts = np.zeros(n_groups, np.intp), np.full(n_groups, len(here), np.intp)
+        if candidates_of is None:  # each group's own, from its box
+            here, firsts, counts = group_candidates(part[:, :-1], centers, factor)
+        else:
+            here = candidates_of.astype(np.intp, copy=False)
+            firsts, counts = np.zeros(n_groups, np.intp), np.full(n_groups, len(here), np.intp)
         totals = np.zeros((k, width))
         out = None if labels is None else np.empty((n_groups, GROUP_POINTS), dtype=np.intp)
         nearest_sums(own, summed, weights_matrix, here, firsts, counts, totals, out)
@@ -214,6 +217,21 @@ def accumulate(
         sums += totals[:, :-1]
         counts += totals[:, -1]
     return labels
+
+
+def group_candidates(raw: np.ndarray, centers: np.ndarray, factor: np.ndarray):
+    """The candidate centres of each group of GROUP_POINTS rows of ``raw`` (n, d), from the
+    group's box, as :func:`nearest_sums` takes them (ids, firsts, counts)."""
+    n, d = raw.shape
+    n_groups = -(-n // GROUP_POINTS)
+    lows, highs = np.empty((n_groups, d)), np.empty((n_groups, d))
+    for g in range(n_groups):
+        part = raw[g * GROUP_POINTS : (g + 1) * GROUP_POINTS]
+        lows[g], highs[g] = part.min(axis=0), part.max(axis=0)
+    k = len(centers)
+    every = (np.arange(k), np.zeros(n_groups, np.intp), np.full(n_groups, k, np.intp))
+    lists = box_lists(lows, highs, centers, factor, *every)
+    return lists.ids.astype(np.intp), lists.starts.astype(np.intp), lists.counts.astype(np.intp)
 
 
 def grouped(part: np.ndarray) -> np.ndarray:

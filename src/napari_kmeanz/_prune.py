@@ -229,14 +229,6 @@ def box_candidate_lists(lows, highs, centers, factor) -> CandidateLists:
     return CandidateLists.joined(parts, k)
 
 
-def candidates(raw: np.ndarray, centers: np.ndarray, factor: np.ndarray) -> np.ndarray:
-    """Indices (sorted) of the centres that can be the nearest one to some row of ``raw``
-    (n, d): :func:`box_lists` for the rows' box."""
-    k, one = len(centers), np.zeros(1, dtype=np.intp)
-    box = (raw.min(axis=0)[None], raw.max(axis=0)[None])
-    return box_lists(*box, centers, factor, np.arange(k), one, one + k).ids
-
-
 @dataclass(frozen=True, eq=False)
 class PointCells:
     """Points sorted into nested cells, for passes that give a cell whole to one centre.

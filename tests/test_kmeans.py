@@ -57,6 +57,30 @@ def test_kmeanspp_inertia_no_worse_than_sklearn(name, k, spatial_weight):
 # -- determinism -----------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("spatial_weight", [0.0, 1.0])  # weighted colours; a pixel sample
+def test_a_sample_put_in_z_order_gives_the_same_result(spatial_weight, monkeypatch):
+    """From ORDER_FROM_CLUSTERS clusters a sample is held in Z-order for its passes: the
+    same labels, centres and inertias as in the points' own order (integer image: the sums
+    are exact either way), with several seedings drawn from the subsample in turn."""
+    from napari_kmeanz import _points, _seeding
+
+    image = data.astronaut()[::2, ::2]
+    run = {"spatial_weight": spatial_weight, "n_init": 2, "max_iter": 40, "random_state": 1}
+    k = _points.ORDER_FROM_CLUSTERS + 20
+    moved, drawn = [], []
+    put, draw = _points.PointSource._put_in_order, _seeding._draw
+    monkeypatch.setattr(_points.PointSource, "_put_in_order",
+                        lambda self: moved.append(1) or put(self))  # fmt: skip
+    monkeypatch.setattr(_seeding, "_draw", lambda *a: drawn.append(1) or draw(*a))
+    ordered = kmeans(image, k, **run)
+    assert moved and len(drawn) == 2  # the subsample put in order before the second seeding
+    monkeypatch.setattr(_points, "ORDER_FROM_CLUSTERS", 10**9)
+    plain = kmeans(image, k, **run)
+    np.testing.assert_array_equal(ordered.labels, plain.labels)
+    np.testing.assert_array_equal(ordered.centers, plain.centers)
+    assert ordered.inertia_history.tolist() == plain.inertia_history.tolist()
+
+
 @pytest.mark.parametrize("spatial_weight", [0.0, 0.5])
 def test_same_seed_same_result_whatever_the_chunking(astronaut, spatial_weight):
     chunkings = [((128,) * 4, (128,) * 4, 3), ((200, 312), (77, 435), 3), ((512,), (64,) * 8, 3)]

@@ -157,7 +157,7 @@ def accumulate(
     Sub-block by sub-block, in groups of GROUP_POINTS rows, only the centres that can be
     nearest to some row of a group's box are weighed (:func:`_prune.box_lists`), by
     :func:`nearest_sums`: rows in an order that keeps close rows together (Z-ordered colours,
-    :meth:`_points.PointSource.sorted`) leave each group few.
+    :meth:`_points.PointSource._put_in_order`) leave each group few.
 
     Parameters
     ----------

@@ -27,7 +27,7 @@ CELL_MAX_CLUSTERS = 24
 # below, where a sub-block is too little work for a thread to pick up.
 THREADS_FROM_CLUSTERS = 100
 # From this many clusters, points with no keys of their own (a sample) are put in Z-order once
-# (:meth:`PointSource._in_order`), so that a pass's groups of points have small boxes: on a
+# (:meth:`PointSource._put_in_order`), so that a pass's groups of points have small boxes: on a
 # 65536-point sample of a 2048x3072 photo, 5-D, a pass took 12.5-16.9 against 36-42 ms at
 # k=1000, 6.3-10.4 against 16.1-17.9 at k=400, for 6-10 ms once; at k=50 the once cost more
 # than the few passes of a short run saved (the 512x512 5-D k=50 run's seeding 0.067-0.096
@@ -62,7 +62,7 @@ class PointSource:
     rows: np.ndarray | None = field(default=None, repr=False)
     _weighted_rows: np.ndarray | None = field(init=False, repr=False, default=None)
     _cells: PointCells | None = field(init=False, repr=False, default=None)
-    _ordered: tuple | None = field(init=False, repr=False, default=None)
+    _order: np.ndarray | None = field(init=False, repr=False, default=None)
 
     def __post_init__(self):
         if self.rows is None:
@@ -94,33 +94,34 @@ class PointSource:
         counts, sums = np.zeros(k), np.zeros((k, d))
         with one_blas_thread():
             if self.keys is None or not self.shifts or k > CELL_MAX_CLUSTERS:
-                order, rows, weighted = self._in_order(k >= ORDER_FROM_CLUSTERS)
-                into = (rows, centers, factor, counts, sums, weighted, POINT_SUB_BLOCK)
+                if self.keys is None and k >= ORDER_FROM_CLUSTERS:
+                    self._put_in_order()
+                weighted = self.rows if self.weights is None else self._weighted
+                into = (self.rows, centers, factor, counts, sums, weighted, POINT_SUB_BLOCK)
                 threads = worker_threads() if k >= THREADS_FROM_CLUSTERS else 1
                 found = accumulate(*into, want_labels=want_labels, threads=threads)
                 labels = found
-                if found is not None and order is not None:
+                if found is not None and self._order is not None:  # (in the points' order)
                     labels = np.empty_like(found)
-                    labels[order] = found
+                    labels[self._order] = found
                 return labels, counts, sums
             nearest = self._cells_pass(centers, factor, counts, sums, want_labels)
         return nearest, counts, sums
 
-    def _in_order(self, reorder: bool):
-        """The rows and weighted rows in an order that keeps close points together, so that
-        a pass's groups of points have small boxes and few candidate centres, with that
-        order (None: their own): their own for keyed points (Z-ordered colours) or without
-        ``reorder``, else along a Z-order curve of the raw features (made once). On a
-        65536-point sample of a 2048x3072 photo, 5-D, against 1000 centres, a group of 512
-        points kept 36% of them (all as drawn)."""
-        weighted = self.rows if self.weights is None else self._weighted
-        if self.keys is not None or not reorder:
-            return None, self.rows, weighted
-        if self._ordered is None:
-            order = np.argsort(z_order_keys(self.rows.T[:-1]), kind="stable")
-            rows = np.take(self.rows.T, order, axis=1).T
-            self._ordered = (order, rows, rows if self.weights is None else weighted[order])
-        return self._ordered
+    def _put_in_order(self) -> None:
+        """Hold the points along a Z-order curve of their raw features (once), so that a
+        pass's groups of points have small boxes and few candidate centres: on a 65536-point
+        sample of a 2048x3072 photo, 5-D, against 1000 centres, a group of 512 points kept
+        36% of them (all as drawn). The points are moved, not copied (``_order`` maps them
+        back): what a pass returns per point is in the points' own order."""
+        if self._order is not None:
+            return
+        order = np.argsort(z_order_keys(self.rows.T[:-1]), kind="stable")
+        self.rows = np.take(self.rows.T, order, axis=1).T  # (the old rows let go)
+        self.raw = self.rows[:, :-1]
+        if self.weights is not None:
+            self.weights, self._weighted_rows = self.weights[order], None
+        self._order = order
 
     def _cells_pass(self, centers, factor, counts, sums, want_labels):
         """A pass through :class:`PointCells`: cells only one centre can be nearest to go
@@ -159,7 +160,7 @@ class PointSource:
         """Let go of the points' memory (rows, weights, keys, cells) when no pass will read
         them again; :attr:`dropped` says so after."""
         self.raw = self.rows = self.weights = self.keys = None
-        self._weighted_rows = self._cells = self._ordered = None
+        self._weighted_rows = self._cells = self._order = None
 
     @property
     def dropped(self) -> bool:
@@ -173,7 +174,8 @@ class PointSource:
 
     def farthest(self, centers: np.ndarray, factor: np.ndarray, m: int):
         dist = nearest_sqdist(self.rows, centers, factor)
-        top = top_farthest(dist, np.arange(len(dist)), m)
+        positions = np.arange(len(dist)) if self._order is None else self._order
+        top = top_farthest(dist, positions, m)  # (ties: the first in the points' own order)
         return dist[top], self.raw[top].astype(np.float64)
 
 

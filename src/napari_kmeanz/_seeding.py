@@ -114,15 +114,18 @@ def seed(sample: Sample, n_clusters, init, rng, factor, plan: Plan) -> np.ndarra
         return init.copy()
     rows, weights = sample.rows, sample.weights
     sub = np.sort(rng.choice(len(rows), size=plan.n_sub, replace=False))
-    subsample = PointSource(rows[sub], weights[sub])
-    points = subsample.raw * factor
+    # (the seedings draw from the subsample's points in their own order; a pass may move the
+    # source's, see PointSource._put_in_order)
+    sub_rows, sub_weights = rows[sub], weights[sub]
+    subsample = PointSource(sub_rows, sub_weights)
+    points = sub_rows * factor
     must_hold = sample.exhaustive and plan.n_sub == len(rows)  # every point: too few raise
     total = plan.steps(n_clusters, init)
     per_seeding = (total - plan.refine_rounds) // plan.n_init
     best = None
     for trial in range(plan.n_init):
         progress = (trial * per_seeding, total)
-        centers = _draw(points, subsample.weights, n_clusters, init, rng, progress, must_hold)
+        centers = _draw(points, sub_weights, n_clusters, init, rng, progress, must_hold)
         refined = Lloyd(subsample, centers, factor, SEED_ROUNDS, SEED_TOL)
         for _ in refined.rounds():
             done = (trial + 1) * per_seeding - SEED_ROUNDS + refined.n_iter

@@ -66,3 +66,29 @@ def test_front_end_defaults_are_the_ones_documented_in_one_place():
     args = _cli.parser().parse_args(["astronaut"])
     assert (args.clusters, args.rounds) == (_defaults.CLI["n_clusters"], _defaults.CLI["max_iter"])
     # (the widget's: tests/test_plugin.py)
+
+
+def test_kernels_compile_where_no_cache_can_be_written():
+    """Where numba finds no folder to cache the kernels in (a read-only install, no home),
+    they are compiled in the process instead (numba would raise "no locator available"):
+    the same labels as with the cache."""
+    import os
+
+    import numpy as np
+
+    from napari_kmeanz import kmeans
+
+    code = (
+        "import numpy as np\n"
+        "from napari_kmeanz import kmeans\n"
+        "image = np.random.default_rng(0).integers(0, 255, (96, 80, 3), dtype=np.uint8)\n"
+        "labels = kmeans(image, 30, spatial_weight=1, random_state=0).labels\n"
+        "print(','.join(map(str, np.bincount(labels.ravel()))))\n"
+    )
+    # (a locator that finds no folder for a source file: numba's own, for IPython cells)
+    env = {**os.environ, "NUMBA_CACHE_LOCATOR_CLASSES": "_IPythonCacheLocator"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env=env)  # fmt: skip
+    image = np.random.default_rng(0).integers(0, 255, (96, 80, 3), dtype=np.uint8)
+    labels = kmeans(image, 30, spatial_weight=1, random_state=0).labels
+    assert out.stdout.strip() == ",".join(map(str, np.bincount(labels.ravel())))

@@ -537,7 +537,7 @@ def main(argv=None) -> int:
         _check_model_options(args)
         from . import _batch, _jit  # (_batch builds on this module)
 
-        _jit.warm_up()  # the assignment kernel, loaded on a thread while images are read
+        _jit.warm_up()  # the compiled kernels, loaded on a thread while images are read
 
         names = _batch.expand(args.images)
         args.channels, args.alpha = channel_option(args, names[0])

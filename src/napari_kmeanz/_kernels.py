@@ -22,7 +22,7 @@ import numpy as np
 from . import _watch
 from ._compute import zeros
 from ._jit import kernel
-from ._prune import box_lists
+from ._prune import box_candidate_lists
 from ._watch import checkpoint
 
 # Rows per sub-block of a pass over points in memory (by default): one box test finds the
@@ -222,16 +222,9 @@ def accumulate(
 def group_candidates(raw: np.ndarray, centers: np.ndarray, factor: np.ndarray):
     """The candidate centres of each group of GROUP_POINTS rows of ``raw`` (n, d), from the
     group's box, as :func:`nearest_sums` takes them (ids, firsts, counts)."""
-    n, d = raw.shape
-    n_groups = -(-n // GROUP_POINTS)
-    lows, highs = np.empty((n_groups, d)), np.empty((n_groups, d))
-    for g in range(n_groups):
-        part = raw[g * GROUP_POINTS : (g + 1) * GROUP_POINTS]
-        lows[g], highs[g] = part.min(axis=0), part.max(axis=0)
-    k = len(centers)
-    every = (np.arange(k), np.zeros(n_groups, np.intp), np.full(n_groups, k, np.intp))
-    lists = box_lists(lows, highs, centers, factor, *every)
-    return lists.ids.astype(np.intp), lists.starts.astype(np.intp), lists.counts.astype(np.intp)
+    starts = np.arange(0, len(raw), GROUP_POINTS)
+    lows, highs = np.minimum.reduceat(raw, starts), np.maximum.reduceat(raw, starts)
+    return box_candidate_lists(lows, highs, centers, factor).kernel_arrays
 
 
 def grouped(part: np.ndarray) -> np.ndarray:

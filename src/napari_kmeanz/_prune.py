@@ -188,6 +188,12 @@ class CandidateLists:
         """Where each cell's candidates start in ``ids``."""
         return np.cumsum(self.counts) - self.counts
 
+    @functools.cached_property
+    def kernel_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``ids``, ``starts`` and ``counts`` as the compiled kernels take a group's
+        candidates (``ids[firsts[g]:firsts[g] + counts[g]]``), intp."""
+        return tuple(a.astype(np.intp, copy=False) for a in (self.ids, self.starts, self.counts))
+
     def positions(self, cells: np.ndarray) -> np.ndarray:
         """Where the candidates of ``cells`` (cell numbers) lie in ``ids``, cell by cell."""
         counts = self.counts[cells]
@@ -338,9 +344,8 @@ def inner_candidates(lows, highs, parent_row, parent_candidates, centers, factor
     weighed every centre."""
     k = len(centers)
     centre_scale = float(np.max(np.einsum("ij,ij->i", centers, centers)))
-    counts = parent_candidates.counts[parent_row]
-    firsts = parent_candidates.starts[parent_row]
-    ids = parent_candidates.ids.astype(np.intp)
+    ids, firsts, counts = parent_candidates.kernel_arrays
+    firsts, counts = firsts[parent_row], counts[parent_row]
     ends, parts, first = np.cumsum(counts), [], 0
     while first < len(counts):
         checkpoint()

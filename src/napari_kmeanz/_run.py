@@ -84,7 +84,7 @@ class Run:
         """The run, stage by stage: a state after every round, then the final one. With
         filters, their columns are kept in a :class:`_features.FeatureCache` until the run
         ends, however it ends."""
-        warm_up()  # the assignment kernel, loaded while the run reads and seeds
+        warm_up()  # the compiled kernels, loaded while the run reads and seeds
         filters = self.params.filters
         if filters is not None:
             n_columns = filters.n_columns(self.image.n_channels)

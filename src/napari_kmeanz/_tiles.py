@@ -193,8 +193,7 @@ def _refined(grid, chunk, space, centers, open_tiles, lists: CandidateLists) -> 
     weights = distance_weights(centers, space.factor)
     centre_scale = float(np.max(np.einsum("ij,ij->i", centers, centers)))
     builder = TileRows(grid, chunk, space, min(REFINE_BATCH, len(many)), narrow=True)
-    ids, firsts = lists.ids.astype(np.intp), lists.starts.astype(np.intp)
-    wanted = lists.counts.astype(np.intp)
+    ids, firsts, wanted = lists.kernel_arrays
     keep, counts = np.ones(len(ids), dtype=bool), lists.counts.copy()
     for start in range(0, len(many), REFINE_BATCH):
         batch = many[start : start + REFINE_BATCH]
@@ -333,11 +332,8 @@ def _open_batches(grid, chunk, space, open_tiles, lists: CandidateLists):
     clustered."""
     per_batch = max(1, BATCH_ROWS // ((space.n_features + 1) * grid.pixels))
     builder = TileRows(grid, chunk, space, min(per_batch, len(open_tiles)), narrow=True)
-    first = lists.starts
+    ids, firsts, counts = lists.kernel_arrays
     for start in range(0, len(open_tiles), per_batch):
-        stop = min(start + per_batch, len(open_tiles))
-        counts = lists.counts[start:stop]
-        ids = lists.ids[first[start] : first[start] + int(counts.sum())].astype(np.intp)
-        rows, valid = builder.build(open_tiles[start:stop])
-        firsts = np.cumsum(counts) - counts
-        yield open_tiles[start:stop], (ids, firsts, counts.astype(np.intp)), rows, valid
+        batch = slice(start, start + per_batch)
+        rows, valid = builder.build(open_tiles[batch])
+        yield open_tiles[batch], (ids, firsts[batch], counts[batch]), rows, valid

@@ -57,7 +57,7 @@ class KMeansWidget(Container):
         self._connect(viewer)
         self._layers_changed()
         self._follow_active()
-        warm_up()  # the assignment kernel, on a thread: the first Run finds it loaded
+        warm_up()  # the compiled kernels, on a thread: the first Run finds them loaded
 
     def _controls(self) -> list:
         """The widget's controls, made and kept as attributes, in their order."""

@@ -559,3 +559,49 @@ def test_a_pass_over_points_on_several_threads_gives_the_same_floats(weighted):
         np.testing.assert_array_equal(one, several)
     brute = ((rows[:, None, :-1] - centers[None]) ** 2).sum(-1).argmin(1)
     np.testing.assert_array_equal(out[0][0], brute)
+
+
+def greedy_plusplus(x, weights, k, rng):
+    """k-means++ as scikit-learn's, every distance computed: the same draws as the kernel's
+    (the first centre by ``rng.choice``, then one ``rng.random`` call for every step's
+    candidates), each drawn where the running sum of weight times distance reaches it."""
+    n_trials = 2 + int(np.log(k))
+    chosen = [rng.choice(len(x), p=weights / weights.sum())]
+    draws = rng.random((k - 1, n_trials))
+    closest = ((x - x[chosen[0]]) ** 2).sum(1)
+    for step in range(k - 1):
+        cumulative = np.cumsum(weights * closest)
+        picks = np.searchsorted(cumulative, draws[step] * cumulative[-1])
+        trials = np.minimum(closest, ((x[None] - x[picks][:, None]) ** 2).sum(-1))
+        best = int(np.argmin(trials @ weights))
+        chosen.append(picks[best])
+        closest = trials[best]
+    return x[chosen]
+
+
+@pytest.mark.parametrize("block", [None, 7])
+@pytest.mark.parametrize("k", [1, 12, 300])
+def test_kmeans_plusplus_skips_only_blocks_a_candidate_cannot_change(k, block, monkeypatch):
+    """The seeding skips a block whose box is farther from a candidate than all its points'
+    distances: on integer points (every distance and sum exact, whatever the blocks) it
+    draws exactly the centres every distance computed draws, the points held in Z-order
+    (as the kernel holds them), with weights, some 0 (never drawn)."""
+    from napari_kmeanz import _plusplus
+
+    if block is not None:
+        monkeypatch.setattr(_plusplus, "BLOCK_POINTS", block)
+    image = data.astronaut()[::4, ::4]
+    yy, xx = np.indices(image.shape[:2])
+    x = np.column_stack([yy.ravel(), xx.ravel(), image.reshape(-1, 3)]).astype(np.float64)
+    x = x[np.argsort(engine.z_order_keys(x.T), kind="stable")]  # the kernel's own order
+    weights = np.random.default_rng(1).integers(0, 4, len(x)).astype(np.float64)
+    found = engine.kmeans_plusplus(x, weights, k, np.random.default_rng(0))
+    np.testing.assert_array_equal(found, greedy_plusplus(x, weights, k, np.random.default_rng(0)))
+    held = {tuple(p) for p in x[weights > 0]}
+    assert all(tuple(c) in held for c in found)
+
+
+def test_kmeans_plusplus_with_fewer_distinct_points_than_clusters():
+    x = np.repeat(np.array([[0.0, 0.0], [1.0, 2.0], [5.0, 5.0]]), 50, axis=0)
+    with pytest.raises(ValueError, match="3"):
+        engine.kmeans_plusplus(x, np.ones(len(x)), 5, np.random.default_rng(0))

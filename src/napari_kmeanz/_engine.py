@@ -11,7 +11,9 @@ the modules behind them may be cut and renamed without touching the tests.
 - the reference kernel, every row against every candidate centre (:func:`accumulate`), and
   the squared distance to the nearest centre (:func:`nearest_sqdist`), on raw rows with a
   ones column (:func:`with_ones`);
-- the tiles of a chunk (:class:`TileGrid`).
+- the tiles of a chunk (:class:`TileGrid`);
+- the k-means++ seeding (:func:`kmeans_plusplus`), over points it holds along a Z-order curve
+  (:func:`z_order_keys`).
 """
 
 from ._codes import ColorCodes
@@ -21,7 +23,8 @@ from ._grid import TileGrid
 from ._kernels import accumulate, nearest_sqdist, with_ones
 from ._lloyd import Source
 from ._pixels import PixelSource
-from ._points import PointSource
+from ._plusplus import kmeans_plusplus
+from ._points import PointSource, z_order_keys
 
 __all__ = [
     "ColorCodes",
@@ -33,6 +36,8 @@ __all__ = [
     "Source",
     "TileGrid",
     "accumulate",
+    "kmeans_plusplus",
     "nearest_sqdist",
     "with_ones",
+    "z_order_keys",
 ]

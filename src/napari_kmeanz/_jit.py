@@ -86,7 +86,7 @@ def warm_up() -> None:
 
 
 def _load_all() -> None:
-    from . import _kernels, _prune, _tiles  # noqa: F401 - the modules whose kernels register
+    from . import _kernels, _plusplus, _prune, _tiles  # noqa: F401 - the modules whose kernels register
 
     for name in list(_REGISTERED):
         with contextlib.suppress(Exception):  # raised again, where it is needed

@@ -15,8 +15,8 @@ import numpy as np
 
 from . import _watch
 from ._lloyd import Lloyd, TooFewDistinctPoints
+from ._plusplus import kmeans_plusplus
 from ._points import PointSource
-from ._watch import checkpoint
 
 # Seeding runs on a subsample of the sample, of this many points per cluster (and at least
 # SEED_POINTS_MIN), with SEED_ROUNDS Lloyd rounds (or until a round gains less than SEED_TOL
@@ -163,70 +163,6 @@ def _draw(points, weights, n_clusters, init, rng, progress, must_hold) -> np.nda
         # clusters on duplicates; the next rounds relocate them to far points.
         distinct = np.unique(points, axis=0)
         return distinct[np.arange(n_clusters) % len(distinct)]
-
-
-def kmeans_plusplus(
-    x: np.ndarray, weights: np.ndarray, n_clusters: int, rng: np.random.Generator, on_step=None
-) -> np.ndarray:
-    """Greedy k-means++ seeding (Arthur & Vassilvitskii 2007, as in scikit-learn).
-
-    Parameters
-    ----------
-    x : ndarray of shape (n, d)
-        Points in feature space.
-    weights : ndarray of shape (n,)
-        Multiplicity of each point.
-    n_clusters : int
-    rng : numpy.random.Generator
-
-    Returns
-    -------
-    ndarray of shape (n_clusters, d)
-
-    Raises
-    ------
-    TooFewDistinctPoints
-        When every remaining point coincides with a chosen centre before ``n_clusters`` are found.
-    """
-    n = len(x)
-    n_trials = 2 + int(np.log(n_clusters))
-    norms = np.einsum("ij,ij->i", x, x)
-    # -2 x.T: scaling by a power of two is exact, so x[rows] @ (-2 x.T) == -2 (x[rows] @ x.T)
-    # to the bit, one pass fewer over the distances in each step
-    columns = np.ascontiguousarray(x.T) * -2.0
-    unweighted = bool(np.all(weights == 1.0))  # (weights * closest == closest, exactly)
-
-    def sqdist(rows):  # (len(rows), n) squared distances from x[rows] to every point
-        # norms[rows] - 2 (x[rows] @ x.T) + norms, in place: the same floats, no temporaries
-        d2 = x[rows] @ columns
-        d2 += norms[rows, None]
-        d2 += norms
-        # the few rounded below 0 set to 0: np.maximum(d2, 0.0) took 47 us of a step's 150
-        # (numpy 2.4 has no fast loop for a scalar there), this 12
-        d2[d2 < 0.0] = 0.0
-        return d2
-
-    centers = np.empty((n_clusters, x.shape[1]))
-    first = rng.choice(n, p=weights / weights.sum())
-    centers[0] = x[first]
-    closest = sqdist(np.array([first]))[0]
-    potential = float(weights @ closest)
-    for c in range(1, n_clusters):
-        if on_step is not None:
-            on_step(c)
-        checkpoint()
-        if potential <= 0.0:
-            raise TooFewDistinctPoints(c, n_clusters)
-        cumulative = np.cumsum(closest if unweighted else weights * closest)
-        picks = np.searchsorted(cumulative, rng.random(n_trials) * cumulative[-1])
-        picks = np.minimum(picks, n - 1)
-        trial = sqdist(picks)
-        np.minimum(closest, trial, out=trial)
-        potentials = trial @ weights
-        best = int(np.argmin(potentials))
-        closest, potential = trial[best], float(potentials[best])
-        centers[c] = x[picks[best]]
-    return centers
 
 
 def random_init(

@@ -39,6 +39,18 @@ def files(tmp_path_factory):
     return folder
 
 
+def test_the_command_runs_as_a_module_too(tmp_path):
+    """``python -m napari_kmeanz`` is the console script: its exit codes, its one-line errors."""
+    bad = subprocess.run([sys.executable, "-m", "napari_kmeanz", "astronaut", "-k", "0"],
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert bad.returncode == 2 and "-k" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "napari_kmeanz", "camera", "-k", "3", "-o",
+                           str(out)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (out / "camera_labels.png").exists()
+
+
 def read_report(outdir, stem):
     return json.loads((outdir / f"{stem}_report.json").read_text())
 

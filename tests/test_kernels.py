@@ -605,3 +605,24 @@ def test_kmeans_plusplus_with_fewer_distinct_points_than_clusters():
     x = np.repeat(np.array([[0.0, 0.0], [1.0, 2.0], [5.0, 5.0]]), 50, axis=0)
     with pytest.raises(ValueError, match="3"):
         engine.kmeans_plusplus(x, np.ones(len(x)), 5, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("weighted", [False, True])
+def test_points_kept_laid_out_between_passes(weighted):
+    """Points in memory keep their sub-blocks laid out for the kernel from one pass to the
+    next, and lay them out again once put in Z-order (the first pass with 200 centres or
+    more): every pass, with other centres each time, finds what every distance computed
+    finds."""
+    rng = np.random.default_rng(3)
+    raw = rng.integers(0, 60, (9000, 4)).astype(np.float64)
+    weights = rng.integers(1, 5, len(raw)).astype(np.float64) if weighted else None
+    source, factor = engine.PointSource(raw, weights), np.array([1.0, 0.5, 2.0, 1.0])
+    w = np.ones(len(raw)) if weights is None else weights
+    for trial, k in enumerate([7, 7, 250, 250, 7]):
+        centers = raw[rng.choice(len(raw), k, replace=False)] * factor + trial
+        labels, counts, sums = source.nearest_and_stats(centers, factor)
+        expected, _ = brute_force(raw, centers, factor)
+        np.testing.assert_array_equal(labels, expected)
+        np.testing.assert_array_equal(counts, np.bincount(expected, w, minlength=k))
+        for f in range(raw.shape[1]):
+            np.testing.assert_array_equal(sums[:, f], np.bincount(expected, w * raw[:, f], k))

@@ -151,6 +151,7 @@ def accumulate(
     candidates_of: np.ndarray | None = None,
     want_labels: bool = True,
     threads: int = 1,
+    prepared: list | None = None,
 ) -> np.ndarray | None:
     """Assign rows to their nearest centre and add their counts and raw sums in place.
 
@@ -181,6 +182,9 @@ def accumulate(
         Whether to return the labels (a pass that needs only the sums does not).
     threads : int
         Threads the sub-blocks are shared between (the sums come out the same).
+    prepared : list, optional
+        The sub-blocks as :func:`sub_blocks` lays them out for these rows and ``block``, kept
+        by a caller that passes over the same rows again (else laid out in each pass).
 
     Returns
     -------
@@ -194,12 +198,14 @@ def accumulate(
 
     def one(s):
         checkpoint()
-        part = rows[s : s + block]
-        own = grouped(part)
-        summed = own if weighted is None else grouped(weighted[s : s + block])
+        boxed = candidates_of is None
+        if prepared is None:
+            own, summed, lows, highs = sub_block(rows, weighted, s, block, boxed)
+        else:
+            own, summed, lows, highs = prepared[s // block]
         n_groups = len(own)
-        if candidates_of is None:  # each group's own, from its box
-            here, firsts, counts = group_candidates(part[:, :-1], centers, factor)
+        if boxed:  # each group's own, from its box
+            here, firsts, counts = box_candidate_lists(lows, highs, centers, factor).kernel_arrays
         else:
             here = candidates_of.astype(np.intp, copy=False)
             firsts, counts = np.zeros(n_groups, np.intp), np.full(n_groups, len(here), np.intp)
@@ -207,7 +213,7 @@ def accumulate(
         out = None if labels is None else np.empty((n_groups, GROUP_POINTS), dtype=np.intp)
         nearest_sums(own, summed, weights_matrix, here, firsts, counts, totals, out)
         if out is not None:
-            labels[s : s + block] = out.ravel()[: len(part)]
+            labels[s : s + block] = out.ravel()[: min(block, len(rows) - s)]
         return totals
 
     starts = range(0, len(rows), block)
@@ -219,12 +225,22 @@ def accumulate(
     return labels
 
 
-def group_candidates(raw: np.ndarray, centers: np.ndarray, factor: np.ndarray):
-    """The candidate centres of each group of GROUP_POINTS rows of ``raw`` (n, d), from the
-    group's box, as :func:`nearest_sums` takes them (ids, firsts, counts)."""
-    starts = np.arange(0, len(raw), GROUP_POINTS)
-    lows, highs = np.minimum.reduceat(raw, starts), np.maximum.reduceat(raw, starts)
-    return box_candidate_lists(lows, highs, centers, factor).kernel_arrays
+def sub_blocks(rows: np.ndarray, weighted: np.ndarray | None, block: int) -> list:
+    """Every sub-block of ``block`` rows laid out as :func:`sub_block` does, in order."""
+    return [sub_block(rows, weighted, s, block) for s in range(0, len(rows), block)]
+
+
+def sub_block(rows, weighted, start: int, block: int, boxed: bool = True) -> tuple:
+    """The sub-block of ``block`` rows from ``start`` as a pass weighs it: its rows and what
+    it sums in groups (:func:`grouped`), and each group's box in raw units (lows, highs;
+    None without ``boxed``)."""
+    part = rows[start : start + block]
+    own = grouped(part)
+    summed = own if weighted is None else grouped(weighted[start : start + block])
+    if not boxed:
+        return own, summed, None, None
+    raw, starts = part[:, :-1], np.arange(0, len(part), GROUP_POINTS)
+    return own, summed, np.minimum.reduceat(raw, starts), np.maximum.reduceat(raw, starts)
 
 
 def grouped(part: np.ndarray) -> np.ndarray:

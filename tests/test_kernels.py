@@ -228,15 +228,22 @@ def _ten_channels():
 
 
 @pytest.mark.parametrize("case", list(_tile_cases()))
-@pytest.mark.parametrize("k", [12, 50, 300])  # 300: tiles with many candidates, narrowed
+@pytest.mark.parametrize("k", [12, 50, 300])
 @pytest.mark.parametrize("cache_tiles", [True, False])
 def test_tiled_passes_equal_plain_passes(case, k, cache_tiles, monkeypatch):
     """Tiles and blocks given whole to one centre from their boxes, the rest read in
     batches: the same labels, counts and raw sums as every pixel against every centre; with
     every tile's box kept between passes, and with the blocks' only (the tiles found again
     in each pass, as for images beyond ``CACHED_PIXELS``)."""
+    from napari_kmeanz import _tiles
+
     if not cache_tiles:
         monkeypatch.setattr("napari_kmeanz._tiles.CACHED_PIXELS", 0)
+    if k == 300:  # tiles past REFINE_FROM candidates in every case, narrowed
+        monkeypatch.setattr(_tiles, "REFINE_FROM", 16)
+    narrowings = []  # (the kernel itself runs: this only counts its calls)
+    kernel = _tiles._narrowed
+    monkeypatch.setattr(_tiles, "_narrowed", lambda *a: (narrowings.append(1), kernel(*a)))
     block, mask, offset, spacing, scale, alpha = _tile_cases()[case]
     space = engine.FeatureSpace(spacing, scale, block.shape[-1] - alpha)
     rng = np.random.default_rng(k)
@@ -258,6 +265,7 @@ def test_tiled_passes_equal_plain_passes(case, k, cache_tiles, monkeypatch):
     np.testing.assert_array_equal(got[0], counts)
     np.testing.assert_array_equal(got[1], sums)
     np.testing.assert_array_equal(pixels.labels(centers, np.uint16).compute(), labels)
+    assert narrowings or k != 300
     # the sum of squares of the clustered pixels' raw rows (for the inertia)
     expected_sq = float((raw[valid] ** 2).sum(0) @ space.factor**2)
     np.testing.assert_allclose(pixels.sq_total(space.factor), expected_sq, rtol=1e-12)

@@ -39,8 +39,12 @@ CACHED_PIXELS = 1 << 28
 # 2048x3072 photo, 5-D, k=1000 (before the kernels were compiled), the distances of a pass
 # then took 0.5 s instead of 4 s (one thread), and the rounds after the first 4.1-4.3 s
 # instead of 5.3 s (min of 4, process time; from 24, 48 or 96, and 8 or 16 probes alike).
+# With the kernels compiled, weighing a candidate costs less than narrowing it away did at
+# 24: a run of 3 rounds at k=1000 took 1.47-1.56 s from 64 against 1.65-1.71 s from 24 (and
+# 1.93 s with no narrowing; 48, 96 and 128 about as 64), the 512x512 5-D k=50 run 0.170
+# against 0.183 s (medians of 9), the 2048x3072 k=200 one 0.73 against 0.75 s.
 # The same labels: no centre left out can be nearest.
-REFINE_FROM = 24
+REFINE_FROM = 64
 REFINE_BATCH = 64
 REFINE_PROBES = 8
 

@@ -479,6 +479,10 @@ class TileRows:
         dtype = np.float32 if narrow and self.exact_in_float32() else np.float64
         self.buffer = np.empty((size, space.n_features + 1, grid.pixels), dtype=dtype)
         self.buffer[:, -1] = 1.0
+        # the tiles' pixel offsets in the rows' own dtype, so that a position is one float
+        # addition with no cast (exact: whole numbers below 2^24, see exact_in_float32):
+        # 33-43 against 89-91 us a batch of 128 tiles
+        self.local = [np.asarray(along, dtype=dtype) for along in grid.local[: self.n_spatial]]
         self.dirty = False
 
     @classmethod
@@ -511,9 +515,9 @@ class TileRows:
             self.buffer[:, -1] = 1.0
             self.dirty = False
         rows = self.buffer[:t]
-        starts = self.grid.origins(tiles)[:, : self.n_spatial] + self.offset
-        for axis in range(self.n_spatial):
-            np.add(starts[:, axis, None], self.grid.local[axis], out=rows[:, axis])
+        starts = (self.grid.origins(tiles)[:, : self.n_spatial] + self.offset).astype(rows.dtype)
+        for axis, along in enumerate(self.local):
+            np.add(starts[:, axis, None], along, out=rows[:, axis])
         target = rows[:, self.n_spatial : -1]
         if self.chunk.filters is not None:  # laid out as the rows are: one copy
             valid = self.chunk.tile_columns(tiles, target)

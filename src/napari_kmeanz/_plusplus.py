@@ -19,6 +19,8 @@ replaces (one BLAS product of the candidates against every point a step): 8192 p
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from ._jit import helper, kernel
@@ -32,8 +34,39 @@ BLOCK_POINTS = 128
 STEPS_PER_CALL = 32
 
 
+@dataclass(frozen=True, eq=False)
+class Blocks:
+    """Points as k-means++ holds them: along a Z-order curve (``order``), feature by feature
+    (``columns`` (d, n)) with their ``weights``, in blocks of BLOCK_POINTS from ``starts``,
+    each with its box (``lows``, ``highs`` (blocks, d)). Made once for every seeding drawn
+    from the same points."""
+
+    order: np.ndarray
+    columns: np.ndarray
+    weights: np.ndarray
+    starts: np.ndarray
+    lows: np.ndarray
+    highs: np.ndarray
+
+    @classmethod
+    def of(cls, x: np.ndarray, weights: np.ndarray) -> Blocks:
+        n = len(x)
+        order = np.argsort(z_order_keys(x.T), kind="stable")
+        columns = np.ascontiguousarray(x.T[:, order], dtype=np.float64)
+        held = np.ascontiguousarray(weights[order], dtype=np.float64)
+        starts = np.append(np.arange(0, n, BLOCK_POINTS), n).astype(np.intp)
+        lows = np.ascontiguousarray(np.minimum.reduceat(columns, starts[:-1], axis=1).T)
+        highs = np.ascontiguousarray(np.maximum.reduceat(columns, starts[:-1], axis=1).T)
+        return cls(order, columns, held, starts, lows, highs)
+
+
 def kmeans_plusplus(
-    x: np.ndarray, weights: np.ndarray, n_clusters: int, rng: np.random.Generator, on_step=None
+    x: np.ndarray,
+    weights: np.ndarray,
+    n_clusters: int,
+    rng: np.random.Generator,
+    on_step=None,
+    blocks: Blocks | None = None,
 ) -> np.ndarray:
     """Greedy k-means++ seeding.
 
@@ -49,6 +82,8 @@ def kmeans_plusplus(
         a step, with one ``rng.random`` call.
     on_step : callable, optional
         Called with the number of centres chosen, every STEPS_PER_CALL steps.
+    blocks : Blocks, optional
+        ``Blocks.of(x, weights)``, from a caller that seeds the same points again.
 
     Returns
     -------
@@ -61,33 +96,29 @@ def kmeans_plusplus(
     """
     n = len(x)
     n_trials = 2 + int(np.log(n_clusters))
-    order = np.argsort(z_order_keys(x.T), kind="stable")
-    columns = np.ascontiguousarray(x.T[:, order], dtype=np.float64)
-    held = np.ascontiguousarray(weights[order], dtype=np.float64)
-    starts = np.append(np.arange(0, n, BLOCK_POINTS), n).astype(np.intp)
-    lows = np.ascontiguousarray(np.minimum.reduceat(columns, starts[:-1], axis=1).T)
-    highs = np.ascontiguousarray(np.maximum.reduceat(columns, starts[:-1], axis=1).T)
-    n_blocks = len(starts) - 1
+    held = Blocks.of(x, weights) if blocks is None else blocks
+    n_blocks = len(held.starts) - 1
     closest, sums, peaks = np.empty(n), np.empty(n_blocks), np.empty(n_blocks)
     trial_closest = np.empty((n_trials, n))
     visited = np.empty((n_trials, n_blocks), dtype=np.uint8)
 
     chosen = np.empty(n_clusters, dtype=np.intp)
     first = rng.choice(n, p=weights / weights.sum())
-    chosen[0] = np.flatnonzero(order == first)[0]
+    chosen[0] = np.flatnonzero(held.order == first)[0]
     draws = rng.random((max(n_clusters - 1, 0), n_trials))
+    arrays = (held.columns, held.weights, held.lows, held.highs, held.starts, closest, sums,
+              peaks, draws, chosen)  # fmt: skip
     step = 1
     while step < n_clusters:
         if on_step is not None:
             on_step(step)
         checkpoint()
         stop = min(n_clusters, step + STEPS_PER_CALL)
-        arrays = (columns, held, lows, highs, starts, closest, sums, peaks, draws, chosen)
         reached = _steps(*arrays, step, stop, trial_closest, visited)
         if reached < stop:
             raise TooFewDistinctPoints(reached, n_clusters)
         step = stop
-    return columns[:, chosen].T.copy()
+    return held.columns[:, chosen].T.copy()
 
 
 @kernel(

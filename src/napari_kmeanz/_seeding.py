@@ -15,7 +15,7 @@ import numpy as np
 
 from . import _watch
 from ._lloyd import Lloyd, TooFewDistinctPoints
-from ._plusplus import kmeans_plusplus
+from ._plusplus import Blocks, kmeans_plusplus
 from ._points import PointSource
 
 # Seeding runs on a subsample of the sample, of this many points per cluster (and at least
@@ -119,13 +119,14 @@ def seed(sample: Sample, n_clusters, init, rng, factor, plan: Plan) -> np.ndarra
     sub_rows, sub_weights = rows[sub], weights[sub]
     subsample = PointSource(sub_rows, sub_weights)
     points = sub_rows * factor
+    blocks = Blocks.of(points, sub_weights) if init == "k-means++" else None  # (all seedings')
     must_hold = sample.exhaustive and plan.n_sub == len(rows)  # every point: too few raise
     total = plan.steps(n_clusters, init)
     per_seeding = (total - plan.refine_rounds) // plan.n_init
     best = None
     for trial in range(plan.n_init):
         progress = (trial * per_seeding, total)
-        centers = _draw(points, sub_weights, n_clusters, init, rng, progress, must_hold)
+        centers = _draw(points, sub_weights, blocks, n_clusters, init, rng, progress, must_hold)
         refined = Lloyd(subsample, centers, factor, SEED_ROUNDS, SEED_TOL)
         for _ in refined.rounds():
             done = (trial + 1) * per_seeding - SEED_ROUNDS + refined.n_iter
@@ -144,9 +145,10 @@ def seed(sample: Sample, n_clusters, init, rng, factor, plan: Plan) -> np.ndarra
     return refine.centers
 
 
-def _draw(points, weights, n_clusters, init, rng, progress, must_hold) -> np.ndarray:
-    """One seeding on the subsample's ``points`` (feature units); ``progress`` is the steps
-    done before it and in all, for the seeding's progress reports."""
+def _draw(points, weights, blocks, n_clusters, init, rng, progress, must_hold) -> np.ndarray:
+    """One seeding on the subsample's ``points`` (feature units; ``blocks``: as k-means++
+    holds them); ``progress`` is the steps done before it and in all, for the seeding's
+    progress reports."""
     done, total = progress
 
     def on_step(c):
@@ -154,7 +156,7 @@ def _draw(points, weights, n_clusters, init, rng, progress, must_hold) -> np.nda
 
     try:
         if init == "k-means++":
-            return kmeans_plusplus(points, weights, n_clusters, rng, on_step)
+            return kmeans_plusplus(points, weights, n_clusters, rng, on_step, blocks)
         return random_init(points, weights, n_clusters, rng)  # one draw: no steps to report
     except TooFewDistinctPoints:
         if must_hold:

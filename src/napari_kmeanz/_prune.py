@@ -172,7 +172,7 @@ class CandidateLists:
 
     @staticmethod
     def id_dtype(k: int) -> type:
-        """The dtype of the ids of k centres, and of the padding k."""
+        """The dtype of the ids of k centres."""
         return np.int16 if k < 1 << 15 else np.int32
 
     @classmethod
@@ -194,28 +194,9 @@ class CandidateLists:
         candidates (``ids[firsts[g]:firsts[g] + counts[g]]``), intp."""
         return tuple(a.astype(np.intp, copy=False) for a in (self.ids, self.starts, self.counts))
 
-    def positions(self, cells: np.ndarray) -> np.ndarray:
-        """Where the candidates of ``cells`` (cell numbers) lie in ``ids``, cell by cell."""
-        counts = self.counts[cells]
-        shift = np.repeat(self.starts[cells] - (np.cumsum(counts) - counts), counts)
-        return np.arange(int(counts.sum())) + shift
-
-    def take(self, cells: np.ndarray) -> CandidateLists:
-        """The lists of ``cells`` (cell numbers), in that order."""
-        return CandidateLists(self.counts[cells], self.ids[self.positions(cells)], self.k)
-
     def where(self, kept: np.ndarray) -> CandidateLists:
-        """The lists of the cells where ``kept`` (n,) is True: as :meth:`take`, without the
-        positions of the candidates kept (8 bytes each)."""
+        """The lists of the cells where ``kept`` (n,) is True, in order."""
         return CandidateLists(self.counts[kept], self.ids[np.repeat(kept, self.counts)], self.k)
-
-    def padded(self, size: int) -> np.ndarray:
-        """Each cell's candidates in a row of ``size`` (n, size), padded with k."""
-        out = np.full((len(self.counts), size), self.k, dtype=self.ids.dtype)
-        cell = np.repeat(np.arange(len(self.counts)), self.counts)
-        place = np.arange(len(self.ids)) - np.repeat(self.starts, self.counts)
-        out[cell, place] = self.ids
-        return out
 
 
 def box_candidate_lists(lows, highs, centers, factor) -> CandidateLists:

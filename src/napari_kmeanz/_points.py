@@ -102,8 +102,8 @@ class PointSource:
             if self.keys is None or not self.shifts or k > CELL_MAX_CLUSTERS:
                 if self.keys is None and k >= ORDER_FROM_CLUSTERS:
                     self._put_in_order()
-                weighted = self.rows if self.weights is None else self._weighted
-                into = (self.rows, centers, factor, counts, sums, weighted, POINT_SUB_BLOCK)
+                # (unweighted: None, what each group sums is its rows, laid out once)
+                into = (self.rows, centers, factor, counts, sums, self._weighted, POINT_SUB_BLOCK)
                 threads = worker_threads() if k >= THREADS_FROM_CLUSTERS else 1
                 found = accumulate(*into, want_labels=want_labels, threads=threads,
                                    prepared=self._sub_blocks())  # fmt: skip

@@ -152,7 +152,7 @@ class PointSource:
         read = ranges(finest[open_cells], stops[open_cells])
         rows = np.take(self.rows.T, read, axis=1).T
         # the same products as in _weighted, from fewer reads
-        weighted = rows if self.weights is None else rows * self.weights[read, None]
+        weighted = None if self.weights is None else rows * self.weights[read, None]
         all_centres = np.arange(len(centers))
         nearest = accumulate(
             rows,

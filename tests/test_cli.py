@@ -465,6 +465,28 @@ def test_writers_to_one_output_use_temporary_files_of_their_own(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]
 
 
+def test_a_run_stopped_between_a_rename_and_its_record_leaves_no_file(tmp_path):
+    """A signal can land after a file is renamed into place and before the run notes it:
+    the rollback still removes it (and the folder the run made), and leaves a file that was
+    there before and that the run placed but never replaced."""
+    from napari_kmeanz._io import OutputFolder, atomic
+
+    (tmp_path / "old.json").write_text("the user's")
+    for existing in (False, True):
+        outputs = OutputFolder(tmp_path / "out" if not existing else tmp_path)
+        renamed = outputs.path("round_001.png")
+        with atomic(renamed) as temporary:
+            temporary.write_bytes(b"written")
+        # (stopped here: not yet outputs.wrote(renamed))
+        untouched = outputs.path("old.json")
+        outputs.rollback()
+        assert not renamed.exists()
+        assert untouched.exists() == existing
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["old.json"]
+    assert (tmp_path / "old.json").read_text() == "the user's"
+
+
 @pytest.mark.parametrize(
     ("signum", "code", "word"), [(2, 130, "interrupted"), (15, 143, "terminated")]
 )

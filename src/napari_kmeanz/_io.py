@@ -102,12 +102,18 @@ class OutputFolder:
     :meth:`path` makes it (and its missing parents) when the first file is written;
     :meth:`rollback` removes every file written so far and the folders it made, so a run
     that fails, or is stopped, leaves nothing behind.
+
+    A file is the run's from the moment it is renamed into place, which comes before
+    :meth:`wrote` can say so: a signal between the two would leave it behind (and with it
+    the folder). So :meth:`place` notes what each path held before, and :meth:`rollback`
+    also removes a path placed but not yet said written that holds another file now.
     """
 
     def __init__(self, folder: Path):
         self.folder = Path(folder)
         self.written: list[Path] = []
         self._made: list[Path] = []
+        self._placed: dict[Path, tuple | None] = {}  # path: what it held when placed
 
     def check(self) -> None:
         """Raise OSError, naming the folder, when it cannot be made or written."""
@@ -143,19 +149,34 @@ class OutputFolder:
         for made in reversed(missing):
             made.mkdir()
             self._made.append(made)
+        self._placed.setdefault(Path(path), _held(path))
         return Path(path)
 
     def wrote(self, path: Path) -> None:
+        self._placed.pop(Path(path), None)
         self.written.append(Path(path))
 
     def rollback(self) -> None:
+        for path, before in self._placed.items():  # (renamed into place, not yet said so)
+            now = _held(path)
+            if now is not None and now != before:
+                self.written.append(path)
         for path in self.written:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
         for folder in reversed(self._made):
             with contextlib.suppress(OSError):
                 folder.rmdir()
-        self.written, self._made = [], []
+        self.written, self._made, self._placed = [], [], {}
+
+
+def _held(path: Path) -> tuple | None:
+    """Which file ``path`` holds (device, inode, size, modification time), None if none."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino, found.st_size, found.st_mtime_ns
 
 
 def save_palette_png(path: Path, labels: np.ndarray, colors: np.ndarray, dtype) -> bool:

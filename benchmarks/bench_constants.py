@@ -27,7 +27,7 @@ CONSTANTS = {
     "SUB_BLOCK": ("_kernels", "rows per sub-block, the colours' open cells", (16, 0.0)),
     "POINT_SUB_BLOCK": ("_points", "points per sub-block, k above the cells' limit", (50, 0.0)),
     "CODE_TILE": ("_codes", "pixels per tile of colour codes (histogram, labels)", (16, 0.0)),
-    "BATCH_PIXELS": ("_features", "pixels per batch of rows (the first pass)", (16, 1.0)),
+    "BATCH_PIXELS": ("_rows", "pixels per batch of rows (the first pass)", (16, 1.0)),
     "BATCH_ROWS": ("_tiles", "raw rows per batch of open tiles", (16, 1.0)),
     "NUMPY_CHUNK_PIXELS": ("_params", "pixels per chunk of a numpy image", (16, 1.0)),
 }

@@ -137,7 +137,7 @@ def test_kept_columns_give_the_results_of_columns_computed_each_pass(monkeypatch
 def test_rows_held_as_float32_give_the_same_numbers(name, options, narrow, monkeypatch):
     """A pass builds its open tiles' rows as float32 where float32 holds them exactly: the
     same labels, centres and inertias to the bit as float64 rows; not where it cannot."""
-    from napari_kmeanz._features import TileRows
+    from napari_kmeanz._rows import TileRows
 
     image = data.coffee()[:200, :300]
     if "grey" in name:

@@ -1,7 +1,8 @@
 """The features stage: a chunk of the image becomes the rows of its pixels' features.
 
-Every pass reads pixels through this module, and nothing else knows how a pixel becomes a
-point. A pixel is a point of two kinds of features:
+Every pass reads pixels through this module and ``_rows``, which builds the rows of a
+chunk's tiles from the features defined here; nothing else knows how a pixel becomes a point.
+A pixel is a point of two kinds of features:
 
 - *position*: its coordinates in the image (the chunk's offset plus its place in the chunk),
   times ``spacing * spatial_scale``; left out when ``spatial_scale`` is 0;
@@ -16,8 +17,8 @@ of a centre means in the image's own units.
 
 :class:`Chunk` is what a task holds: a block of the image, its mask and its offset. A kind
 of feature that needs a pixel's neighbours (smoothing, edges, texture: ``_filters``) reads
-them from an overlap around the chunk; the passes take their rows from :class:`TileRows` and
-:func:`chunk_rows` whatever the features are.
+them from an overlap around the chunk; the passes take their rows from ``_rows.TileRows`` and
+``_rows.chunk_rows`` whatever the features are.
 """
 
 from __future__ import annotations
@@ -35,16 +36,12 @@ import numpy as np
 from ._color import lab_to_rgb, rgb_to_lab
 from ._filters import Filters
 from ._grid import TileGrid
-from ._watch import checkpoint
 
 # Values up to this magnitude, or this many times their spread, are clustered as they are
 # (FeatureSpace.origin 0): the rounding of a distance is then below 1e-9 of the squared spread
 # for 16-bit values, and 1e-10 for spread-relative ones.
 ORIGIN_FREE_MAGNITUDE = float(1 << 16)
 ORIGIN_FREE_RATIO = 1024.0
-# Pixels whose rows are built at a time when a chunk is read whole (its tiles' boxes, the
-# farthest pixels): 1 MiB of rows for 5 features.
-BATCH_PIXELS = 1 << 15
 
 
 # A run with filters keeps each chunk's filtered columns in a temporary file once the first
@@ -232,21 +229,6 @@ class Chunk:
         mask = None if self.mask is None else self.mask[local][:, None]
         values, valid = chunk_values(picked[:, None, :], mask, self.alpha)
         return values, np.ones(len(values), bool) if valid is None else valid
-
-    def tile_values(self, grid: TileGrid, tiles: np.ndarray):
-        """Value features (T * pixels, F) of the tiles' pixels, and which of them are
-        clustered ((T, pixels) bool; None: all of them); without filters (with them, see
-        :meth:`tile_columns`)."""
-        t, p = len(tiles), grid.pixels
-        picked, inside = grid.gather(self.block, tiles)
-        mask = None if self.mask is None else grid.gather(self.mask, tiles)[0]
-        values, clustered = chunk_values(
-            picked.reshape(t * p, -1), None if mask is None else mask.reshape(-1), self.alpha
-        )
-        if clustered is not None:
-            clustered = clustered.reshape(t, p)
-            inside = clustered if inside is None else inside & clustered
-        return values, inside
 
     def tile_columns(self, tiles: np.ndarray, out: np.ndarray):
         """Write the filters' columns of the tiles' pixels to ``out`` (T, F, pixels), and
@@ -458,96 +440,3 @@ def chunk_values(block: np.ndarray, mask_block, alpha: bool):
         if not finite.all():
             valid = finite if valid is None else valid & finite
     return flat, valid
-
-
-class TileRows:
-    """Builds the rows of a batch of tiles: ``(T, d + 1, pixels)`` float64, the raw features
-    then a ones row, zero for the pixels not clustered. One buffer, reused from batch to batch.
-
-    Positions are the pixels' coordinates in the image (the chunk's ``offset`` added), as in
-    every other pass: a pixel's distances are then computed from the same numbers whatever
-    the chunking, and so are the rare pixels equally near two centres up to rounding.
-
-    With ``narrow``, rows that float32 holds exactly (:meth:`exact_in_float32`) are built as
-    float32: half the bytes to write and to read, the same numbers.
-    """
-
-    def __init__(self, grid: TileGrid, chunk: Chunk, space: FeatureSpace, size: int, narrow=False):
-        self.grid, self.chunk, self.space = grid, chunk, space
-        self.n_spatial = space.n_spatial
-        self.offset = np.array(chunk.offset[: self.n_spatial], dtype=np.intp)
-        dtype = np.float32 if narrow and self.exact_in_float32() else np.float64
-        self.buffer = np.empty((size, space.n_features + 1, grid.pixels), dtype=dtype)
-        self.buffer[:, -1] = 1.0
-        # the tiles' pixel offsets in the rows' own dtype, so that a position is one float
-        # addition with no cast (exact: whole numbers below 2^24, see exact_in_float32):
-        # 33-43 against 89-91 us a batch of 128 tiles
-        self.local = [np.asarray(along, dtype=dtype) for along in grid.local[: self.n_spatial]]
-        self.dirty = False
-
-    @classmethod
-    def batches(cls, grid: TileGrid, chunk: Chunk, space: FeatureSpace) -> TileRows:
-        """A builder for batches of about ``BATCH_PIXELS`` pixels."""
-        return cls(grid, chunk, space, max(1, BATCH_PIXELS // grid.pixels))
-
-    def exact_in_float32(self) -> bool:
-        """Whether float32 holds every number of the chunk's rows: coordinates below 2^24 and,
-        with no origin to subtract, values of up to 16-bit integers or float16 as they are,
-        or filtered columns kept as float32 (:func:`column_dtype`)."""
-        chunk, space = self.chunk, self.space
-        if column_dtype(chunk.block.dtype) != np.float32 or space.origin:
-            return False
-        if chunk.filters is None and not space.raw_values:  # (CIE Lab: computed values)
-            return False
-        far = max((o + n for o, n in zip(chunk.offset, chunk.shape, strict=False)), default=0)
-        return far < 1 << 24
-
-    @property
-    def size(self) -> int:
-        """Tiles per batch, at most."""
-        return self.buffer.shape[0]
-
-    def build(self, tiles: np.ndarray):
-        """Rows of the tiles, and which pixels are clustered (None: all of them)."""
-        checkpoint()  # every loop over a chunk's tiles builds its rows here
-        t, p = len(tiles), self.grid.pixels
-        if self.dirty:
-            self.buffer[:, -1] = 1.0
-            self.dirty = False
-        rows = self.buffer[:t]
-        starts = (self.grid.origins(tiles)[:, : self.n_spatial] + self.offset).astype(rows.dtype)
-        for axis, along in enumerate(self.local):
-            np.add(starts[:, axis, None], along, out=rows[:, axis])
-        target = rows[:, self.n_spatial : -1]
-        if self.chunk.filters is not None:  # laid out as the rows are: one copy
-            valid = self.chunk.tile_columns(tiles, target)
-            if self.space.origin:
-                target[:, self.space.shifted] -= self.space.origin
-        else:
-            values, valid = self.chunk.tile_values(self.grid, tiles)
-            if not self.space.raw_values:
-                values = self.space.values(values)
-            target[...] = values.reshape(t, p, -1).transpose(0, 2, 1)
-        if valid is not None:
-            # the pixels not clustered: all zero (set, not multiplied: an infinite or NaN
-            # value times 0 is NaN, with a warning)
-            np.copyto(rows, 0.0, where=~valid[:, None, :])
-            self.dirty = True
-        return rows, valid
-
-
-def chunk_rows(chunk: Chunk, space: FeatureSpace):
-    """The raw rows of a chunk's clustered pixels with a ones column, (n, d + 1), a batch of
-    tiles at a time, each with the pixels' coordinates in the chunk, (n, ndim)."""
-    grid = TileGrid.for_shape(chunk.shape)
-    builder = TileRows.batches(grid, chunk, space)
-    per_batch = builder.size
-    for start in range(0, grid.n_tiles, per_batch):
-        tiles = np.arange(start, min(start + per_batch, grid.n_tiles))
-        batch, valid = builder.build(tiles)
-        rows = batch.transpose(0, 2, 1).reshape(-1, batch.shape[1])
-        coords = np.stack([c.ravel() for c in grid.pixel_coords(tiles)[0]], axis=1)
-        if valid is not None:  # (the pixels outside the chunk are not valid either)
-            rows, coords = rows[valid.ravel()], coords[valid.ravel()]
-        if len(rows):
-            yield rows, coords

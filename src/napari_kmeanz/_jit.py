@@ -1,7 +1,8 @@
 """The compiled kernels: each written once, in Python, and compiled by numba.
 
 A kernel is a plain function of arrays, registered with :func:`kernel` and the signatures its
-callers pass (a caller passing other types is refused, not compiled again). It runs
+callers pass (a caller passing other types is refused, not compiled again), or with none: a
+kernel that reads the image itself is compiled for each dtype it meets, once. It runs
 without the interpreter's lock, so dask's threads run it side by side, and its machine code
 is cached on disk: compiled the first time (a few seconds), loaded after (some 0.3 s, mostly
 numba's own imports). numba is imported only when a kernel is first needed, or by
@@ -32,7 +33,8 @@ def helper(function: Callable) -> Callable:
 def kernel(*signatures: str):
     """Register the decorated function as a kernel with ``signatures`` (numba's notation, the
     argument types only: ``"(float64[:, ::1], intp[::1])"``); the name it is bound to calls the
-    compiled kernel."""
+    compiled kernel. With no signatures, it is compiled for the types of each call that
+    brings new ones (loaded from numba's cache after the first time)."""
 
     def register(function: Callable) -> Callable:
         name = f"{function.__module__}.{function.__qualname__}"
@@ -73,7 +75,8 @@ def _compiled(function: Callable, signatures: tuple[str, ...]) -> Callable:
     compiled = _jitted(function)
     for signature in signatures:
         compiled.compile(signature)
-    compiled.disable_compile()
+    if signatures:
+        compiled.disable_compile()
     return compiled
 
 
@@ -86,7 +89,7 @@ def warm_up() -> None:
 
 
 def _load_all() -> None:
-    from . import _kernels, _plusplus, _prune, _tiles  # noqa: F401 - the modules whose kernels register
+    from . import _kernels, _plusplus, _prune, _rows, _tiles  # noqa: F401 - the modules whose kernels register
 
     for name in list(_REGISTERED):
         with contextlib.suppress(Exception):  # raised again, where it is needed

@@ -27,9 +27,10 @@ from ._compute import (
     to_numpy,
     zeros,
 )
-from ._features import Chunk, Deferred, FeatureSpace, chunk_rows
+from ._features import Chunk, Deferred, FeatureSpace
 from ._filters import depths
 from ._kernels import distance_weights, nearest_sqdist, top_farthest
+from ._rows import chunk_rows
 from ._watch import bind, checkpoint
 
 # Distances (pixels x centres) computed at a time for the margins: 32 MiB of float64.

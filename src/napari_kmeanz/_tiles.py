@@ -8,7 +8,7 @@ tile that only one centre can be nearest to goes whole to it, from its sums, wit
 pixels being read.
 
 The pixels of the open tiles are read in batches of consecutive tiles, each tile's pixels as
-one block of a ``(tiles, d + 1, pixels)`` array of raw rows (``_features.TileRows``), and
+one block of a ``(tiles, d + 1, pixels)`` array of raw rows (``_rows.TileRows``), and
 each tile's pixels are weighed against its own candidate centres by the compiled kernel
 (:func:`_kernels.nearest_sums`). A tile that keeps many candidates first has them narrowed by
 its own pixels (:func:`_refined`).
@@ -22,11 +22,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ._compute import zeros
-from ._features import Chunk, FeatureSpace, TileRows
+from ._features import Chunk, FeatureSpace
 from ._grid import TileGrid
 from ._jit import helper, kernel
 from ._kernels import distance_weights, nearest_sums
 from ._prune import CandidateLists, split_cells
+from ._rows import TileRows
 
 # Raw rows built per batch of open tiles (tiles x (d + 1) x pixels): at most 2 MiB, in cache.
 BATCH_ROWS = 1 << 18
@@ -82,6 +83,7 @@ def _tile_boxes(builder: TileRows, tiles: np.ndarray, d: int):
     for start in range(0, len(tiles), per_batch):
         batch = slice(start, start + per_batch)
         rows, valid = builder.build(tiles[batch])
+        rows = rows.astype(np.float64, copy=False)  # (the sums of float64 rows, to the bit)
         raw = rows[:, :-1]
         if valid is None:
             lows[batch], highs[batch] = raw.min(axis=2), raw.max(axis=2)
@@ -196,7 +198,7 @@ def _refined(grid, chunk, space, centers, open_tiles, lists: CandidateLists) -> 
     centers = np.ascontiguousarray(centers, dtype=np.float64)
     weights = distance_weights(centers, space.factor)
     centre_scale = float(np.max(np.einsum("ij,ij->i", centers, centers)))
-    builder = TileRows(grid, chunk, space, min(REFINE_BATCH, len(many)), narrow=True)
+    builder = TileRows(grid, chunk, space, min(REFINE_BATCH, len(many)))
     ids, firsts, wanted = lists.kernel_arrays
     keep, counts = np.ones(len(ids), dtype=bool), lists.counts.copy()
     for start in range(0, len(many), REFINE_BATCH):
@@ -335,7 +337,7 @@ def _open_batches(grid, chunk, space, open_tiles, lists: CandidateLists):
     :func:`_kernels.nearest_sums` takes them (ids, firsts, counts), their rows and which pixels are
     clustered."""
     per_batch = max(1, BATCH_ROWS // ((space.n_features + 1) * grid.pixels))
-    builder = TileRows(grid, chunk, space, min(per_batch, len(open_tiles)), narrow=True)
+    builder = TileRows(grid, chunk, space, min(per_batch, len(open_tiles)))
     ids, firsts, counts = lists.kernel_arrays
     for start in range(0, len(open_tiles), per_batch):
         batch = slice(start, start + per_batch)

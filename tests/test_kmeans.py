@@ -526,6 +526,33 @@ def test_seeding_is_bounded_by_the_rounds_it_serves():
     assert plan(65536, 1000, "random", 1, 3, budget(100, 10**9, 1000)).n_sub == 65536
 
 
+def test_a_single_seeding_makes_no_pass_to_compare_itself(astronaut, monkeypatch):
+    """Each of several seedings is weighed by one more pass over the subsample after its
+    rounds, to keep the best; a single one has nothing to be compared with."""
+    from napari_kmeanz import _points, _seeding
+
+    monkeypatch.setattr(_seeding, "SEED_TOL", -1.0)  # every round runs
+    passes = []
+    real = _points.PointSource._pass
+
+    def counted(self, *args, **kwargs):
+        passes.append(len(self.rows))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(_points.PointSource, "_pass", counted)
+    rng = np.random.default_rng(0)
+    rows = astronaut[::4, ::4].reshape(-1, 3).astype(np.float64)
+    sample = _seeding.Sample(rows, np.ones(len(rows)), False)
+    for n_init in (1, 3):
+        passes.clear()
+        plan = _seeding.Plan(n_sub=4096, n_init=n_init, refine_rounds=2)
+        _seeding.seed(sample, 8, "k-means++", rng, np.ones(3), plan)
+        on_subsample = passes.count(4096)
+        rounds = _seeding.SEED_ROUNDS
+        assert on_subsample == (rounds if n_init == 1 else n_init * (rounds + 1))
+        assert passes.count(len(rows)) == 2
+
+
 def test_seeding_reports_progress_and_can_be_cancelled_there(astronaut):
     from napari_kmeanz import Cancelled
 

@@ -131,6 +131,9 @@ def seed(sample: Sample, n_clusters, init, rng, factor, plan: Plan) -> np.ndarra
         for _ in refined.rounds():
             done = (trial + 1) * per_seeding - SEED_ROUNDS + refined.n_iter
             _watch.report("seeding", done, total)
+        if plan.n_init == 1:  # (nothing to compare: no pass for its inertia)
+            best = (None, refined.centers)
+            break
         inertia = refined.inertia(refined.centers, *subsample.stats(refined.centers, factor))
         if best is None or inertia < best[0]:
             best = (inertia, refined.centers)

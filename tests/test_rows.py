@@ -162,3 +162,29 @@ def test_chunk_rows_hold_each_clustered_pixel_once():
     positions = opaque + np.array([10, 20])
     want = np.column_stack([positions, block[tuple(opaque.T)][:, :3], np.ones(len(opaque))])
     np.testing.assert_array_equal(rows[order], want)
+
+
+@pytest.mark.parametrize(
+    "name", ["float32, NaN and inf", "uint16 grey, strided mask", "uint8 RGB"]
+)
+def test_tile_boxes_hold_the_clustered_pixels_only(name):
+    """The first pass's boxes, sums and squares of each tile (``_tiles._tile_boxes``) are
+    those of its clustered pixels' rows: a pixel left out does not widen its tile's box."""
+    from napari_kmeanz._tiles import _tile_boxes
+
+    block, mask, alpha, scale, color_space, origin = CASES[name]
+    n_channels = block.shape[-1] - alpha
+    space = FeatureSpace((1.0, 1.0), scale, n_channels, color_space, 255.0, origin)
+    chunk = Chunk(block, mask, (5, 9), alpha)
+    grid = TileGrid.for_shape(block.shape[:-1])
+    every = np.arange(grid.n_tiles)
+    lows, highs, totals, squares = _tile_boxes(TileRows.batches(grid, chunk, space), every,
+                                               space.n_features)  # fmt: skip
+    rows, valid = expected_rows(block, mask, (5, 9), alpha, space, every)
+    raw = rows[:, :-1]
+    shown = np.broadcast_to(valid[:, None, :], raw.shape)
+    np.testing.assert_array_equal(lows, np.where(shown, raw, np.inf).min(axis=2))
+    np.testing.assert_array_equal(highs, np.where(shown, raw, -np.inf).max(axis=2))
+    np.testing.assert_allclose(totals, rows.sum(axis=2), rtol=1e-12)
+    np.testing.assert_allclose(squares, np.einsum("tfp,tfp->f", raw, raw), rtol=1e-12)
+    assert (totals[:, -1] < grid.pixels).any()  # (some tiles hold pixels left out)

@@ -76,24 +76,48 @@ class ChunkTiles:
 
 def _tile_boxes(builder: TileRows, tiles: np.ndarray, d: int):
     """Box, raw sums and count of each of the tiles, and the per-feature sums of squares of
-    their clustered pixels' raw rows."""
+    their clustered pixels' raw rows (:func:`_boxes`)."""
     per_batch = builder.size
     lows, highs = np.empty((len(tiles), d)), np.empty((len(tiles), d))
     totals, squares = np.empty((len(tiles), d + 1)), np.zeros(d)
     for start in range(0, len(tiles), per_batch):
         batch = slice(start, start + per_batch)
         rows, valid = builder.build(tiles[batch])
-        rows = rows.astype(np.float64, copy=False)  # (the sums of float64 rows, to the bit)
-        raw = rows[:, :-1]
-        if valid is None:
-            lows[batch], highs[batch] = raw.min(axis=2), raw.max(axis=2)
-        else:
-            hidden = ~valid[:, None, :]
-            lows[batch] = np.where(hidden, np.inf, raw).min(axis=2)
-            highs[batch] = np.where(hidden, -np.inf, raw).max(axis=2)
-        totals[batch] = rows.sum(axis=2)
-        squares += np.einsum("tfp,tfp->f", raw, raw)
+        shown = _ALL_SHOWN if valid is None else valid
+        _boxes(rows, shown, valid is not None, lows[batch], highs[batch], totals[batch], squares)
     return lows, highs, totals, squares
+
+
+_ALL_SHOWN = np.ones((1, 1), dtype=bool)  # (read only where some pixels are not)
+
+
+@kernel(
+    *(
+        f"({rows}[:, :, ::1], boolean[:, ::1], boolean, float64[:, ::1], float64[:, ::1],"
+        " float64[:, ::1], float64[::1])"
+        for rows in ("float64", "float32")
+    )
+)
+def _boxes(rows, valid, hidden, lows, highs, totals, squares):  # pragma: no cover (``_jit``)
+    """Each tile's box of its clustered pixels' raw rows (``rows`` (T, d + 1, pixels); with
+    ``hidden``, ``valid`` (T, pixels) says which pixels are clustered, and the others' rows
+    are zero) to ``lows`` and ``highs`` (inf and -inf for none), its sums and count to
+    ``totals``; the sums of squares of every feature added to ``squares``, in float64."""
+    n_tiles, width, n = rows.shape
+    for t in range(n_tiles):
+        for f in range(width):
+            low, high, total, square = np.inf, -np.inf, 0.0, 0.0
+            for p in range(n):
+                value = np.float64(rows[t, f, p])
+                if not hidden or valid[t, p]:
+                    low = min(low, value)
+                    high = max(high, value)
+                total += value
+                square += value * value
+            totals[t, f] = total
+            if f < width - 1:
+                lows[t, f], highs[t, f] = low, high
+                squares[f] += square
 
 
 def record(chunk: Chunk, space: FeatureSpace, cache_tiles: bool = True) -> ChunkTiles:

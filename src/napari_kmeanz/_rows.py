@@ -15,7 +15,7 @@ import numpy as np
 
 from ._features import Chunk, FeatureSpace, column_dtype
 from ._grid import TileGrid
-from ._jit import kernel
+from ._jit import helper, kernel
 from ._watch import checkpoint
 
 # Pixels whose rows are built at a time when a chunk is read whole (its tiles' boxes, the
@@ -85,63 +85,59 @@ def _gathered(
     nd = len(shape)
     step = strides[nd]
     floats = flat.dtype.kind == "f"  # (only floats hold values that are not finite)
-    within, mask_within = np.zeros(n, dtype=np.intp), np.zeros(n, dtype=np.intp)
-    for p in range(n):  # each pixel's place from its tile's first pixel
-        for a in range(nd):
-            within[p] += local[a, p] * strides[a]
-            mask_within[p] += local[a, p] * mask_strides[a]
+    start = np.zeros(nd, dtype=np.intp)  # a tile's first pixel, per axis
+    near = np.zeros((2, n), dtype=np.intp)  # each pixel's place from its tile's first one
+    _places(start, shape, strides, mask_strides, local, near, np.ones(n, dtype=np.bool_))
+    far = np.empty((2, n), dtype=np.intp)  # a far tile's, from the chunk's first one
     hidden = 0
     for t in range(n_tiles):
-        tile = tiles[t]
         at, mask_at, whole = base, mask_base, True
         for a in range(nd):
-            start = coords[a, tile] * sides[a]
-            at += start * strides[a]
-            mask_at += start * mask_strides[a]
-            whole &= start + sides[a] <= shape[a]
+            start[a] = coords[a, tiles[t]] * sides[a]
+            at += start[a] * strides[a]
+            mask_at += start[a] * mask_strides[a]
+            whole &= start[a] + sides[a] <= shape[a]
             if a < n_spatial:
                 for p in range(n):
-                    rows[t, a, p] = offset[a] + start + local[a, p]
-        for p in range(n):
-            valid[t, p] = True
-            rows[t, width - 1, p] = 1.0
-        if not whole:  # a far tile: its pixels past the chunk hidden, read as its last ones
-            at, mask_at = base, mask_base
-            for p in range(n):
-                within[p] = mask_within[p] = 0
-                for a in range(nd):
-                    c = coords[a, tile] * sides[a] + local[a, p]
-                    valid[t, p] &= c < shape[a]
-                    c = min(c, shape[a] - 1)
-                    within[p] += c * strides[a]
-                    mask_within[p] += c * mask_strides[a]
+                    rows[t, a, p] = offset[a] + start[a] + local[a, p]
+        valid[t, :] = True
+        rows[t, width - 1, :] = 1.0
+        places = near
+        if not whole:  # its pixels past the chunk hidden, read as the chunk's last ones
+            _places(start, shape, strides, mask_strides, local, far, valid[t])
+            at, mask_at, places = base, mask_base, far
         for channel in range(n_channels):
             row = rows[t, n_spatial + channel]
             for p in range(n):
-                row[p] = flat[at + within[p] + channel * step] - origin[0]
+                row[p] = flat[at + places[0, p] + channel * step] - origin[0]
             if floats:
                 for p in range(n):
                     valid[t, p] &= row[p] - row[p] == 0.0  # (not inf or NaN)
-        if alpha:
+        for p in range(n if alpha else 0):
+            valid[t, p] &= flat[at + places[0, p] + n_channels * step] > 0
+        for p in range(n if len(mask) else 0):
+            valid[t, p] &= mask[mask_at + places[1, p]]
+        if not whole or floats or alpha or len(mask):  # (else every pixel is clustered)
             for p in range(n):
-                valid[t, p] &= flat[at + within[p] + n_channels * step] > 0
-        if len(mask):
-            for p in range(n):
-                valid[t, p] &= mask[mask_at + mask_within[p]]
-        if whole and not (floats or alpha or len(mask)):
-            continue  # (every pixel clustered)
-        for p in range(n):
-            if not valid[t, p]:
-                hidden += 1
-                for f in range(width):
-                    rows[t, f, p] = 0.0
-        if not whole:  # (the next tile's places from its first pixel again)
-            for p in range(n):
-                within[p] = mask_within[p] = 0
-                for a in range(nd):
-                    within[p] += local[a, p] * strides[a]
-                    mask_within[p] += local[a, p] * mask_strides[a]
+                if not valid[t, p]:
+                    hidden += 1
+                    rows[t, :, p] = 0.0
     return hidden
+
+
+@helper
+def _places(start, shape, strides, mask_strides, local, places, valid):  # pragma: no cover
+    """Each pixel's place in the image's memory and in the mask's (``places`` (2, pixels)),
+    from the chunk's first pixel, of the tile whose first pixel is at ``start``: a pixel
+    past the chunk is read as the chunk's last one along that axis, and is not ``valid``."""
+    for p in range(local.shape[1]):
+        places[0, p] = places[1, p] = 0
+        for a in range(len(shape)):
+            c = start[a] + local[a, p]
+            valid[p] &= c < shape[a]
+            c = min(c, shape[a] - 1)
+            places[0, p] += c * strides[a]
+            places[1, p] += c * mask_strides[a]
 
 
 class TileRows:

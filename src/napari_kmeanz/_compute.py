@@ -20,6 +20,7 @@ import dask.local
 import dask.system
 import dask.threaded
 import numpy as np
+from dask.delayed import Delayed
 from threadpoolctl import ThreadpoolController
 
 # Arrays of at least this many bytes get memory of their own (see zeros()): below it, numpy's
@@ -41,9 +42,23 @@ def compute(*collections):
     """
     options = {}
     if _no_client_yet():
+        if collections and all(isinstance(c, Delayed) for c in collections):
+            with one_blas_thread():
+                return _on_threads(collections)
         options["scheduler"] = dask.threaded.get
     with one_blas_thread():
         return dask.compute(*collections, **options)
+
+
+def _on_threads(calls) -> tuple:
+    """Delayed ``calls`` on dask's threads, their graphs merged as they are: what
+    ``dask.compute`` does with them less its optimisation (for delayed calls, culling: the
+    scheduler runs only what the keys need anyway) and its bookkeeping of collections.
+    Measured: two calls 0.31 against 1.46 ms, paid by every pass."""
+    graph = {}
+    for call in calls:
+        graph.update(call.__dask_graph__())
+    return tuple(dask.threaded.get(graph, [call.key for call in calls]))
 
 
 def _no_client_yet() -> bool:

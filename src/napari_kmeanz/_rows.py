@@ -141,8 +141,8 @@ def _places(start, shape, strides, mask_strides, local, places, valid):  # pragm
 
 
 class TileRows:
-    """Builds the rows of a batch of tiles: ``(T, d + 1, pixels)`` float64, the raw features
-    then a ones row, zero for the pixels not clustered. One buffer, reused from batch to batch.
+    """Builds the rows of a batch of tiles: ``(T, d + 1, pixels)``, the raw features then a
+    ones row, zero for the pixels not clustered. One buffer, reused from batch to batch.
 
     Positions are the pixels' coordinates in the image (the chunk's ``offset`` added), as in
     every other pass: a pixel's distances are then computed from the same numbers whatever
@@ -242,7 +242,8 @@ def chunk_rows(chunk: Chunk, space: FeatureSpace):
     for start in range(0, grid.n_tiles, per_batch):
         tiles = np.arange(start, min(start + per_batch, grid.n_tiles))
         batch, valid = builder.build(tiles)
-        rows = batch.transpose(0, 2, 1).reshape(-1, batch.shape[1]).astype(np.float64)
+        # (one copy: pixel by pixel, as float64)
+        rows = batch.transpose(0, 2, 1).astype(np.float64, order="C").reshape(-1, batch.shape[1])
         coords = np.stack([c.ravel() for c in grid.pixel_coords(tiles)[0]], axis=1)
         if valid is not None:  # (the pixels outside the chunk are not valid either)
             rows, coords = rows[valid.ravel()], coords[valid.ravel()]
